@@ -1,0 +1,1 @@
+"""ADE: an event-driven run/build orchestrator with exact, resumable event streams."""

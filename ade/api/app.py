@@ -1,0 +1,115 @@
+"""The app factory: services in the lifespan, routes, and the one place errors become HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from arq.connections import RedisSettings, create_pool
+from litestar import Litestar, Request, Response, Router
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ade.api.configurations import ConfigurationController
+from ade.api.deps import API_PREFIX, Services
+from ade.api.health import HealthController
+from ade.api.runs import RunController
+from ade.api.workspaces import WorkspaceController
+from ade.errors import AdeError
+from ade.hub import Hub
+from ade.settings import Settings, get_settings
+from ade.store import Store
+
+log = logging.getLogger(__name__)
+
+_CODES_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def error_body(message: str, code: str, details: list[Any] | None = None) -> dict[str, Any]:
+    return {"error": message, "code": code, "details": details or []}
+
+
+def _handle_ade_error(_: Request[Any, Any, Any], exc: AdeError) -> Response[dict[str, Any]]:
+    if exc.status_code >= 500:
+        log.error("request failed: %s", exc.message)
+    return Response(error_body(exc.message, exc.code, exc.details), status_code=exc.status_code)
+
+
+def _handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    details = exc.extra if isinstance(exc.extra, list) else ([exc.extra] if exc.extra else [])
+    return Response(error_body(str(exc.detail), "invalid_request", details), status_code=400)
+
+
+def _handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    code = _CODES_BY_STATUS.get(exc.status_code, "http_error")
+    return Response(error_body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers)
+
+
+def _handle_redis(_: Request[Any, Any, Any], exc: RedisError) -> Response[dict[str, Any]]:
+    log.warning("Redis unavailable: %s", exc)
+    return Response(error_body(f"Redis is unavailable: {exc}", "redis_unavailable"), status_code=503)
+
+
+def _handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unexpected error", exc_info=exc)
+    return Response(error_body("internal server error", "internal_error"), status_code=500)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+        arq = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+        hub = Hub(Redis.from_url(settings.redis_url), subscriber_queue_events=settings.subscriber_queue_events)
+        await hub.start()
+        app.state.services = Services(
+            settings=settings, redis=redis, arq=arq, store=Store(redis, settings.data_dir), hub=hub
+        )
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await arq.aclose()
+            await redis.aclose()
+
+    def provide_services(state: State) -> Services:
+        services: Services = state.services
+        return services
+
+    api = Router(
+        path=API_PREFIX,
+        route_handlers=[WorkspaceController, ConfigurationController, RunController],
+    )
+    return Litestar(
+        route_handlers=[api, HealthController],
+        lifespan=[lifespan],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        exception_handlers={
+            AdeError: _handle_ade_error,
+            ValidationException: _handle_validation,
+            HTTPException: _handle_http,
+            RedisError: _handle_redis,
+            Exception: _handle_unexpected,
+        },
+        openapi_config=OpenAPIConfig(title="ADE", version="0.1.0", path="/schema"),
+    )

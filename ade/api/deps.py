@@ -1,0 +1,23 @@
+"""What every controller needs, built once per API process in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+
+from ade.hub import Hub
+from ade.settings import Settings
+from ade.store import Store
+
+API_PREFIX = "/api/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    redis: Redis
+    arq: ArqRedis
+    store: Store
+    hub: Hub

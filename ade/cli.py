@@ -1,0 +1,113 @@
+"""The `ade` command: `dev` (everything on one machine), `serve`, `worker`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+from ade.settings import Settings, get_settings
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("ADE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+@click.group()
+def main() -> None:
+    """ADE: an event-driven run/build orchestrator."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default ADE_HOST or 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default ADE_PORT or 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the HTTP API."""
+    import uvicorn  # noqa: PLC0415
+
+    from ade.api.app import create_app  # noqa: PLC0415
+
+    _configure_logging()
+    settings = get_settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=os.environ.get("ADE_LOG_LEVEL", "info").lower(),
+        timeout_graceful_shutdown=5,
+    )
+
+
+@main.command()
+@click.option("--concurrency", default=None, type=int, help="Runs executed at once (default 4).")
+def worker(concurrency: int | None) -> None:
+    """Run an arq worker that executes runs."""
+    from workers.main import build_worker  # noqa: PLC0415
+
+    _configure_logging()
+    build_worker(get_settings(), concurrency=concurrency).run()
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address for the API.")
+@click.option("--port", default=None, type=int, help="Port for the API.")
+def dev(host: str | None, port: int | None) -> None:
+    """Run everything on this machine: Redis (embedded unless ADE_REDIS_URL is set), the API and a worker.
+
+    Ctrl-C stops all of it.
+    """
+    from ade.redis_server import RedisServer  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    env = dict(os.environ, ADE_DATA_DIR=str(settings.data_dir))
+    redis_server = None
+    if not os.environ.get("ADE_REDIS_URL"):
+        redis_server = RedisServer(settings.data_dir / "redis").start()
+        env["ADE_REDIS_URL"] = redis_server.url
+        click.echo(f"ade dev: embedded Redis at {redis_server.url} (data in {redis_server.directory})")
+    serve_args = [sys.executable, "-m", "ade.cli", "serve"]
+    if host:
+        serve_args += ["--host", host]
+    if port:
+        serve_args += ["--port", str(port)]
+    children = [
+        subprocess.Popen(serve_args, env=env),
+        subprocess.Popen([sys.executable, "-m", "ade.cli", "worker"], env=env),
+    ]
+    click.echo(f"ade dev: API on http://{host or settings.host}:{port or settings.port}, data in {settings.data_dir}")
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if redis_server is not None:
+            redis_server.stop()
+        click.echo("ade dev: stopped")
+
+
+if __name__ == "__main__":
+    main()

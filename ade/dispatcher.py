@@ -1,0 +1,173 @@
+"""The sequencing dispatcher: one writer per stream gives each event the next sequence, appends it to the
+stream's NDJSON log, then publishes the same bytes on the stream's pub/sub channel.
+
+The log is the truth and pub/sub is the fast path: an event is persisted before it is published, a failed
+publish is only logged (subscribers repair from the log), and a failed append fails the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ade import ids
+from ade.errors import Conflict, LeaseLost
+from ade.eventlog import LogWriter
+from ade.events import Event, Source, StreamRef, encode_event
+
+log = logging.getLogger(__name__)
+
+# Renew only if we still own the lease; release only our own lease.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The ids every event of a stream carries."""
+
+    workspace_id: str
+    configuration_id: str | None = None
+    run_id: str | None = None
+    build_id: str | None = None
+
+
+EventSpec = tuple[str, dict[str, Any], Source]
+
+
+class StreamWriter:
+    """Holds a stream's lease while open; `emit` is safe to call from concurrent tasks."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        stream: StreamRef,
+        identity: Identity,
+        *,
+        lease_ttl_s: float,
+        fsync: bool = False,
+        acquire_timeout_s: float = 5.0,
+    ) -> None:
+        self.stream = stream
+        self.identity = identity
+        self._redis = redis
+        self._lease_ttl_ms = int(lease_ttl_s * 1000)
+        self._acquire_timeout_s = acquire_timeout_s
+        self._fsync = fsync
+        self._token = secrets.token_hex(16)
+        self._lock = asyncio.Lock()
+        self._lease_lost = False
+        self._renewer: asyncio.Task[None] | None = None
+        self._log: LogWriter | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._acquire_lease()
+        try:
+            self._log = LogWriter(self.stream.log_path, fsync=self._fsync)
+        except BaseException:
+            await self._release_lease()
+            raise
+        self._renewer = asyncio.create_task(self._renew_forever(), name=f"lease:{self.stream.id}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        if self._log is not None:
+            self._log.close()
+        await asyncio.shield(self._release_lease())
+
+    @property
+    def last_sequence(self) -> int:
+        assert self._log is not None, "StreamWriter used outside `async with`"
+        return self._log.last_sequence
+
+    async def emit(self, type: str, payload: dict[str, Any], source: Source = "worker") -> Event:
+        return (await self.emit_many([(type, payload, source)]))[0]
+
+    async def emit_many(self, specs: Sequence[EventSpec]) -> list[Event]:
+        """Sequence, append (one write), then publish (one pipeline) a batch of events, in order."""
+        if not specs:
+            return []
+        async with self._lock:
+            if self._lease_lost:
+                raise LeaseLost(f"lost the writer lease of {self.stream.id}")
+            log_writer = self._log
+            assert log_writer is not None, "StreamWriter used outside `async with`"
+            now = datetime.now(UTC)
+            ident = self.identity
+            events: list[Event] = []
+            encoded: list[bytes] = []
+            sequence = log_writer.last_sequence
+            for type_, payload, source in specs:
+                sequence += 1
+                event = Event(
+                    type=type_,
+                    sequence=sequence,
+                    event_id=ids.new_id(ids.EVENT),
+                    created_at=now,
+                    source=source,
+                    workspace_id=ident.workspace_id,
+                    configuration_id=ident.configuration_id,
+                    run_id=ident.run_id,
+                    build_id=ident.build_id,
+                    payload=payload,
+                )
+                events.append(event)
+                encoded.append(encode_event(event))
+            log_writer.append(b"".join(line + b"\n" for line in encoded))  # persist ...
+            log_writer.last_sequence = sequence
+            await self._publish(encoded)  # ... then publish
+            return events
+
+    async def _publish(self, encoded: list[bytes]) -> None:
+        channel = self.stream.channel
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for data in encoded:
+                    pipe.publish(channel, data)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # The log already holds these events; subscribers repair gaps from it.
+            log.warning("publish to %s failed (%s); subscribers will read the log", channel, exc)
+
+    async def _acquire_lease(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._acquire_timeout_s
+        while True:
+            if await self._redis.set(self.stream.lease_key, self._token, nx=True, px=self._lease_ttl_ms):
+                return
+            if loop.time() >= deadline:
+                raise Conflict(f"another writer holds the stream {self.stream.id}", code="stream_busy")
+            await asyncio.sleep(0.05)
+
+    async def _renew_forever(self) -> None:
+        interval_s = self._lease_ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                owned = await self._redis.eval(_RENEW, 1, self.stream.lease_key, self._token, self._lease_ttl_ms)
+            except (RedisError, OSError) as exc:
+                log.warning("lease renewal for %s failed (%s); retrying", self.stream.id, exc)
+                continue
+            if not owned:
+                log.error("lease of %s was taken over; this writer stops", self.stream.id)
+                self._lease_lost = True
+                return
+
+    async def _release_lease(self) -> None:
+        try:
+            await self._redis.eval(_RELEASE, 1, self.stream.lease_key, self._token)
+        except (RedisError, OSError) as exc:
+            log.warning("releasing lease of %s failed (%s); it expires by itself", self.stream.id, exc)

@@ -1,0 +1,49 @@
+"""One exception tree. `ade.api.app` maps it to HTTP in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AdeError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, details: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details or []
+
+
+class Invalid(AdeError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class NotFound(AdeError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(AdeError):
+    status_code = 409
+    code = "conflict"
+
+
+class Unavailable(AdeError):
+    status_code = 503
+    code = "unavailable"
+
+
+class LeaseLost(AdeError):
+    """Another writer holds (or took over) a stream's lease: this writer must stop writing."""
+
+    code = "lease_lost"
+
+
+class LogWriteFailed(AdeError):
+    """Appending to an event log failed (read-only directory, no space)."""
+
+    code = "log_write_failed"

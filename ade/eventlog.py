@@ -1,0 +1,192 @@
+"""The NDJSON event log of one stream: append, O(1) tail seed, O(log n) seek, pages.
+
+Each line is one encoded event ending in `\\n`, sequences 1, 2, 3, … in file order. Only complete lines
+count: a torn tail (a writer killed mid-write) is never read, and the next writer truncates it before
+appending. Sequences are dense and ordered, so a binary search over byte offsets finds any sequence in
+O(log n) line reads, and the last line gives the next sequence in O(1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ade.errors import LogWriteFailed
+from ade.events import HEAD_DECODER, EventHead
+
+_CHUNK_BYTES = 64 * 1024
+_PROBE_BYTES = 4096  # a binary-search probe reads about one line
+
+
+@dataclass(slots=True)
+class LinesPage:
+    lines: list[bytes]  # complete lines, without their trailing newline
+    next_offset: int  # where the line after the last one returned starts
+
+
+def _complete_size(fd: int) -> int:
+    """Size of the log up to and including its last newline (a torn tail is excluded)."""
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - _CHUNK_BYTES)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+def _last_line(fd: int, end: int) -> bytes | None:
+    """The complete line that ends at byte `end` (exclusive of its newline at end - 1)."""
+    if end == 0:
+        return None
+    stop = end - 1
+    parts: list[bytes] = []
+    pos = stop
+    while pos > 0:
+        start = max(0, pos - _CHUNK_BYTES)
+        chunk = os.pread(fd, pos - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            parts.append(chunk[newline + 1 :])
+            break
+        parts.append(chunk)
+        pos = start
+    return b"".join(reversed(parts))
+
+
+def tail(path: Path) -> EventHead | None:
+    """The head (sequence, type) of the last complete line, reading only the end of the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        line = _last_line(fd, _complete_size(fd))
+        return HEAD_DECODER.decode(line) if line else None
+    finally:
+        os.close(fd)
+
+
+def _line_at_or_after(fd: int, pos: int, size: int) -> tuple[int, bytes] | None:
+    """The first complete line that starts at or after byte `pos`: (its start, its bytes)."""
+    if pos > 0:
+        # A line starts at `pos` only if the byte before it is a newline.
+        scan = pos - 1
+        while True:
+            chunk = os.pread(fd, min(_PROBE_BYTES, size - scan), scan)
+            if not chunk:
+                return None
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                pos = scan + newline + 1
+                break
+            scan += len(chunk)
+    if pos >= size:
+        return None
+    parts: list[bytes] = []
+    scan = pos
+    while scan < size:
+        chunk = os.pread(fd, min(_PROBE_BYTES, size - scan), scan)
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            parts.append(chunk[:newline])
+            return pos, b"".join(parts)
+        parts.append(chunk)
+        scan += len(chunk)
+    return None
+
+
+def offset_after(path: Path, after_sequence: int) -> int:
+    """Byte offset of the first line whose sequence is greater than `after_sequence`.
+
+    Binary search over byte offsets: O(log n) single-line reads, never a scan from the start.
+    Returns the end of the complete part of the file when no such line exists yet.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = _complete_size(fd)
+        if after_sequence <= 0:
+            return 0
+        lo, hi = 0, size
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = _line_at_or_after(fd, mid, size)
+            if found is None:
+                hi = mid
+                continue
+            start, line = found
+            if HEAD_DECODER.decode(line).sequence > after_sequence:
+                hi = mid
+            else:
+                lo = start + len(line) + 1
+        found = _line_at_or_after(fd, lo, size)
+        return found[0] if found else size
+    finally:
+        os.close(fd)
+
+
+def read_lines(path: Path, offset: int, limit: int) -> LinesPage:
+    """Up to `limit` complete lines starting at byte `offset`."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return LinesPage([], offset)
+    try:
+        lines: list[bytes] = []
+        pending = b""
+        pos = offset
+        while len(lines) < limit:
+            chunk = os.pread(fd, _CHUNK_BYTES, pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            data = pending + chunk
+            parts = data.split(b"\n")
+            pending = parts.pop()
+            lines.extend(parts)
+        if len(lines) > limit:
+            lines = lines[:limit]
+        next_offset = offset + sum(len(line) + 1 for line in lines)
+        return LinesPage(lines, next_offset)
+    finally:
+        os.close(fd)
+
+
+class LogWriter:
+    """The single appender of one stream's log (the dispatcher holds the stream's lease)."""
+
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        self.path = path
+        self._fsync = fsync
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            complete = _complete_size(self._fd)
+            if complete != os.fstat(self._fd).st_size:
+                os.ftruncate(self._fd, complete)  # drop a torn tail: it was never published
+            line = _last_line(self._fd, complete)
+        except OSError as exc:
+            raise LogWriteFailed(f"cannot open event log {path}: {exc.strerror}") from exc
+        self.last_sequence = HEAD_DECODER.decode(line).sequence if line else 0
+
+    def append(self, data: bytes) -> None:
+        """Write complete lines (each ending in a newline) in one go; raise LogWriteFailed on error."""
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise LogWriteFailed(f"cannot append to event log {self.path}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        os.close(self._fd)

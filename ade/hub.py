@@ -1,0 +1,180 @@
+"""Per-process fan-out: one Redis pub/sub connection, bounded queues for local subscribers.
+
+The hub subscribes to a stream's channel when its first local subscriber arrives and unsubscribes when
+the last one leaves. Every SUBSCRIBE confirmation (the first one, or the automatic re-subscribe after a
+Redis reconnect) marks that channel's subscribers for a resync from the log, so anything published
+while the hub was not listening is repaired from the log (DESIGN.md invariant 3). A subscriber's queue
+is bounded: when it is full the oldest entry is dropped, which the reader sees as a sequence jump and
+fills from the log (invariant 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from ade import keys
+from ade.events import HEAD_DECODER, EventHead
+
+log = logging.getLogger(__name__)
+
+LiveEvent = tuple[EventHead, bytes]
+
+
+class Subscription:
+    """What one reader (an SSE response) sees of a stream's live events."""
+
+    def __init__(self, max_events: int) -> None:
+        self._items: deque[LiveEvent] = deque()
+        self._max_events = max_events
+        self._wake = asyncio.Event()
+        self.confirmed = False  # the hub's SUBSCRIBE for this channel has been acknowledged
+        self.resync = False  # the hub may have missed messages: read the log
+        self.dropped_events = 0
+
+    def deliver(self, head: EventHead, data: bytes) -> None:
+        if len(self._items) >= self._max_events:
+            self._items.popleft()
+            self.dropped_events += 1
+        self._items.append((head, data))
+        self._wake.set()
+
+    def mark_resync(self) -> None:
+        self.confirmed = True
+        self.resync = True
+        self._wake.set()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait until something was delivered (True) or the timeout passed (False)."""
+        if self._wake.is_set():
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        return self._wake.is_set()
+
+    def drain(self) -> list[LiveEvent]:
+        items = list(self._items)
+        self._items.clear()
+        self._wake.clear()
+        return items
+
+    @property
+    def queued_events(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class _Channel:
+    subscribers: set[Subscription] = field(default_factory=set)
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Hub:
+    def __init__(self, redis: Redis, *, subscriber_queue_events: int, confirm_timeout_s: float = 5.0) -> None:
+        self._redis = redis
+        self._queue_events = subscriber_queue_events
+        self._confirm_timeout_s = confirm_timeout_s
+        self._pubsub: PubSub | None = None
+        self._channels: dict[str, _Channel] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.connected = False
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub()
+        try:
+            await self._pubsub.subscribe(keys.HUB_CONTROL_CHANNEL)
+        except (RedisError, OSError) as exc:
+            log.warning("hub cannot subscribe yet (%s); it keeps retrying", exc)
+        self._reader = asyncio.create_task(self._read_forever(), name="hub-reader")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(channel.subscribers) for channel in self._channels.values())
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel_name: str) -> AsyncIterator[Subscription]:
+        """Register a subscriber and wait (bounded) until the channel is subscribed in Redis.
+
+        If Redis does not confirm in time the subscription is still returned, with `confirmed` False:
+        the reader then polls the log until a confirmation (a resync) arrives.
+        """
+        assert self._pubsub is not None, "Hub.start() was not called"
+        sub = Subscription(self._queue_events)
+        channel = self._channels.get(channel_name)
+        if channel is None:
+            channel = self._channels[channel_name] = _Channel()
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.subscribe(channel_name)
+        channel.subscribers.add(sub)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.confirmed.wait(), self._confirm_timeout_s)
+            sub.confirmed = channel.confirmed.is_set()
+            sub.resync = False
+            yield sub
+        finally:
+            channel.subscribers.discard(sub)
+            if not channel.subscribers and self._channels.get(channel_name) is channel:
+                del self._channels[channel_name]
+                with contextlib.suppress(RedisError, OSError):
+                    await asyncio.shield(self._pubsub.unsubscribe(channel_name))
+
+    async def _read_forever(self) -> None:
+        assert self._pubsub is not None
+        backoff_s = 0.05
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    await self._pubsub.subscribe(keys.HUB_CONTROL_CHANNEL)
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError) as exc:
+                if self.connected:
+                    log.warning("hub lost Redis (%s); reconnecting", exc)
+                self.connected = False
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 1.0)
+                continue
+            self.connected = True
+            backoff_s = 0.05
+            if message is not None:
+                self._handle(message)
+
+    def _handle(self, message: dict[str, object]) -> None:
+        kind = message["type"]
+        raw_name = message["channel"]
+        name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+        channel = self._channels.get(name)
+        if channel is None:
+            return
+        if kind == "message":
+            data = message["data"]
+            assert isinstance(data, bytes)
+            try:
+                head = HEAD_DECODER.decode(data)
+            except msgspec.DecodeError:
+                log.error("dropping an undecodable message on %s", name)
+                return
+            for sub in channel.subscribers:
+                sub.deliver(head, data)
+        elif kind == "subscribe":
+            channel.confirmed.set()
+            for sub in channel.subscribers:
+                sub.mark_resync()

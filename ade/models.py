@@ -1,0 +1,174 @@
+"""Domain structs: what is stored and what goes over the wire (snake_case JSON)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+RunStatus = Literal["queued", "waiting_for_build", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_RUN_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+StepName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Script = Annotated[str, msgspec.Meta(min_length=1, max_length=65536)]
+TimeoutS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
+EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
+Environment = dict[EnvName, Annotated[str, msgspec.Meta(max_length=32768)]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Struct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base for request bodies: unknown fields are an error, not silently dropped."""
+
+
+# Workspaces ----------------------------------------------------------------------------------------
+
+
+class WorkspaceCreate(Struct):
+    name: Name
+
+
+class Workspace(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    created_at: datetime
+
+
+# Configurations ------------------------------------------------------------------------------------
+
+
+class Step(Struct):
+    name: StepName
+    script: Script
+    timeout_s: TimeoutS | None = None
+    environment: Environment = msgspec.field(default_factory=dict)
+
+
+Steps = Annotated[list[Step], msgspec.Meta(min_length=1, max_length=100)]
+
+
+class ConfigurationCreate(Struct):
+    name: Name
+    steps: Steps
+    environment: Environment = msgspec.field(default_factory=dict)
+    timeout_s: TimeoutS | None = None
+
+
+class Configuration(msgspec.Struct, kw_only=True):
+    id: str
+    workspace_id: str
+    name: str
+    steps: list[Step]
+    environment: dict[str, str]
+    timeout_s: float | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# Runs -----------------------------------------------------------------------------------------------
+
+
+class Commit(Struct):
+    repo_url: str | None = None
+    branch: str | None = None
+    hash: str | None = None
+    message: str | None = None
+    author: str | None = None
+
+
+class RunOptions(Struct):
+    pass
+
+
+class RunCreate(Struct):
+    stream: bool = False
+    options: RunOptions = msgspec.field(default_factory=RunOptions)
+    commit: Commit | None = None
+
+
+class Failure(msgspec.Struct, kw_only=True):
+    stage: str
+    code: str
+    message: str
+    step: str | None = None
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    """The configuration as it was when the run was created; the run executes this, not later edits."""
+
+    configuration_id: str
+    name: str
+    steps: list[Step]
+    environment: dict[str, str]
+    timeout_s: float | None
+
+
+class Run(msgspec.Struct, kw_only=True):
+    id: str
+    workspace_id: str
+    configuration_id: str
+    status: RunStatus
+    plan: Plan
+    commit: Commit | None = None
+    attempt: int = 1
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    exit_code: int | None = None
+    failure: Failure | None = None
+    worker: str | None = None
+
+
+class RunLinks(msgspec.Struct, kw_only=True):
+    self: str
+    events: str
+    events_stream: str
+    logfile: str
+
+
+class RunResource(msgspec.Struct, kw_only=True):
+    id: str
+    workspace_id: str
+    configuration_id: str
+    status: RunStatus
+    attempt: int
+    commit: Commit | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    exit_code: int | None
+    failure: Failure | None
+    links: RunLinks
+
+    @classmethod
+    def of(cls, run: Run, api_prefix: str) -> RunResource:
+        base = f"{api_prefix}/runs/{run.id}"
+        return cls(
+            id=run.id,
+            workspace_id=run.workspace_id,
+            configuration_id=run.configuration_id,
+            status=run.status,
+            attempt=run.attempt,
+            commit=run.commit,
+            created_at=run.created_at,
+            started_at=run.started_at,
+            completed_at=run.completed_at,
+            exit_code=run.exit_code,
+            failure=run.failure,
+            links=RunLinks(
+                self=base,
+                events=f"{base}/events",
+                events_stream=f"{base}/events?stream=true",
+                logfile=f"{base}/logfile",
+            ),
+        )
+
+
+class Page(msgspec.Struct, kw_only=True):
+    items: list[RunResource]
+    next_cursor: str | None

@@ -1,0 +1,157 @@
+"""Metadata: Redis is the fast index, the data directory the durable copy (DESIGN.md invariant 6).
+
+Every write goes to disk first (atomically: temp file + rename), then to Redis. Layout under the data dir:
+
+    workspaces/<ws>.json
+    configurations/<cfg>.json
+    runs/<run>/run.json   runs/<run>/logs/events.ndjson   runs/<run>/{work,inputs,outputs}/
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+from redis.asyncio import Redis
+
+from ade import keys
+from ade.errors import NotFound
+from ade.models import Configuration, Run, Workspace
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
+    cls: msgspec.json.Decoder(cls) for cls in (Workspace, Configuration, Run)
+}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Store:
+    def __init__(self, redis: Redis, data_dir: Path) -> None:
+        self.redis = redis
+        self.data_dir = data_dir
+
+    # Paths -------------------------------------------------------------------------------------
+    def workspace_path(self, workspace_id: str) -> Path:
+        return self.data_dir / "workspaces" / f"{workspace_id}.json"
+
+    def configuration_path(self, configuration_id: str) -> Path:
+        return self.data_dir / "configurations" / f"{configuration_id}.json"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.data_dir / "runs" / run_id
+
+    # Generic -----------------------------------------------------------------------------------
+    async def _get(self, cls: type[T], key: str, what: str, ident: str) -> T:
+        raw = await self.redis.get(key)
+        if raw is None:
+            raise NotFound(f"{what} {ident!r} does not exist", code=f"{what}_not_found")
+        decoded: T = _decoders[cls].decode(raw)
+        return decoded
+
+    async def _put(self, key: str, path: Path, value: object, index: tuple[str, str] | None = None) -> None:
+        data = _encoder.encode(value)
+        write_atomic(path, data)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, data)
+            if index is not None:
+                pipe.zadd(index[0], {index[1]: 0})
+            await pipe.execute()
+
+    # Workspaces --------------------------------------------------------------------------------
+    async def put_workspace(self, workspace: Workspace) -> None:
+        await self._put(keys.workspace(workspace.id), self.workspace_path(workspace.id), workspace)
+
+    async def get_workspace(self, workspace_id: str) -> Workspace:
+        return await self._get(Workspace, keys.workspace(workspace_id), "workspace", workspace_id)
+
+    # Configurations ----------------------------------------------------------------------------
+    async def put_configuration(self, cfg: Configuration) -> None:
+        await self._put(
+            keys.configuration(cfg.id),
+            self.configuration_path(cfg.id),
+            cfg,
+            (keys.workspace_configurations(cfg.workspace_id), cfg.id),
+        )
+
+    async def get_configuration(self, configuration_id: str) -> Configuration:
+        return await self._get(
+            Configuration, keys.configuration(configuration_id), "configuration", configuration_id
+        )
+
+    async def list_configurations(self, workspace_id: str) -> list[Configuration]:
+        ids = await self.redis.zrange(keys.workspace_configurations(workspace_id), 0, -1)
+        if not ids:
+            return []
+        raws = await self.redis.mget([keys.configuration(i.decode()) for i in ids])
+        return [_decoders[Configuration].decode(raw) for raw in raws if raw is not None]
+
+    async def delete_configuration(self, cfg: Configuration) -> None:
+        self.configuration_path(cfg.id).unlink(missing_ok=True)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.configuration(cfg.id))
+            pipe.zrem(keys.workspace_configurations(cfg.workspace_id), cfg.id)
+            await pipe.execute()
+
+    # Runs --------------------------------------------------------------------------------------
+    async def put_run(self, run: Run) -> None:
+        """Persist a run (run.json first, atomically), then index it."""
+        await self._put(
+            keys.run(run.id), self.run_dir(run.id) / "run.json", run, (keys.workspace_runs(run.workspace_id), run.id)
+        )
+
+    async def get_run(self, run_id: str) -> Run:
+        return await self._get(Run, keys.run(run_id), "run", run_id)
+
+    async def list_runs(
+        self,
+        workspace_id: str,
+        *,
+        limit: int,
+        before: str | None = None,
+        statuses: frozenset[str] = frozenset(),
+        configuration_id: str | None = None,
+    ) -> tuple[list[Run], str | None]:
+        """Newest first; `before` is the cursor (an exclusive run id). Returns the page and next cursor."""
+        index = keys.workspace_runs(workspace_id)
+        found: list[Run] = []
+        upper = f"({before}" if before else "+"
+        batch = max(limit * 2, 50)
+        while len(found) < limit:
+            ids = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=batch)
+            if not ids:
+                return found, None
+            raws = await self.redis.mget([keys.run(i.decode()) for i in ids])
+            for raw_id, raw in zip(ids, raws, strict=True):
+                upper = f"({raw_id.decode()}"
+                if raw is None:
+                    continue
+                run = _decoders[Run].decode(raw)
+                if statuses and run.status not in statuses:
+                    continue
+                if configuration_id and run.configuration_id != configuration_id:
+                    continue
+                found.append(run)
+                if len(found) == limit:
+                    break
+            if len(ids) < batch and len(found) < limit:
+                return found, None
+        more = await self.redis.zrevrangebylex(index, f"({found[-1].id}", "-", start=0, num=1)
+        return found, (found[-1].id if more else None)

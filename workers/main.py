@@ -1,0 +1,110 @@
+"""The arq worker: our task functions, plus a wake-up channel for millisecond pickup.
+
+arq polls its queue every `poll_delay` (0.5 s by default). Polling faster would hammer Redis, so instead
+the API publishes a nudge on `keys.QUEUE_WAKE_CHANNEL` after each enqueue and an idle worker polls at once;
+the regular poll stays as the safety net for a missed nudge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+from arq import func
+from arq.connections import RedisSettings, create_pool
+from arq.worker import Worker
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ade import keys, queue
+from ade.settings import Settings
+from ade.store import Store
+from workers import tasks
+from workers.executor import WorkerDeps
+
+log = logging.getLogger(__name__)
+
+JOB_TIMEOUT_S = 7 * 24 * 3600  # runs enforce their own timeouts
+HEARTBEAT_EVERY_S = 3.0
+
+
+class WakeableWorker(Worker):  # type: ignore[misc]
+    """An arq Worker whose poll loop also wakes on a pub/sub nudge (no burst mode)."""
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        wake = asyncio.Event()
+        listener = asyncio.create_task(self._listen(wake), name="queue-wake")
+        try:
+            while True:
+                await self._poll_iteration()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.poll_delay_s)
+                wake.clear()
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _listen(self, wake: asyncio.Event) -> None:
+        deps: WorkerDeps = self.ctx["deps"]
+        loop = asyncio.get_running_loop()
+        next_heartbeat = 0.0
+        while True:
+            pubsub = deps.redis.pubsub()
+            try:
+                await pubsub.subscribe(keys.QUEUE_WAKE_CHANNEL)
+                while True:
+                    if loop.time() >= next_heartbeat:
+                        await deps.redis.set(keys.worker(deps.name), b"1", ex=keys.WORKER_TTL_S)
+                        next_heartbeat = loop.time() + HEARTBEAT_EVERY_S
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        wake.set()
+            except (RedisError, OSError) as exc:
+                log.warning("wake-up listener lost Redis (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+
+def build_worker(settings: Settings, *, concurrency: int | None = None, handle_signals: bool = True) -> Worker:
+    name = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        redis = Redis.from_url(settings.redis_url)
+        ctx["deps"] = WorkerDeps(settings=settings, redis=redis, store=Store(redis, settings.data_dir), name=name)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        deps: WorkerDeps = ctx["deps"]
+        with contextlib.suppress(RedisError, OSError):
+            await deps.redis.delete(keys.worker(deps.name))
+        await deps.redis.aclose()
+
+    return WakeableWorker(
+        functions=[func(tasks.execute_run, name=queue.EXECUTE_RUN, timeout=JOB_TIMEOUT_S, max_tries=1)],
+        queue_name=keys.QUEUE_NAME,
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        max_jobs=concurrency or settings.worker_concurrency,
+        poll_delay=settings.poll_delay_s,
+        keep_result=0,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        handle_signals=handle_signals,
+    )

@@ -1,0 +1,159 @@
+"""One step as a real subprocess: `bash -c script` in its own process group, its stdout, stderr and
+ADE_EVENTS_FD pipes read chunk by chunk and split into lines, a deadline, and a group kill at the end.
+
+When the step's main process exits (or its deadline passes: SIGTERM, a grace period, then SIGKILL), the
+whole process group is killed, so no background process of a step outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+READ_CHUNK_BYTES = 64 * 1024
+PUMP_DRAIN_TIMEOUT_S = 5.0
+
+Line = tuple[bytes, bool]  # (line without newline, truncated)
+LinesHandler = Callable[[str, list[Line]], Awaitable[None]]
+
+
+class LineSplitter:
+    """Splits a byte stream into lines; a line longer than `max_bytes` is cut there and marked truncated,
+    the rest of it discarded up to its newline. A final line without a newline is kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._rest = b""
+        self._discarding = False
+
+    def feed(self, chunk: bytes) -> list[Line]:
+        parts = (self._rest + chunk).split(b"\n")
+        rest = parts.pop()
+        if self._discarding and parts:
+            parts.pop(0)  # the tail of an overlong line that was already cut
+            self._discarding = False
+        limit = self._max
+        lines = [(part[:limit], True) if len(part) > limit else (part, False) for part in parts]
+        if self._discarding:
+            rest = b""
+        elif len(rest) > limit:
+            lines.append((rest[:limit], True))
+            self._discarding = True
+            rest = b""
+        self._rest = rest
+        return lines
+
+    def finish(self) -> list[Line]:
+        rest, self._rest = self._rest, b""
+        return [(rest, False)] if rest and not self._discarding else []
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    exit_code: int | None  # None when the step was killed at its deadline
+    timed_out: bool
+    duration_s: float
+    pgid: int
+
+
+def kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _pump(reader: asyncio.StreamReader, name: str, max_bytes: int, on_lines: LinesHandler) -> None:
+    splitter = LineSplitter(max_bytes)
+    while chunk := await reader.read(READ_CHUNK_BYTES):
+        lines = splitter.feed(chunk)
+        if lines:
+            await on_lines(name, lines)
+    if tail := splitter.finish():
+        await on_lines(name, tail)
+
+
+async def _pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    return reader, transport
+
+
+async def run_step(
+    script: str,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout_s: float,
+    grace_s: float,
+    max_line_bytes: int,
+    on_lines: LinesHandler,
+) -> StepOutcome:
+    """Run `script`; `on_lines` receives ("stdout" | "stderr" | "events", lines) batches in order per pipe."""
+    events_read_fd, events_write_fd = os.pipe()
+    started = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            script,
+            cwd=cwd,
+            env={**env, "ADE_EVENTS_FD": str(events_write_fd)},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=(events_write_fd,),
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(events_read_fd)
+        raise
+    finally:
+        os.close(events_write_fd)
+    pgid = proc.pid  # start_new_session: the step leads its own process group
+    events_reader, events_transport = await _pipe_reader(events_read_fd)
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = asyncio.gather(
+        _pump(proc.stdout, "stdout", max_line_bytes, on_lines),
+        _pump(proc.stderr, "stderr", max_line_bytes, on_lines),
+        _pump(events_reader, "events", max_line_bytes, on_lines),
+    )
+    timed_out = False
+    try:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await proc.wait()
+        except TimeoutError:
+            timed_out = True
+            kill_group(pgid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(grace_s):
+                    await proc.wait()
+            except TimeoutError:
+                pass
+        kill_group(pgid, signal.SIGKILL)  # leftovers of the step never outlive it
+        await proc.wait()
+        try:
+            async with asyncio.timeout(PUMP_DRAIN_TIMEOUT_S):
+                await asyncio.shield(pumps)
+        except TimeoutError:
+            pumps.cancel()  # a process that escaped the group still holds a pipe open
+    except BaseException:
+        kill_group(pgid, signal.SIGKILL)
+        pumps.cancel()
+        raise
+    finally:
+        events_transport.close()
+    return StepOutcome(
+        exit_code=None if timed_out else proc.returncode,
+        timed_out=timed_out,
+        duration_s=time.monotonic() - started,
+        pgid=pgid,
+    )

@@ -31,9 +31,9 @@ def main() -> None:
 @click.option("--port", default=None, type=int, help="Port (default ADE_PORT or 8000).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the HTTP API."""
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from ade.api.app import create_app  # noqa: PLC0415
+    from ade.api.app import create_app
 
     _configure_logging()
     settings = get_settings()
@@ -50,7 +50,7 @@ def serve(host: str | None, port: int | None) -> None:
 @click.option("--concurrency", default=None, type=int, help="Runs executed at once (default 4).")
 def worker(concurrency: int | None) -> None:
     """Run an arq worker that executes runs."""
-    from workers.main import build_worker  # noqa: PLC0415
+    from workers.main import build_worker
 
     _configure_logging()
     build_worker(get_settings(), concurrency=concurrency).run()
@@ -64,7 +64,7 @@ def dev(host: str | None, port: int | None) -> None:
 
     Ctrl-C stops all of it.
     """
-    from ade.redis_server import RedisServer  # noqa: PLC0415
+    from ade.redis_server import RedisServer
 
     settings = Settings.from_env()
     env = dict(os.environ, ADE_DATA_DIR=str(settings.data_dir))
@@ -82,7 +82,9 @@ def dev(host: str | None, port: int | None) -> None:
         subprocess.Popen(serve_args, env=env),
         subprocess.Popen([sys.executable, "-m", "ade.cli", "worker"], env=env),
     ]
-    click.echo(f"ade dev: API on http://{host or settings.host}:{port or settings.port}, data in {settings.data_dir}")
+    click.echo(
+        f"ade dev: API on http://{host or settings.host}:{port or settings.port}, data in {settings.data_dir}"
+    )
     stopping = False
 
     def stop(*_: object) -> None:

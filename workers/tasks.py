@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.executor import WorkerDeps, execute_run as _execute_run
+from workers.executor import WorkerDeps
+from workers.executor import execute_run as _execute_run
 
 
 async def execute_run(ctx: dict[str, Any], run_id: str) -> None:

@@ -80,7 +80,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         redis = Redis.from_url(settings.redis_url, health_check_interval=10)
         arq = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-        hub = Hub(Redis.from_url(settings.redis_url), subscriber_queue_events=settings.subscriber_queue_events)
+        hub = Hub(
+            Redis.from_url(settings.redis_url), subscriber_queue_events=settings.subscriber_queue_events
+        )
         await hub.start()
         app.state.services = Services(
             settings=settings, redis=redis, arq=arq, store=Store(redis, settings.data_dir), hub=hub

@@ -39,7 +39,9 @@ class ConfigurationController(Controller):
         return await services.store.get_configuration(configuration_id)
 
     @put("/configurations/{configuration_id:str}", summary="Replace a configuration")
-    async def update(self, configuration_id: str, data: ConfigurationCreate, services: Services) -> Configuration:
+    async def update(
+        self, configuration_id: str, data: ConfigurationCreate, services: Services
+    ) -> Configuration:
         current = await services.store.get_configuration(configuration_id)
         cfg = Configuration(
             id=current.id,

@@ -10,7 +10,14 @@ from litestar.params import Parameter
 from litestar.response import File, Stream
 
 from ade.api.deps import API_PREFIX, Services
-from ade.api.streams import EventsFormat, EventsPage, events_response, resume_point, sse_response, wants_stream
+from ade.api.streams import (
+    EventsFormat,
+    EventsPage,
+    events_response,
+    resume_point,
+    sse_response,
+    wants_stream,
+)
 from ade.errors import NotFound
 from ade.events import StreamRef
 from ade.models import Page, RunCreate, RunResource, RunStatus
@@ -30,7 +37,7 @@ class RunController(Controller):
         services: Services,
         data: RunCreate | None = None,
     ) -> Response[RunResource] | Stream:
-        """`stream=true` (or `Accept: text/event-stream`) answers with the run's SSE stream from sequence 1."""
+        """`stream=true` (or `Accept: text/event-stream`) answers with the SSE stream from sequence 1."""
         body = data or RunCreate()
         cfg = await services.store.get_configuration(configuration_id)
         run = await create_run(services.settings, services.redis, services.arq, services.store, cfg, body)

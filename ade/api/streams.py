@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from litestar import Request, Response
@@ -25,7 +25,7 @@ class EventsPage(msgspec.Struct, kw_only=True):
     next_after_sequence: int
 
 
-def wants_stream(request: Request[object, object, object], stream: bool | None) -> bool:
+def wants_stream(request: Request[Any, Any, Any], stream: bool | None) -> bool:
     if stream is not None:
         return stream
     return "text/event-stream" in request.headers.get("accept", "")

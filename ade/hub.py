@@ -109,6 +109,11 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(channel.subscribers) for channel in self._channels.values())
 
+    @property
+    def largest_backlog(self) -> int:
+        """Events queued for the slowest local subscriber (bounded by `subscriber_queue_events`)."""
+        return max((s.queued_events for c in self._channels.values() for s in c.subscribers), default=0)
+
     @contextlib.asynccontextmanager
     async def subscribe(self, channel_name: str) -> AsyncIterator[Subscription]:
         """Register a subscriber and wait (bounded) until the channel is subscribed in Redis.

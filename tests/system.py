@@ -1,0 +1,115 @@
+"""A real ADE system for tests: a private Redis, `ade serve` and `ade worker` as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from ade.redis_server import RedisServer, free_port
+
+
+@dataclass
+class AdeSystem:
+    root: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    redis: RedisServer = field(init=False)
+    api_port: int = field(default_factory=free_port)
+    api: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.redis = RedisServer(self.root / "redis")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "ADE_REDIS_URL": self.redis.url,
+            "ADE_DATA_DIR": str(self.data_dir),
+            "ADE_PORT": str(self.api_port),
+            "ADE_LOG_LEVEL": "WARNING",
+            "ADE_KILL_GRACE_S": "1",
+            **self.extra_env,
+        }
+
+    def _spawn(self, command: str, name: str) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        return subprocess.Popen(
+            [sys.executable, "-m", "ade.cli", command], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def start(self) -> AdeSystem:
+        self.redis.start()
+        self.start_api()
+        self.start_worker()
+        self.wait_ready()
+        return self
+
+    def start_api(self) -> None:
+        self.api = self._spawn("serve", "api")
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        worker = self._spawn("worker", f"worker{len(self.workers)}")
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{self.base_url}/readyz", timeout=1.0)
+                if response.status_code == 200:
+                    return
+                last = response.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.05)
+        raise RuntimeError(f"ADE did not become ready: {last}")
+
+    def stop(self) -> None:
+        for proc in [self.api, *self.workers]:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [self.api, *self.workers]:
+            if proc is None:
+                continue
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.workers.clear()
+        self.api = None
+        self.redis.stop()
+
+
+def live_processes_in_group(pgid: int) -> list[int]:
+    """Pids of processes (not zombies) whose process group is `pgid`, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            found.append(int(entry.name))
+    return found

@@ -1,0 +1,86 @@
+"""Hub and SSE against a real Redis: a stalled reader stays bounded and then catches up exactly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from ade.dispatcher import Identity, StreamWriter
+from ade.events import RUN_COMPLETED, StreamRef
+from ade.hub import Hub, Subscription
+from ade.redis_server import RedisServer
+from ade.sse import stream_frames
+
+pytestmark = pytest.mark.anyio
+
+
+def test_subscription_queue_is_bounded_and_keeps_the_newest() -> None:
+    from ade.events import EventHead
+
+    sub = Subscription(max_events=10)
+    for n in range(1, 101):
+        sub.deliver(EventHead(n, "console.line"), b"x")
+    assert sub.queued_events == 10 and sub.dropped_events == 90
+    assert [head.sequence for head, _ in sub.drain()] == list(range(91, 101))
+
+
+@pytest.fixture
+async def hub(redis_server: RedisServer) -> AsyncIterator[Hub]:
+    hub = Hub(Redis.from_url(redis_server.url), subscriber_queue_events=16)
+    await hub.start()
+    yield hub
+    await hub.stop()
+
+
+def ids_in(chunk: bytes) -> list[int]:
+    return [int(line[4:]) for line in chunk.split(b"\n") if line.startswith(b"id: ")]
+
+
+async def test_stalled_reader_stays_bounded_then_catches_up_exactly(
+    hub: Hub, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    stream = StreamRef.for_run(tmp_path, "run_slow")
+    redis = Redis.from_url(redis_server.url)
+    frames = stream_frames(hub, stream, 0, keepalive_s=5, retry_ms=2000, page_events=100)
+    assert await frames.__anext__() == b"retry: 2000\n\n"
+    received: list[int] = []
+    largest_backlog = 0
+    async with StreamWriter(
+        redis, stream, Identity(workspace_id="ws", run_id="run_slow"), lease_ttl_s=5
+    ) as w:
+        await w.emit("run.queued", {})
+        received += ids_in(await frames.__anext__())  # the reader is now live, then stalls
+        for batch in range(50):
+            await w.emit_many([("console.line", {"n": batch * 100 + i}, "worker") for i in range(100)])
+            largest_backlog = max(largest_backlog, hub.largest_backlog)
+        await w.emit(RUN_COMPLETED, {"status": "succeeded"})
+    with anyio.fail_after(30):
+        async for chunk in frames:  # the reader resumes
+            received += ids_in(chunk)
+            if chunk.endswith(b"event: end\ndata: {}\n\n"):
+                break
+    assert received == list(range(1, 5003))
+    assert 0 < largest_backlog <= 16
+    await redis.aclose()
+
+
+async def test_reader_that_attaches_after_the_end_gets_replay_then_end(
+    hub: Hub, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    stream = StreamRef.for_run(tmp_path, "run_done")
+    redis = Redis.from_url(redis_server.url)
+    async with StreamWriter(
+        redis, stream, Identity(workspace_id="ws", run_id="run_done"), lease_ttl_s=5
+    ) as w:
+        await w.emit_many([("console.line", {"n": i}, "worker") for i in range(2500)])
+        await w.emit(RUN_COMPLETED, {"status": "succeeded"})
+    chunks = [
+        chunk async for chunk in stream_frames(hub, stream, 1200, keepalive_s=5, retry_ms=1, page_events=1000)
+    ]
+    assert [i for chunk in chunks for i in ids_in(chunk)] == list(range(1201, 2502))
+    assert chunks[-1] == b"event: end\ndata: {}\n\n"
+    await redis.aclose()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import anyio
-
 import httpx
 import pytest
 
@@ -49,8 +48,6 @@ async def _assert_group_gone(pgid: int) -> None:
     for _ in range(200):
         if not live_processes_in_group(pgid):
             return
-        import anyio
-
         await anyio.sleep(0.01)
     raise AssertionError(f"processes of group {pgid} outlived the step: {live_processes_in_group(pgid)}")
 

@@ -84,3 +84,13 @@ async def test_reader_that_attaches_after_the_end_gets_replay_then_end(
     assert [i for chunk in chunks for i in ids_in(chunk)] == list(range(1201, 2502))
     assert chunks[-1] == b"event: end\ndata: {}\n\n"
     await redis.aclose()
+
+
+async def test_idle_stream_sends_keepalive_comments(hub: Hub, tmp_path: Path) -> None:
+    stream = StreamRef.for_run(tmp_path, "run_idle")
+    frames = stream_frames(hub, stream, 0, keepalive_s=0.05, retry_ms=2000, page_events=10)
+    assert await frames.__anext__() == b"retry: 2000\n\n"
+    with anyio.fail_after(5):
+        assert await frames.__anext__() == b": keepalive\n\n"
+        assert await frames.__anext__() == b": keepalive\n\n"
+    await frames.aclose()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import click
+import httpx
 
 from ade.settings import Settings, get_settings
 
@@ -68,6 +73,11 @@ def dev(host: str | None, port: int | None) -> None:
 
     settings = Settings.from_env()
     env = dict(os.environ, ADE_DATA_DIR=str(settings.data_dir))
+    if not settings.bootstrap_token:
+        env["ADE_BOOTSTRAP_TOKEN"] = _dev_bootstrap_token(settings.data_dir)
+        click.echo(
+            f"ade dev: bootstrap token {env['ADE_BOOTSTRAP_TOKEN']} (kept in $ADE_DATA_DIR/bootstrap-token)"
+        )
     redis_server = None
     if not os.environ.get("ADE_REDIS_URL"):
         redis_server = RedisServer(settings.data_dir / "redis").start()
@@ -109,6 +119,72 @@ def dev(host: str | None, port: int | None) -> None:
         if redis_server is not None:
             redis_server.stop()
         click.echo("ade dev: stopped")
+
+
+def _dev_bootstrap_token(data_dir: Path) -> str:
+    """A bootstrap token for `ade dev` when ADE_BOOTSTRAP_TOKEN is unset: made once, kept in the data dir."""
+    path = data_dir / "bootstrap-token"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+# Client side ----------------------------------------------------------------------------------------
+
+_url_option = click.option("--url", envvar="ADE_URL", default="http://127.0.0.1:8000", show_default=True)
+_token_option = click.option("--token", envvar="ADE_TOKEN", required=True, help="API key (or ADE_TOKEN).")
+
+
+def _call(url: str, token: str, method: str, path: str, body: dict[str, Any]) -> Any:
+    response = httpx.request(
+        method, f"{url}/api/v1{path}", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    if response.status_code >= 400:
+        error = response.json()
+        raise click.ClickException(f"{error['error']} ({error['code']}, HTTP {response.status_code})")
+    return response.json()
+
+
+@main.group()
+def workspaces() -> None:
+    """Workspaces (the bootstrap token creates them)."""
+
+
+@workspaces.command("create")
+@click.argument("name")
+@_url_option
+@_token_option
+def workspaces_create(name: str, url: str, token: str) -> None:
+    """Create a workspace and print it as JSON."""
+    click.echo(json.dumps(_call(url, token, "POST", "/workspaces", {"name": name}), indent=2))
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--workspace", "workspace_id", required=True, help="Workspace id (ws_…).")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True)
+@click.option("--name", default="cli", show_default=True)
+@click.option("--expires-at", default=None, help="RFC 3339 time after which the key stops working.")
+@_url_option
+@_token_option
+def keys_create(
+    workspace_id: str, role: str, name: str, expires_at: str | None, url: str, token: str
+) -> None:
+    """Create an API key; its secret is printed once."""
+    body: dict[str, Any] = {"name": name, "role": role}
+    if expires_at:
+        body["expires_at"] = expires_at
+    created = _call(url, token, "POST", f"/workspaces/{workspace_id}/api-keys", body)
+    click.echo(json.dumps(created, indent=2))
 
 
 if __name__ == "__main__":

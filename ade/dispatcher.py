@@ -45,6 +45,7 @@ class Identity:
 
 
 EventSpec = tuple[str, dict[str, Any], Source]
+MASK = "***"
 
 
 class StreamWriter:
@@ -59,6 +60,7 @@ class StreamWriter:
         lease_ttl_s: float,
         fsync: bool = False,
         acquire_timeout_s: float = 5.0,
+        redact: Sequence[str] = (),
     ) -> None:
         self.stream = stream
         self.identity = identity
@@ -66,6 +68,7 @@ class StreamWriter:
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
         self._acquire_timeout_s = acquire_timeout_s
         self._fsync = fsync
+        self._redact = sorted({value for value in redact if value}, key=len, reverse=True)
         self._token = secrets.token_hex(16)
         self._lock = asyncio.Lock()
         self._lease_lost = False
@@ -125,7 +128,7 @@ class StreamWriter:
                     configuration_id=ident.configuration_id,
                     run_id=ident.run_id,
                     build_id=ident.build_id,
-                    payload=payload,
+                    payload=self._masked(payload) if self._redact else payload,
                 )
                 events.append(event)
                 encoded.append(encode_event(event))
@@ -133,6 +136,18 @@ class StreamWriter:
             log_writer.last_sequence = sequence
             await self._publish(encoded)  # ... then publish
             return events
+
+    def _masked(self, value: Any) -> Any:
+        """Secret values replaced by `***` in every string of a payload (keys and structure untouched)."""
+        if isinstance(value, str):
+            for secret in self._redact:
+                value = value.replace(secret, MASK)
+            return value
+        if isinstance(value, dict):
+            return {key: self._masked(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._masked(item) for item in value]
+        return value
 
     async def _publish(self, encoded: list[bytes]) -> None:
         channel = self.stream.channel

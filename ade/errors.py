@@ -22,14 +22,39 @@ class Invalid(AdeError):
     code = "invalid_request"
 
 
+class Unauthorized(AdeError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AdeError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(AdeError):
     status_code = 404
     code = "not_found"
 
 
+def not_found(what: str, ident: str) -> NotFound:
+    """The one message for 'missing' and 'not yours': a key cannot learn what other workspaces hold."""
+    return NotFound(f"{what} {ident!r} does not exist", code=f"{what}_not_found")
+
+
 class Conflict(AdeError):
     status_code = 409
     code = "conflict"
+
+
+class TooLarge(AdeError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class TooManyRequests(AdeError):
+    status_code = 429
+    code = "too_many_requests"
 
 
 class Unavailable(AdeError):

@@ -7,6 +7,8 @@ CONFIGURATION = "cfg"
 RUN = "run"
 BUILD = "build"
 EVENT = "evt"
+API_KEY = "key"
+AUDIT = "aud"
 
 
 def new_id(prefix: str) -> str:

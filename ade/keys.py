@@ -26,6 +26,27 @@ def workspace_runs(workspace_id: str) -> str:
     return f"{PREFIX}:workspace:{workspace_id}:runs"
 
 
+def api_key(key_id: str) -> str:
+    return f"{PREFIX}:api_key:{key_id}"
+
+
+def workspace_api_keys(workspace_id: str) -> str:
+    return f"{PREFIX}:workspace:{workspace_id}:api_keys"
+
+
+def audit(workspace_id: str) -> str:
+    """List of a workspace's audit entries (encoded), oldest first."""
+    return f"{PREFIX}:audit:{workspace_id}"
+
+
+def sse_slots(actor: str) -> str:
+    """Sorted set of an API key's open SSE connections, scored by when each slot expires (ms)."""
+    return f"{PREFIX}:sse:{actor}"
+
+
+SSE_SLOT_TTL_S = 60  # refreshed while the stream sends; a crashed API process's slots lapse by themselves
+
+
 # Streams: one writer lease and one pub/sub channel per stream (a run or a build).
 def stream_lease(stream_id: str) -> str:
     return f"{PREFIX}:lease:{stream_id}"

@@ -10,12 +10,47 @@ import msgspec
 RunStatus = Literal["queued", "waiting_for_build", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_RUN_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
+Role = Literal["viewer", "operator", "admin"]
+ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
+
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 StepName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-Script = Annotated[str, msgspec.Meta(min_length=1, max_length=65536)]
+Script = Annotated[str, msgspec.Meta(min_length=1)]  # length limit: Settings.max_script_bytes
 TimeoutS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
-Environment = dict[EnvName, Annotated[str, msgspec.Meta(max_length=32768)]]
+EnvText = Annotated[str, msgspec.Meta(max_length=32768)]
+
+
+class SecretValue(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """`{"value": "…", "secret": true}`: never returned by the API, masked as `***` in events.
+
+    The API answers `{"secret": true}` without the value; sending that back on `PUT` keeps the value.
+    """
+
+    secret: bool
+    value: EnvText | None = None
+
+
+Environment = dict[EnvName, EnvText | SecretValue]
+
+
+def plain_environment(environment: Environment) -> dict[str, str]:
+    """The values a step sees."""
+    return {
+        name: value if isinstance(value, str) else (value.value or "") for name, value in environment.items()
+    }
+
+
+def secret_values(environment: Environment) -> list[str]:
+    return [v.value for v in environment.values() if isinstance(v, SecretValue) and v.secret and v.value]
+
+
+def redact_environment(environment: Environment) -> Environment:
+    """The environment as the API shows it: secret values removed."""
+    return {
+        name: SecretValue(secret=True) if isinstance(value, SecretValue) and value.secret else value
+        for name, value in environment.items()
+    }
 
 
 def utcnow() -> datetime:
@@ -49,7 +84,7 @@ class Step(Struct):
     environment: Environment = msgspec.field(default_factory=dict)
 
 
-Steps = Annotated[list[Step], msgspec.Meta(min_length=1, max_length=100)]
+Steps = Annotated[list[Step], msgspec.Meta(min_length=1)]  # count limit: Settings.max_steps
 
 
 class ConfigurationCreate(Struct):
@@ -64,7 +99,7 @@ class Configuration(msgspec.Struct, kw_only=True):
     workspace_id: str
     name: str
     steps: list[Step]
-    environment: dict[str, str]
+    environment: Environment
     timeout_s: float | None
     created_at: datetime
     updated_at: datetime
@@ -104,7 +139,7 @@ class Plan(msgspec.Struct, kw_only=True):
     configuration_id: str
     name: str
     steps: list[Step]
-    environment: dict[str, str]
+    environment: Environment
     timeout_s: float | None
 
 
@@ -172,3 +207,74 @@ class RunResource(msgspec.Struct, kw_only=True):
 class Page(msgspec.Struct, kw_only=True):
     items: list[RunResource]
     next_cursor: str | None
+
+
+# API keys and audit ------------------------------------------------------------------------------
+
+
+class ApiKeyCreate(Struct):
+    name: Name
+    role: Role
+    expires_at: datetime | None = None
+
+
+class ApiKey(msgspec.Struct, kw_only=True):
+    """Stored form: only a hash of the secret."""
+
+    id: str
+    workspace_id: str
+    name: str
+    role: Role
+    secret_sha256: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class ApiKeyResource(msgspec.Struct, kw_only=True):
+    id: str
+    workspace_id: str
+    name: str
+    role: Role
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ApiKeyResource:
+        return cls(**{f: getattr(key, f) for f in cls.__struct_fields__})
+
+
+class ApiKeyCreated(ApiKeyResource, kw_only=True):
+    secret: str  # shown once
+
+
+class AuditEntry(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: datetime
+    workspace_id: str
+    actor: str
+    action: str
+    target: str
+    details: dict[str, str | int | float | bool | None] = {}
+
+
+class Pagination(msgspec.Struct, kw_only=True):
+    total: int
+    limit: int
+    offset: int
+    has_more: bool
+
+
+class AuditPage(msgspec.Struct, kw_only=True):
+    audit_logs: list[AuditEntry]
+    pagination: Pagination
+
+
+class StreamToken(msgspec.Struct, kw_only=True):
+    token: str
+    stream_id: str
+    expires_at: datetime
+    events_url: str

@@ -38,6 +38,12 @@ class Settings:
     kill_grace_s: float = 5.0
     default_run_timeout_s: float = 3600.0
     log_fsync: bool = False
+    # Security and limits
+    stream_token_ttl_s: float = 300.0
+    max_request_bytes: int = 1024 * 1024
+    max_steps: int = 100
+    max_script_bytes: int = 65536
+    max_streams_per_key: int = 32
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -58,6 +64,11 @@ class Settings:
             kill_grace_s=_float("ADE_KILL_GRACE_S", 5.0),
             default_run_timeout_s=_float("ADE_DEFAULT_RUN_TIMEOUT_S", 3600.0),
             log_fsync=os.environ.get("ADE_LOG_FSYNC", "") in ("1", "true", "yes"),
+            stream_token_ttl_s=_float("ADE_STREAM_TOKEN_TTL_S", 300.0),
+            max_request_bytes=_int("ADE_MAX_REQUEST_BYTES", 1024 * 1024),
+            max_steps=_int("ADE_MAX_STEPS", 100),
+            max_script_bytes=_int("ADE_MAX_SCRIPT_BYTES", 65536),
+            max_streams_per_key=_int("ADE_MAX_STREAMS_PER_KEY", 32),
         )
 
 

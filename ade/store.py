@@ -18,14 +18,14 @@ import msgspec
 from redis.asyncio import Redis
 
 from ade import keys
-from ade.errors import NotFound
-from ade.models import Configuration, Run, Workspace
+from ade.errors import not_found
+from ade.models import ApiKey, Configuration, Run, Workspace
 
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    cls: msgspec.json.Decoder(cls) for cls in (Workspace, Configuration, Run)
+    cls: msgspec.json.Decoder(cls) for cls in (Workspace, Configuration, Run, ApiKey)
 }
 
 
@@ -55,6 +55,9 @@ class Store:
     def configuration_path(self, configuration_id: str) -> Path:
         return self.data_dir / "configurations" / f"{configuration_id}.json"
 
+    def api_key_path(self, key_id: str) -> Path:
+        return self.data_dir / "api_keys" / f"{key_id}.json"
+
     def run_dir(self, run_id: str) -> Path:
         return self.data_dir / "runs" / run_id
 
@@ -62,7 +65,7 @@ class Store:
     async def _get(self, cls: type[T], key: str, what: str, ident: str) -> T:
         raw = await self.redis.get(key)
         if raw is None:
-            raise NotFound(f"{what} {ident!r} does not exist", code=f"{what}_not_found")
+            raise not_found(what, ident)
         decoded: T = _decoders[cls].decode(raw)
         return decoded
 
@@ -109,6 +112,27 @@ class Store:
             pipe.delete(keys.configuration(cfg.id))
             pipe.zrem(keys.workspace_configurations(cfg.workspace_id), cfg.id)
             await pipe.execute()
+
+    # API keys ----------------------------------------------------------------------------------
+    async def put_api_key(self, key: ApiKey) -> None:
+        await self._put(
+            keys.api_key(key.id),
+            self.api_key_path(key.id),
+            key,
+            (keys.workspace_api_keys(key.workspace_id), key.id),
+        )
+
+    async def find_api_key(self, key_id: str) -> ApiKey | None:
+        raw = await self.redis.get(keys.api_key(key_id))
+        return None if raw is None else _decoders[ApiKey].decode(raw)
+
+    async def get_api_key(self, key_id: str) -> ApiKey:
+        return await self._get(ApiKey, keys.api_key(key_id), "api_key", key_id)
+
+    async def list_api_keys(self, workspace_id: str) -> list[ApiKey]:
+        ids = await self.redis.zrange(keys.workspace_api_keys(workspace_id), 0, -1)
+        raws = await self.redis.mget([keys.api_key(i.decode()) for i in ids]) if ids else []
+        return [_decoders[ApiKey].decode(raw) for raw in raws if raw is not None]
 
     # Runs --------------------------------------------------------------------------------------
     async def put_run(self, run: Run) -> None:

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from ade.redis_server import RedisServer
-from tests.system import AdeSystem
+from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 
 @pytest.fixture
@@ -27,7 +27,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdeSystem]:
 
 @pytest.fixture
 async def client(system: AdeSystem) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"{system.base_url}/api/v1", timeout=60.0) as http:
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+    async with httpx.AsyncClient(base_url=f"{system.base_url}/api/v1", timeout=60.0, headers=headers) as http:
         yield http
 
 

@@ -14,6 +14,8 @@ import httpx
 
 from ade.redis_server import RedisServer, free_port
 
+BOOTSTRAP_TOKEN = "test-bootstrap-token"
+
 
 @dataclass
 class AdeSystem:
@@ -43,6 +45,7 @@ class AdeSystem:
             "ADE_PORT": str(self.api_port),
             "ADE_LOG_LEVEL": "WARNING",
             "ADE_KILL_GRACE_S": "1",
+            "ADE_BOOTSTRAP_TOKEN": BOOTSTRAP_TOKEN,
             **self.extra_env,
         }
 

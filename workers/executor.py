@@ -20,7 +20,7 @@ from ade import events as ev
 from ade.dispatcher import EventSpec, StreamWriter
 from ade.errors import NotFound
 from ade.events import StreamRef
-from ade.models import TERMINAL_RUN_STATUSES, Failure, Run, Step, utcnow
+from ade.models import TERMINAL_RUN_STATUSES, Failure, Run, Step, plain_environment, secret_values, utcnow
 from ade.runs import prepare_run_dir, run_identity
 from ade.settings import Settings
 from ade.store import Store
@@ -48,8 +48,8 @@ def step_environment(run: Run, step: Step, run_dir: os.PathLike[str]) -> dict[st
     root = os.fspath(run_dir)
     return {
         **base,
-        **run.plan.environment,
-        **step.environment,
+        **plain_environment(run.plan.environment),
+        **plain_environment(step.environment),
         "ADE_RUN_ID": run.id,
         "ADE_WORKSPACE_ID": run.workspace_id,
         "ADE_STEP": step.name,
@@ -123,8 +123,16 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
     run_dir = store.run_dir(run.id)
     prepare_run_dir(run_dir)
     stream = StreamRef.for_run(settings.data_dir, run.id)
+    secrets = secret_values(run.plan.environment)
+    for step in run.plan.steps:
+        secrets += secret_values(step.environment)
     async with StreamWriter(
-        deps.redis, stream, run_identity(run), lease_ttl_s=settings.lease_ttl_s, fsync=settings.log_fsync
+        deps.redis,
+        stream,
+        run_identity(run),
+        lease_ttl_s=settings.lease_ttl_s,
+        fsync=settings.log_fsync,
+        redact=secrets,
     ) as writer:
         run.status, run.started_at, run.worker = "running", utcnow(), deps.name
         await writer.emit(ev.RUN_STARTED, {"status": "running", "attempt": run.attempt, "worker": deps.name})

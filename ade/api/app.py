@@ -7,20 +7,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 from arq.connections import RedisSettings, create_pool
 from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi import OpenAPIConfig
+from litestar.handlers import HTTPRouteHandler
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ade.api.audit import AuditController
+from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal
 from ade.api.configurations import ConfigurationController
 from ade.api.deps import API_PREFIX, Services
 from ade.api.health import HealthController
+from ade.api.keys import ApiKeyController
 from ade.api.runs import RunController
 from ade.api.workspaces import WorkspaceController
+from ade.audit import AuditLog
+from ade.auth import StreamTokens, load_signing_key
 from ade.errors import AdeError
 from ade.hub import Hub
 from ade.settings import Settings, get_settings
@@ -42,8 +51,37 @@ _CODES_BY_STATUS = {
 }
 
 
+class ErrorBody(msgspec.Struct):
+    """Every error response: a human message, a machine code, and details (e.g. one per invalid field)."""
+
+    error: str
+    code: str
+    details: list[Any]
+
+
 def error_body(message: str, code: str, details: list[Any] | None = None) -> dict[str, Any]:
     return {"error": message, "code": code, "details": details or []}
+
+
+ERROR_RESPONSES = {
+    400: "invalid request: a body, parameter or header is malformed or breaks a rule",
+    401: "missing, invalid or expired credentials",
+    403: "the key's role is too weak for this",
+    404: "no such thing, or it belongs to another workspace",
+    409: "the request conflicts with the current state",
+    413: "the request body is too large",
+    429: "too many concurrent event streams for this key",
+    503: "Redis is unavailable",
+}
+
+
+def document_errors(handlers: list[HTTPRouteHandler]) -> None:
+    """Every route documents every error it can answer, all in the one error shape."""
+    for handler in handlers:
+        documented = dict(handler.responses or {})
+        for status, description in ERROR_RESPONSES.items():
+            documented.setdefault(status, ResponseSpec(data_container=ErrorBody, description=description))
+        handler.responses = documented
 
 
 def _handle_ade_error(_: Request[Any, Any, Any], exc: AdeError) -> Response[dict[str, Any]]:
@@ -85,7 +123,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         await hub.start()
         app.state.services = Services(
-            settings=settings, redis=redis, arq=arq, store=Store(redis, settings.data_dir), hub=hub
+            settings=settings,
+            redis=redis,
+            arq=arq,
+            store=Store(redis, settings.data_dir),
+            hub=hub,
+            audit=AuditLog(redis, settings.data_dir),
+            stream_tokens=StreamTokens(load_signing_key(settings.data_dir), settings.stream_token_ttl_s),
         )
         try:
             yield
@@ -100,11 +144,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     api = Router(
         path=API_PREFIX,
-        route_handlers=[WorkspaceController, ConfigurationController, RunController],
+        route_handlers=[
+            WorkspaceController,
+            ConfigurationController,
+            RunController,
+            ApiKeyController,
+            AuditController,
+        ],
+        dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
+        security=[{"bearer": []}],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[api, HealthController],
         lifespan=[lifespan],
+        middleware=[DefineMiddleware(AuthMiddleware, exclude=PUBLIC_PATHS)],
+        request_max_body_size=settings.max_request_bytes,
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers={
             AdeError: _handle_ade_error,
@@ -113,5 +167,25 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RedisError: _handle_redis,
             Exception: _handle_unexpected,
         },
-        openapi_config=OpenAPIConfig(title="ADE", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="ADE",
+            version="0.1.0",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(
+                        type="http", scheme="bearer", description="an API key or bootstrap token"
+                    )
+                }
+            ),
+        ),
     )
+    document_errors(
+        [
+            handler
+            for route in app.routes
+            if route.path.startswith(API_PREFIX)
+            for handler in getattr(route, "route_handlers", ())
+        ]
+    )
+    return app

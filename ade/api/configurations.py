@@ -1,62 +1,144 @@
-"""Configurations: what a run executes."""
+"""Configurations: what a run executes. Admins change them; secret values never leave the server."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from litestar import Controller, delete, get, post, put
 
 from ade import ids
+from ade.api import auth
 from ade.api.deps import Services
-from ade.models import Configuration, ConfigurationCreate, utcnow
+from ade.auth import Principal
+from ade.errors import Invalid
+from ade.models import (
+    Configuration,
+    ConfigurationCreate,
+    Environment,
+    SecretValue,
+    redact_environment,
+    utcnow,
+)
+from ade.settings import Settings
+
+
+def public(cfg: Configuration) -> Configuration:
+    """A configuration as the API shows it: secret values removed."""
+    return msgspec.structs.replace(
+        cfg,
+        environment=redact_environment(cfg.environment),
+        steps=[msgspec.structs.replace(s, environment=redact_environment(s.environment)) for s in cfg.steps],
+    )
+
+
+def check_limits(settings: Settings, data: ConfigurationCreate) -> None:
+    details: list[dict[str, Any]] = []
+    if len(data.steps) > settings.max_steps:
+        details.append({"key": "steps", "message": f"at most {settings.max_steps} steps (ADE_MAX_STEPS)"})
+    for index, step in enumerate(data.steps):
+        if len(step.script.encode()) > settings.max_script_bytes:
+            limit = f"at most {settings.max_script_bytes} bytes (ADE_MAX_SCRIPT_BYTES)"
+            details.append({"key": f"steps[{index}].script", "message": limit})
+    names = [step.name for step in data.steps]
+    if len(set(names)) != len(names):
+        details.append({"key": "steps", "message": "step names must be unique"})
+    if details:
+        raise Invalid("the configuration exceeds a limit", details=details)
+
+
+def _keep_secrets(new: Environment, old: Environment, where: str) -> Environment:
+    """A secret sent back without its value (as the API shows it) keeps the stored value."""
+    merged: Environment = {}
+    for name, value in new.items():
+        if isinstance(value, SecretValue) and value.value is None:
+            previous = old.get(name)
+            if not (isinstance(previous, SecretValue) and previous.value is not None):
+                raise Invalid(
+                    f"secret {name!r} needs a value",
+                    details=[{"key": f"{where}.{name}", "message": "no value"}],
+                )
+            value = previous
+        merged[name] = value
+    return merged
+
+
+def _configuration(data: ConfigurationCreate, current: Configuration | None, **fields: Any) -> Configuration:
+    old_steps = {step.name: step for step in current.steps} if current else {}
+    steps = [
+        msgspec.structs.replace(
+            step,
+            environment=_keep_secrets(
+                step.environment,
+                old_steps[step.name].environment if step.name in old_steps else {},
+                f"steps[{index}].environment",
+            ),
+        )
+        for index, step in enumerate(data.steps)
+    ]
+    environment = _keep_secrets(data.environment, current.environment if current else {}, "environment")
+    return Configuration(
+        name=data.name, steps=steps, environment=environment, timeout_s=data.timeout_s, **fields
+    )
 
 
 class ConfigurationController(Controller):
     tags = ["configurations"]
 
     @post("/workspaces/{workspace_id:str}/configurations", status_code=201, summary="Create a configuration")
-    async def create(self, workspace_id: str, data: ConfigurationCreate, services: Services) -> Configuration:
-        await services.store.get_workspace(workspace_id)
+    async def create(
+        self, workspace_id: str, data: ConfigurationCreate, services: Services, principal: Principal
+    ) -> Configuration:
+        await auth.workspace(services, principal, workspace_id, "admin")
+        check_limits(services.settings, data)
         now = utcnow()
-        cfg = Configuration(
+        cfg = _configuration(
+            data,
+            None,
             id=ids.new_id(ids.CONFIGURATION),
             workspace_id=workspace_id,
-            name=data.name,
-            steps=data.steps,
-            environment=data.environment,
-            timeout_s=data.timeout_s,
             created_at=now,
             updated_at=now,
         )
         await services.store.put_configuration(cfg)
-        return cfg
+        await services.audit.record(
+            principal.actor, workspace_id, "configuration.create", cfg.id, {"name": cfg.name}
+        )
+        return public(cfg)
 
     @get("/workspaces/{workspace_id:str}/configurations", summary="List a workspace's configurations")
-    async def list(self, workspace_id: str, services: Services) -> list[Configuration]:
-        await services.store.get_workspace(workspace_id)
-        return await services.store.list_configurations(workspace_id)
+    async def list(self, workspace_id: str, services: Services, principal: Principal) -> list[Configuration]:
+        await auth.workspace(services, principal, workspace_id)
+        return [public(cfg) for cfg in await services.store.list_configurations(workspace_id)]
 
     @get("/configurations/{configuration_id:str}", summary="Get a configuration")
-    async def read(self, configuration_id: str, services: Services) -> Configuration:
-        return await services.store.get_configuration(configuration_id)
+    async def read(self, configuration_id: str, services: Services, principal: Principal) -> Configuration:
+        return public(await auth.configuration(services, principal, configuration_id))
 
     @put("/configurations/{configuration_id:str}", summary="Replace a configuration")
     async def update(
-        self, configuration_id: str, data: ConfigurationCreate, services: Services
+        self, configuration_id: str, data: ConfigurationCreate, services: Services, principal: Principal
     ) -> Configuration:
-        current = await services.store.get_configuration(configuration_id)
-        cfg = Configuration(
+        current = await auth.configuration(services, principal, configuration_id, "admin")
+        check_limits(services.settings, data)
+        cfg = _configuration(
+            data,
+            current,
             id=current.id,
             workspace_id=current.workspace_id,
-            name=data.name,
-            steps=data.steps,
-            environment=data.environment,
-            timeout_s=data.timeout_s,
             created_at=current.created_at,
             updated_at=utcnow(),
         )
         await services.store.put_configuration(cfg)
-        return cfg
+        await services.audit.record(
+            principal.actor, cfg.workspace_id, "configuration.update", cfg.id, {"name": cfg.name}
+        )
+        return public(cfg)
 
     @delete("/configurations/{configuration_id:str}", status_code=204, summary="Delete a configuration")
-    async def remove(self, configuration_id: str, services: Services) -> None:
-        cfg = await services.store.get_configuration(configuration_id)
+    async def remove(self, configuration_id: str, services: Services, principal: Principal) -> None:
+        cfg = await auth.configuration(services, principal, configuration_id, "admin")
         await services.store.delete_configuration(cfg)
+        await services.audit.record(
+            principal.actor, cfg.workspace_id, "configuration.delete", cfg.id, {"name": cfg.name}
+        )

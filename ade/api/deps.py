@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from ade.audit import AuditLog
+from ade.auth import StreamTokens
 from ade.hub import Hub
 from ade.settings import Settings
 from ade.store import Store
@@ -21,3 +23,5 @@ class Services:
     arq: ArqRedis
     store: Store
     hub: Hub
+    audit: AuditLog
+    stream_tokens: StreamTokens

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
-from ade import eventlog
+from ade import eventlog, keys
 from ade.api.deps import Services
-from ade.errors import Invalid
+from ade.auth import Principal
+from ade.errors import Invalid, TooManyRequests
 from ade.events import EVENT_DECODER, Event, StreamRef
 from ade.sse import stream_frames
 
@@ -44,8 +48,62 @@ def resume_point(after_sequence: int, last_event_id: str | None) -> int:
     return int(value)
 
 
-def sse_response(services: Services, stream: StreamRef, after_sequence: int) -> Stream:
+# Take a slot if the key holds fewer than ARGV[2] live ones.
+# KEYS[1]: the slots; ARGV: now_ms, limit, expiry_ms, member.
+_TAKE_SLOT = """
+redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1])
+if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('zadd', KEYS[1], ARGV[3], ARGV[4])
+redis.call('pexpire', KEYS[1], ARGV[3] - ARGV[1])
+return 1
+"""
+
+
+class StreamSlot:
+    """One of a key's concurrent SSE connections (ADE_MAX_STREAMS_PER_KEY), counted across API processes."""
+
+    def __init__(self, services: Services, actor: str) -> None:
+        self._redis = services.redis
+        self._key = keys.sse_slots(actor)
+        self._member = secrets.token_hex(8)
+        self._limit = services.settings.max_streams_per_key
+        self._refreshed_s = 0.0
+
+    async def take(self) -> None:
+        now_ms = int(time.time() * 1000)
+        expiry_ms = now_ms + keys.SSE_SLOT_TTL_S * 1000
+        taken = await cast(
+            Awaitable[int],
+            self._redis.eval(
+                _TAKE_SLOT, 1, self._key, str(now_ms), str(self._limit), str(expiry_ms), self._member
+            ),
+        )
+        if not taken:
+            raise TooManyRequests(
+                f"this key already has {self._limit} open event streams (ADE_MAX_STREAMS_PER_KEY)",
+                code="too_many_streams",
+            )
+        self._refreshed_s = time.monotonic()
+
+    async def hold(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Pass frames through, refreshing the slot while the stream lives and releasing it at the end."""
+        try:
+            async for chunk in frames:
+                if time.monotonic() - self._refreshed_s > keys.SSE_SLOT_TTL_S / 3:
+                    self._refreshed_s = time.monotonic()
+                    expiry_ms = int(time.time() * 1000) + keys.SSE_SLOT_TTL_S * 1000
+                    await self._redis.zadd(self._key, {self._member: expiry_ms})
+                yield chunk
+        finally:
+            await asyncio.shield(self._redis.zrem(self._key, self._member))
+
+
+async def sse_response(
+    services: Services, principal: Principal, stream: StreamRef, after_sequence: int
+) -> Stream:
     settings = services.settings
+    slot = StreamSlot(services, principal.actor)
+    await slot.take()
     frames = stream_frames(
         services.hub,
         stream,
@@ -54,11 +112,12 @@ def sse_response(services: Services, stream: StreamRef, after_sequence: int) -> 
         retry_ms=settings.sse_retry_ms,
         page_events=settings.replay_page_events,
     )
-    return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS, status_code=200)
+    return Stream(slot.hold(frames), media_type="text/event-stream", headers=SSE_HEADERS, status_code=200)
 
 
-def events_response(
+async def events_response(
     services: Services,
+    principal: Principal,
     stream: StreamRef,
     *,
     as_stream: bool,
@@ -67,7 +126,7 @@ def events_response(
     format: EventsFormat,
 ) -> Response[EventsPage] | Stream:
     if as_stream:
-        return sse_response(services, stream, after_sequence)
+        return await sse_response(services, principal, stream, after_sequence)
     path = stream.log_path
     offset = eventlog.offset_after(path, after_sequence)
     if format == "ndjson":

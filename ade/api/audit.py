@@ -1,0 +1,34 @@
+"""The audit log, scoped to the caller's workspace (admins only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.params import Parameter
+
+from ade.api import auth
+from ade.api.deps import Services
+from ade.auth import Principal
+from ade.errors import Invalid
+from ade.models import AuditPage
+
+
+class AuditController(Controller):
+    tags = ["audit"]
+
+    @get("/audit-logs", summary="Audit entries, newest first")
+    async def list(
+        self,
+        services: Services,
+        principal: Principal,
+        workspace_id: str | None = None,
+        action: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Parameter(ge=0)] = 0,
+    ) -> AuditPage:
+        workspace_id = workspace_id or principal.workspace_id
+        if workspace_id is None:
+            raise Invalid("workspace_id is required", details=[{"key": "workspace_id", "source": "query"}])
+        await auth.workspace(services, principal, workspace_id, "admin")
+        return await services.audit.page(workspace_id, action=action, limit=limit, offset=offset)

@@ -1,0 +1,85 @@
+"""Authentication (a middleware: a request without valid credentials is a 401 before anything else) and
+access checks (one place: another workspace's things are 404, a weak role is 403)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from ade.api.deps import API_PREFIX, Services
+from ade.auth import SUPERUSER, Principal, check_bootstrap, check_key, key_id_of
+from ade.errors import Unauthorized, not_found
+from ade.models import Configuration, Role, Run, Workspace, utcnow
+
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema"]
+# Read-only streaming endpoints, the only ones a stream token opens.
+STREAMING_PATH = re.compile(rf"^{API_PREFIX}/(?:runs|builds)/(?P<stream_id>[^/]+)/(?:events|logs)$")
+
+
+class AuthMiddleware(AbstractAuthenticationMiddleware):
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        services: Services = connection.app.state.services
+        header = connection.headers.get("authorization", "")
+        token = connection.query_params.get("token")
+        if header:
+            scheme, _, secret = header.partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                raise Unauthorized("use `Authorization: Bearer <key>`", code="invalid_token")
+            principal = await authenticate_key(services, secret.strip())
+        elif token:
+            match = STREAMING_PATH.match(connection.scope["path"])
+            if match is None or connection.scope.get("method") != "GET":
+                raise Unauthorized("stream tokens only open streaming endpoints", code="token_out_of_scope")
+            principal = services.stream_tokens.verify(token, match["stream_id"])
+        else:
+            raise Unauthorized("authentication required: `Authorization: Bearer <key>`", code="missing_token")
+        return AuthenticationResult(user=principal, auth=None)
+
+
+async def authenticate_key(services: Services, secret: str) -> Principal:
+    if check_bootstrap(secret, services.settings.bootstrap_token):
+        return SUPERUSER
+    key_id = key_id_of(secret)
+    key = await services.store.find_api_key(key_id) if key_id else None
+    return check_key(key, secret, utcnow())
+
+
+def provide_principal(request: Request[Principal, Any, Any]) -> Principal:
+    return request.user
+
+
+# Access: fetch a thing and check the caller may see it (404 otherwise), then the role (403).
+
+
+async def workspace(
+    services: Services, principal: Principal, workspace_id: str, role: Role = "viewer"
+) -> Workspace:
+    if not principal.sees(workspace_id) or principal.stream_id is not None:
+        raise not_found("workspace", workspace_id)
+    found = await services.store.get_workspace(workspace_id)
+    principal.require(role)
+    return found
+
+
+async def configuration(
+    services: Services, principal: Principal, configuration_id: str, role: Role = "viewer"
+) -> Configuration:
+    cfg = await services.store.get_configuration(configuration_id)
+    if not principal.sees(cfg.workspace_id) or principal.stream_id is not None:
+        raise not_found("configuration", configuration_id)
+    principal.require(role)
+    return cfg
+
+
+async def run(services: Services, principal: Principal, run_id: str, role: Role = "viewer") -> Run:
+    found = await services.store.get_run(run_id)
+    if not principal.sees(found.workspace_id) or principal.stream_id not in (None, found.id):
+        raise not_found("run", run_id)
+    principal.require(role)
+    return found

@@ -1,0 +1,108 @@
+"""Who is calling: API keys (hashed, constant-time compared), the bootstrap token, and short-lived signed
+stream tokens for browsers' EventSource. Plain functions; the HTTP side is `ade.api.auth`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from ade.errors import Forbidden, Unauthorized
+from ade.models import ROLE_RANK, ApiKey, Role
+
+BOOTSTRAP_ACTOR = "bootstrap"
+KEY_PREFIX = "ade"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    actor: str  # the API key id, or "bootstrap"
+    role: Role
+    workspace_id: str | None  # None: every workspace (the bootstrap token)
+    stream_id: str | None = None  # set for stream tokens: that one stream, read-only
+
+    def sees(self, workspace_id: str) -> bool:
+        return self.workspace_id is None or self.workspace_id == workspace_id
+
+    def require(self, role: Role) -> None:
+        if ROLE_RANK[self.role] < ROLE_RANK[role]:
+            raise Forbidden(f"this needs the {role} role; the key has {self.role}", code="role_too_weak")
+
+
+SUPERUSER = Principal(actor=BOOTSTRAP_ACTOR, role="admin", workspace_id=None)
+
+
+def new_key_secret(key_id: str) -> str:
+    return f"{KEY_PREFIX}.{key_id}.{secrets.token_urlsafe(32)}"
+
+
+def secret_sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key_id_of(secret: str) -> str | None:
+    parts = secret.split(".")
+    return parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX else None
+
+
+def check_key(key: ApiKey | None, secret: str, now: datetime) -> Principal:
+    """The principal of a presented key secret, or Unauthorized. Every failure says the same thing."""
+    expected = key.secret_sha256 if key is not None else "0" * 64
+    matches = hmac.compare_digest(expected, secret_sha256(secret))
+    if key is None or not matches or key.revoked_at is not None or (key.expires_at and key.expires_at <= now):
+        raise Unauthorized("invalid, expired or revoked API key", code="invalid_token")
+    return Principal(actor=key.id, role=key.role, workspace_id=key.workspace_id)
+
+
+def check_bootstrap(secret: str, bootstrap_token: str | None) -> bool:
+    return bootstrap_token is not None and hmac.compare_digest(secret.encode(), bootstrap_token.encode())
+
+
+def load_signing_key(data_dir: Path) -> bytes:
+    """ADE_SECRET_KEY, else a random key kept in the shared data directory (created once, mode 0600)."""
+    from_env = os.environ.get("ADE_SECRET_KEY")
+    if from_env:
+        return from_env.encode()
+    path = data_dir / "secret.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+class StreamTokens:
+    """Signed, expiring tokens for one stream's read-only streaming endpoints (`?token=`)."""
+
+    def __init__(self, signing_key: bytes, ttl_s: float) -> None:
+        self._serializer = URLSafeSerializer(signing_key, salt="ade-stream-token")
+        self.ttl_s = ttl_s
+
+    def issue(self, principal: Principal, workspace_id: str, stream_id: str) -> tuple[str, datetime]:
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.ttl_s)
+        token = self._serializer.dumps(
+            {"a": principal.actor, "w": workspace_id, "s": stream_id, "e": expires_at.timestamp()}
+        )
+        return token, expires_at
+
+    def verify(self, token: str, stream_id: str) -> Principal:
+        try:
+            claims = self._serializer.loads(token)
+        except BadSignature as exc:
+            raise Unauthorized("invalid stream token", code="invalid_token") from exc
+        if not isinstance(claims, dict) or claims.get("e", 0) < datetime.now(UTC).timestamp():
+            raise Unauthorized("the stream token has expired", code="token_expired")
+        if claims.get("s") != stream_id:
+            raise Unauthorized("the stream token is for another stream", code="token_out_of_scope")
+        return Principal(
+            actor=str(claims["a"]), role="viewer", workspace_id=str(claims["w"]), stream_id=stream_id
+        )

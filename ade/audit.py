@@ -44,11 +44,16 @@ class AuditLog:
             os.write(fd, line + b"\n")
         finally:
             os.close(fd)
-        await cast(Awaitable[int], self._redis.rpush(keys.audit(workspace_id), line))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(keys.audit(workspace_id), line)
+            pipe.rpush(keys.audit(None), line)
+            await pipe.execute()
         return entry
 
-    async def page(self, workspace_id: str, *, action: str | None, limit: int, offset: int) -> AuditPage:
-        """Newest first."""
+    async def page(
+        self, workspace_id: str | None, *, action: str | None, limit: int, offset: int
+    ) -> AuditPage:
+        """Newest first; `workspace_id=None` pages through every workspace's entries (bootstrap token)."""
         key = keys.audit(workspace_id)
         if action is None:
             total = await cast(Awaitable[int], self._redis.llen(key))

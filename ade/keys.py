@@ -34,9 +34,9 @@ def workspace_api_keys(workspace_id: str) -> str:
     return f"{PREFIX}:workspace:{workspace_id}:api_keys"
 
 
-def audit(workspace_id: str) -> str:
-    """List of a workspace's audit entries (encoded), oldest first."""
-    return f"{PREFIX}:audit:{workspace_id}"
+def audit(workspace_id: str | None) -> str:
+    """List of a workspace's audit entries (encoded), oldest first; `None`: every workspace's."""
+    return f"{PREFIX}:audit:{workspace_id}" if workspace_id else f"{PREFIX}:audit"
 
 
 def sse_slots(actor: str) -> str:

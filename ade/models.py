@@ -212,10 +212,13 @@ class Page(msgspec.Struct, kw_only=True):
 # API keys and audit ------------------------------------------------------------------------------
 
 
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
 class ApiKeyCreate(Struct):
     name: Name
     role: Role
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
 
 
 class ApiKey(msgspec.Struct, kw_only=True):

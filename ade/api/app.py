@@ -7,15 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 from arq.connections import RedisSettings, create_pool
 from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -26,6 +24,7 @@ from ade.api.configurations import ConfigurationController
 from ade.api.deps import API_PREFIX, Services
 from ade.api.health import HealthController
 from ade.api.keys import ApiKeyController
+from ade.api.openapi import make_exact
 from ade.api.runs import RunController
 from ade.api.workspaces import WorkspaceController
 from ade.audit import AuditLog
@@ -51,37 +50,8 @@ _CODES_BY_STATUS = {
 }
 
 
-class ErrorBody(msgspec.Struct):
-    """Every error response: a human message, a machine code, and details (e.g. one per invalid field)."""
-
-    error: str
-    code: str
-    details: list[Any]
-
-
 def error_body(message: str, code: str, details: list[Any] | None = None) -> dict[str, Any]:
     return {"error": message, "code": code, "details": details or []}
-
-
-ERROR_RESPONSES = {
-    400: "invalid request: a body, parameter or header is malformed or breaks a rule",
-    401: "missing, invalid or expired credentials",
-    403: "the key's role is too weak for this",
-    404: "no such thing, or it belongs to another workspace",
-    409: "the request conflicts with the current state",
-    413: "the request body is too large",
-    429: "too many concurrent event streams for this key",
-    503: "Redis is unavailable",
-}
-
-
-def document_errors(handlers: list[HTTPRouteHandler]) -> None:
-    """Every route documents every error it can answer, all in the one error shape."""
-    for handler in handlers:
-        documented = dict(handler.responses or {})
-        for status, description in ERROR_RESPONSES.items():
-            documented.setdefault(status, ResponseSpec(data_container=ErrorBody, description=description))
-        handler.responses = documented
 
 
 def _handle_ade_error(_: Request[Any, Any, Any], exc: AdeError) -> Response[dict[str, Any]]:
@@ -180,12 +150,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ),
     )
-    document_errors(
-        [
-            handler
-            for route in app.routes
-            if route.path.startswith(API_PREFIX)
-            for handler in getattr(route, "route_handlers", ())
-        ]
-    )
+    make_exact(app, API_PREFIX)
     return app

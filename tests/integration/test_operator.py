@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from ade.redis_server import free_port
+from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 
 def children_of(pid: int) -> list[int]:
@@ -64,3 +66,32 @@ def test_ade_dev_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) ->
         if dev.poll() is None:
             dev.kill()
             dev.wait()
+
+
+def test_cli_creates_a_workspace_and_a_key_that_works(system: AdeSystem) -> None:
+    env = {**os.environ, "ADE_URL": system.base_url, "ADE_TOKEN": BOOTSTRAP_TOKEN}
+    ade = [sys.executable, "-m", "ade.cli"]
+    created = subprocess.run(
+        [*ade, "workspaces", "create", "cli-ws"], env=env, capture_output=True, text=True
+    )
+    assert created.returncode == 0, created.stderr
+    ws = json.loads(created.stdout)["id"]
+    key = subprocess.run(
+        [*ade, "keys", "create", "--workspace", ws, "--role", "viewer"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert key.returncode == 0, key.stderr
+    secret = json.loads(key.stdout)["secret"]
+    response = httpx.get(
+        f"{system.base_url}/api/v1/workspaces/{ws}", headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert response.status_code == 200 and response.json()["name"] == "cli-ws"
+    denied = subprocess.run(
+        [*ade, "keys", "create", "--workspace", ws, "--role", "admin", "--token", secret],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert denied.returncode != 0 and "role_too_weak" in denied.stderr

@@ -15,6 +15,7 @@ class AdeError(Exception):
         if code is not None:
             self.code = code
         self.details = details or []
+        self.headers: dict[str, str] = {}
 
 
 class Invalid(AdeError):

@@ -1,5 +1,7 @@
 """Identifiers: `<prefix>_<ulid>`. ULIDs sort by creation time, which the indexes rely on."""
 
+from datetime import datetime
+
 from ulid import ULID
 
 WORKSPACE = "ws"
@@ -17,3 +19,11 @@ def new_id(prefix: str) -> str:
 
 def has_prefix(value: str, prefix: str) -> bool:
     return value.startswith(prefix + "_") and len(value) == len(prefix) + 27
+
+
+def time_bound(prefix: str, moment: datetime, *, upper: bool) -> str:
+    """The smallest (or largest) id of `prefix` created at `moment`: ULIDs start with their creation time,
+    so a time range is a lexical range of ids."""
+    ms = int(moment.timestamp() * 1000)
+    randomness = (b"\xff" if upper else b"\x00") * 10
+    return f"{prefix}_{ULID.from_bytes(ms.to_bytes(6, 'big') + randomness)}"

@@ -52,6 +52,27 @@ def stream_lease(stream_id: str) -> str:
     return f"{PREFIX}:lease:{stream_id}"
 
 
+ALL_RUNS = f"{PREFIX}:runs"  # every run id, for id-prefix lookups by the bootstrap token
+
+
+def configuration_runs(configuration_id: str) -> str:
+    return f"{PREFIX}:configuration:{configuration_id}:runs"
+
+
+def run_attempts(original_run_id: str) -> str:
+    """Counter of a run lineage's attempts (re-runs)."""
+    return f"{PREFIX}:run:{original_run_id}:attempts"
+
+
+def run_cancel(run_id: str) -> str:
+    """Set (to the requesting actor) when a cancel is requested; read by the worker that runs it."""
+    return f"{PREFIX}:run:{run_id}:cancel"
+
+
+RUN_CANCEL_TTL_S = 7 * 24 * 3600
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+
+
 # A lease's TTL is Settings.lease_ttl_s; its writer renews it every third of that.
 def stream_channel(stream_id: str) -> str:
     return f"{PREFIX}:events:{stream_id}"
@@ -73,3 +94,9 @@ WORKER_PATTERN = f"{PREFIX}:worker:*"
 
 # The hub's own control channel (keeps its pub/sub connection subscribed while idle).
 HUB_CONTROL_CHANNEL = f"{PREFIX}:hub:control"
+
+
+# Artifacts: a hash per workspace, field = artifact key ("sha256:<hex>"), value = the Artifact (JSON).
+# No TTL: `artifacts/index/<ws>.ndjson` in the data directory is the durable copy.
+def workspace_artifacts(workspace_id: str) -> str:
+    return f"{PREFIX}:workspace:{workspace_id}:artifacts"

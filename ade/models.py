@@ -116,8 +116,17 @@ class Commit(Struct):
     author: str | None = None
 
 
+class InputArtifact(Struct):
+    """An uploaded artifact placed in the run's `inputs/` as `name` before the first step."""
+
+    key: Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
 class RunOptions(Struct):
-    pass
+    input_artifacts: Annotated[list[InputArtifact], msgspec.Meta(max_length=100)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class RunCreate(Struct):
@@ -150,7 +159,11 @@ class Run(msgspec.Struct, kw_only=True):
     status: RunStatus
     plan: Plan
     commit: Commit | None = None
+    input_artifacts: list[InputArtifact] = msgspec.field(default_factory=list)
     attempt: int = 1
+    rerun_of: str | None = None  # the run this one re-runs
+    original_run_id: str | None = None  # the first attempt of the lineage (None: this is it)
+    cancel_requested_by: str | None = None
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -163,7 +176,15 @@ class RunLinks(msgspec.Struct, kw_only=True):
     self: str
     events: str
     events_stream: str
+    logs: str
     logfile: str
+    summary: str
+    plan: str
+    inputs: str
+    outputs: str
+    diagnostics: str
+    cancel: str
+    rerun: str
 
 
 class RunResource(msgspec.Struct, kw_only=True):
@@ -172,7 +193,9 @@ class RunResource(msgspec.Struct, kw_only=True):
     configuration_id: str
     status: RunStatus
     attempt: int
+    rerun_of: str | None
     commit: Commit | None
+    input_artifacts: list[InputArtifact]
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
@@ -189,7 +212,9 @@ class RunResource(msgspec.Struct, kw_only=True):
             configuration_id=run.configuration_id,
             status=run.status,
             attempt=run.attempt,
+            rerun_of=run.rerun_of,
             commit=run.commit,
+            input_artifacts=run.input_artifacts,
             created_at=run.created_at,
             started_at=run.started_at,
             completed_at=run.completed_at,
@@ -199,14 +224,23 @@ class RunResource(msgspec.Struct, kw_only=True):
                 self=base,
                 events=f"{base}/events",
                 events_stream=f"{base}/events?stream=true",
+                logs=f"{base}/logs",
                 logfile=f"{base}/logfile",
+                summary=f"{base}/summary",
+                plan=f"{base}/plan",
+                inputs=f"{base}/inputs",
+                outputs=f"{base}/outputs",
+                diagnostics=f"{base}/diagnostics",
+                cancel=f"{base}/cancel",
+                rerun=f"{base}/rerun",
             ),
         )
 
 
 class Page(msgspec.Struct, kw_only=True):
     items: list[RunResource]
-    next_cursor: str | None
+    next_cursor: str | None  # older runs: pass as `before`
+    prev_cursor: str | None  # newer runs: pass as `after`
 
 
 # API keys and audit ------------------------------------------------------------------------------

@@ -1,16 +1,29 @@
-"""Creating runs: the plan snapshot, the run directory, `run.queued` as sequence 1, then the queue."""
+"""Run lifecycle on the API side: create (plan snapshot, `run.queued` as sequence 1, enqueue), re-run,
+and cancel. Plain functions over the store, the dispatcher and the queue."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
+from typing import cast
 
+import msgspec
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from ade import ids, queue
+from ade import ids, keys, queue
 from ade.dispatcher import Identity, StreamWriter
-from ade.events import RUN_QUEUED, StreamRef
-from ade.models import Configuration, Plan, Run, RunCreate, utcnow
+from ade.errors import Conflict
+from ade.events import RUN_CANCEL_REQUESTED, RUN_COMPLETED, RUN_QUEUED, StreamRef
+from ade.models import (
+    TERMINAL_RUN_STATUSES,
+    Commit,
+    Configuration,
+    InputArtifact,
+    Plan,
+    Run,
+    utcnow,
+)
 from ade.settings import Settings
 from ade.store import Store
 
@@ -36,24 +49,91 @@ def prepare_run_dir(run_dir: Path) -> None:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
-async def create_run(
-    settings: Settings, redis: Redis, arq: ArqRedis, store: Store, cfg: Configuration, body: RunCreate
+def run_writer(
+    settings: Settings, redis: Redis, run: Run, *, acquire_timeout_s: float = 5.0, redact: Sequence[str] = ()
+) -> StreamWriter:
+    return StreamWriter(
+        redis,
+        StreamRef.for_run(settings.data_dir, run.id),
+        run_identity(run),
+        lease_ttl_s=settings.lease_ttl_s,
+        fsync=settings.log_fsync,
+        acquire_timeout_s=acquire_timeout_s,
+        redact=redact,
+    )
+
+
+def new_run(
+    cfg_or_plan: Configuration | Plan,
+    *,
+    workspace_id: str,
+    commit: Commit | None,
+    input_artifacts: list[InputArtifact],
 ) -> Run:
-    run = Run(
+    plan = plan_of(cfg_or_plan) if isinstance(cfg_or_plan, Configuration) else cfg_or_plan
+    return Run(
         id=ids.new_id(ids.RUN),
-        workspace_id=cfg.workspace_id,
-        configuration_id=cfg.id,
+        workspace_id=workspace_id,
+        configuration_id=plan.configuration_id,
         status="queued",
-        plan=plan_of(cfg),
-        commit=body.commit,
+        plan=plan,
+        commit=commit,
+        input_artifacts=input_artifacts,
         created_at=utcnow(),
     )
+
+
+async def submit_run(settings: Settings, redis: Redis, arq: ArqRedis, store: Store, run: Run) -> Run:
+    """Persist a new run, write `run.queued` as its sequence 1, then enqueue it."""
     prepare_run_dir(store.run_dir(run.id))
     await store.put_run(run)
-    stream = StreamRef.for_run(settings.data_dir, run.id)
-    async with StreamWriter(
-        redis, stream, run_identity(run), lease_ttl_s=settings.lease_ttl_s, fsync=settings.log_fsync
-    ) as writer:
-        await writer.emit(RUN_QUEUED, {"status": "queued", "attempt": run.attempt}, source="api")
+    async with run_writer(settings, redis, run) as writer:
+        payload = {"status": "queued", "attempt": run.attempt, "rerun_of": run.rerun_of}
+        await writer.emit(RUN_QUEUED, payload, source="api")
     await queue.enqueue_run(arq, run.id)
     return run
+
+
+async def rerun(settings: Settings, redis: Redis, arq: ArqRedis, store: Store, source: Run) -> Run:
+    """A new run with the same plan and inputs, linked to `source`, numbered within its lineage."""
+    original = source.original_run_id or source.id
+    attempts_key = keys.run_attempts(original)
+    await redis.set(attempts_key, 1, nx=True)
+    attempt = await cast(Awaitable[int], redis.incr(attempts_key))
+    run = new_run(
+        source.plan,
+        workspace_id=source.workspace_id,
+        commit=source.commit,
+        input_artifacts=source.input_artifacts,
+    )
+    run = msgspec.structs.replace(run, attempt=attempt, rerun_of=source.id, original_run_id=original)
+    return await submit_run(settings, redis, arq, store, run)
+
+
+async def cancel(settings: Settings, redis: Redis, store: Store, run: Run, actor: str) -> Run:
+    """Cancel a queued run at once (it never starts), or ask the worker running it to stop.
+
+    A queued run is cancelled here under its stream's lease; if a worker already holds the lease (it is
+    starting the run), the request goes to the worker like any running run's: a durable flag plus a
+    pub/sub message the worker acts on within milliseconds.
+    """
+    if run.status in TERMINAL_RUN_STATUSES:
+        raise Conflict(f"run {run.id!r} already ended ({run.status})", code="run_finished")
+    if run.status == "queued":
+        try:
+            async with run_writer(settings, redis, run, acquire_timeout_s=0.2) as writer:
+                current = await store.get_run(run.id)
+                if current.status == "queued":
+                    current.status, current.completed_at = "cancelled", utcnow()
+                    current.cancel_requested_by = actor
+                    await store.put_run(current)
+                    await writer.emit(RUN_CANCEL_REQUESTED, {"requested_by": actor}, source="api")
+                    payload = {"status": "cancelled", "exit_code": None, "cancelled_by": actor}
+                    await writer.emit(RUN_COMPLETED, payload, source="api")
+                    return current
+        except Conflict as exc:
+            if exc.code != "stream_busy":
+                raise
+    await redis.set(keys.run_cancel(run.id), actor, ex=keys.RUN_CANCEL_TTL_S)
+    await redis.publish(keys.CANCEL_CHANNEL, run.id)
+    return await store.get_run(run.id)

@@ -44,6 +44,7 @@ class Settings:
     max_steps: int = 100
     max_script_bytes: int = 65536
     max_streams_per_key: int = 32
+    max_artifact_bytes: int = 100 * 1024 * 1024
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -69,6 +70,7 @@ class Settings:
             max_steps=_int("ADE_MAX_STEPS", 100),
             max_script_bytes=_int("ADE_MAX_SCRIPT_BYTES", 65536),
             max_streams_per_key=_int("ADE_MAX_STREAMS_PER_KEY", 32),
+            max_artifact_bytes=_int("ADE_MAX_ARTIFACT_BYTES", 100 * 1024 * 1024),
         )
 
 

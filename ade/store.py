@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from ade import keys
-from ade.errors import not_found
+from ade.errors import Conflict, not_found
 from ade.models import ApiKey, Configuration, Run, Workspace
 
 T = TypeVar("T")
@@ -134,51 +135,91 @@ class Store:
         raws = await self.redis.mget([keys.api_key(i.decode()) for i in ids]) if ids else []
         return [_decoders[ApiKey].decode(raw) for raw in raws if raw is not None]
 
-    # Runs --------------------------------------------------------------------------------------
+    # Runs ----------------------------------------------------------------------------------------
     async def put_run(self, run: Run) -> None:
         """Persist a run (run.json first, atomically), then index it."""
-        await self._put(
-            keys.run(run.id),
-            self.run_dir(run.id) / "run.json",
-            run,
-            (keys.workspace_runs(run.workspace_id), run.id),
-        )
+        data = _encoder.encode(run)
+        write_atomic(self.run_dir(run.id) / "run.json", data)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.run(run.id), data)
+            pipe.zadd(keys.workspace_runs(run.workspace_id), {run.id: 0})
+            pipe.zadd(keys.configuration_runs(run.configuration_id), {run.id: 0})
+            pipe.zadd(keys.ALL_RUNS, {run.id: 0})
+            await pipe.execute()
 
     async def get_run(self, run_id: str) -> Run:
         return await self._get(Run, keys.run(run_id), "run", run_id)
 
+    async def resolve_run_id(self, ident: str, workspace_id: str | None) -> str:
+        """An exact run id, or a unique prefix of one (at least 8 characters after `run_`) among the runs the
+        caller can see. An ambiguous prefix is a 409 naming the candidates."""
+        if await self.redis.exists(keys.run(ident)):
+            return ident
+        prefix = "run_" + ident.removeprefix("run_").upper()
+        if not ident.startswith("run_") or len(prefix) < len("run_") + 8:
+            raise not_found("run", ident)
+        index = keys.workspace_runs(workspace_id) if workspace_id else keys.ALL_RUNS
+        found = await self.redis.zrangebylex(index, f"[{prefix}", f"[{prefix}\xff", start=0, num=11)
+        candidates = [raw.decode() for raw in found]
+        if not candidates:
+            raise not_found("run", ident)
+        if len(candidates) > 1:
+            raise Conflict(
+                f"run id prefix {ident!r} is ambiguous",
+                code="ambiguous_id",
+                details=[{"candidates": candidates[:10]}],
+            )
+        return str(candidates[0])
+
     async def list_runs(
         self,
-        workspace_id: str,
+        index: str,
         *,
         limit: int,
         before: str | None = None,
-        statuses: frozenset[str] = frozenset(),
-        configuration_id: str | None = None,
-    ) -> tuple[list[Run], str | None]:
-        """Newest first; `before` is the cursor (an exclusive run id). Returns the page and next cursor."""
-        index = keys.workspace_runs(workspace_id)
+        after: str | None = None,
+        lowest: str = "-",
+        highest: str = "+",
+        keep: Callable[[Run], bool] = lambda run: True,
+    ) -> tuple[list[Run], bool]:
+        """A page of runs from a lexical index, newest first, and whether more lie beyond it.
+
+        `before`: runs older than that id (the next page); `after`: runs newer than it (the previous page).
+        `lowest`/`highest` bound the ids lexically (ULIDs start with their creation time).
+        """
+        newest_first = after is None
+        if newest_first:
+            upper = f"({before}" if before else highest
+            bound = lowest
+        else:
+            upper = f"({after}"
+            bound = highest
         found: list[Run] = []
-        upper = f"({before}" if before else "+"
         batch = max(limit * 2, 50)
-        while len(found) < limit:
-            ids = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=batch)
+        while len(found) <= limit:
+            if newest_first:
+                ids = await self.redis.zrevrangebylex(index, upper, bound, start=0, num=batch)
+            else:
+                ids = await self.redis.zrangebylex(index, upper, bound, start=0, num=batch)
             if not ids:
-                return found, None
+                break
             raws = await self.redis.mget([keys.run(i.decode()) for i in ids])
             for raw_id, raw in zip(ids, raws, strict=True):
                 upper = f"({raw_id.decode()}"
-                if raw is None:
-                    continue
-                run = _decoders[Run].decode(raw)
-                if statuses and run.status not in statuses:
-                    continue
-                if configuration_id and run.configuration_id != configuration_id:
-                    continue
-                found.append(run)
-                if len(found) == limit:
-                    break
-            if len(ids) < batch and len(found) < limit:
-                return found, None
-        more = await self.redis.zrevrangebylex(index, f"({found[-1].id}", "-", start=0, num=1)
-        return found, (found[-1].id if more else None)
+                if raw is not None and keep(run := _decoders[Run].decode(raw)):
+                    found.append(run)
+                    if len(found) > limit:
+                        break
+            if len(ids) < batch:
+                break
+        more = len(found) > limit
+        page = found[:limit]
+        return (page if newest_first else page[::-1]), more
+
+    async def has_runs_beyond(self, index: str, run_id: str, *, newer: bool) -> bool:
+        """Whether the index holds any run newer (or older) than `run_id` (unfiltered)."""
+        if newer:
+            ids = await self.redis.zrangebylex(index, f"({run_id}", "+", start=0, num=1)
+        else:
+            ids = await self.redis.zrevrangebylex(index, f"({run_id}", "-", start=0, num=1)
+        return bool(ids)

@@ -17,11 +17,12 @@ import msgspec
 from redis.asyncio import Redis
 
 from ade import events as ev
+from ade import keys
+from ade.artifacts import ArtifactStore, safe_input_name
 from ade.dispatcher import EventSpec, StreamWriter
-from ade.errors import NotFound
-from ade.events import StreamRef
+from ade.errors import AdeError, NotFound
 from ade.models import TERMINAL_RUN_STATUSES, Failure, Run, Step, plain_environment, secret_values, utcnow
-from ade.runs import prepare_run_dir, run_identity
+from ade.runs import prepare_run_dir, run_writer
 from ade.settings import Settings
 from ade.store import Store
 from workers.process import Line, run_step
@@ -38,7 +39,9 @@ class WorkerDeps:
     settings: Settings
     redis: Redis
     store: Store
+    artifacts: ArtifactStore
     name: str
+    cancels: CancelSignals
 
 
 def step_environment(run: Run, step: Step, run_dir: os.PathLike[str]) -> dict[str, str]:
@@ -111,6 +114,44 @@ class _StepSink:
         await self._writer.emit_many(specs)
 
 
+class CancelSignals:
+    """The runs this worker is executing, each with the event a cancel request sets."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def register(self, run_id: str) -> asyncio.Event:
+        return self._events.setdefault(run_id, asyncio.Event())
+
+    def unregister(self, run_id: str) -> None:
+        self._events.pop(run_id, None)
+
+    def request(self, run_id: str) -> None:
+        if event := self._events.get(run_id):
+            event.set()
+
+    @property
+    def running(self) -> list[str]:
+        return list(self._events)
+
+
+class _Cancellation:
+    """Announces a run's cancel (`run.cancel_requested`) once, whoever notices it first."""
+
+    def __init__(self, deps: WorkerDeps, run: Run, writer: StreamWriter, event: asyncio.Event) -> None:
+        self._deps, self._run, self._writer, self.event = deps, run, writer, event
+        self.announced = False
+
+    async def announce(self) -> None:
+        if self.announced:
+            return
+        self.announced = True
+        raw = await self._deps.redis.get(keys.run_cancel(self._run.id))
+        requested_by = raw.decode() if raw else None
+        self._run.cancel_requested_by = requested_by
+        await self._writer.emit(ev.RUN_CANCEL_REQUESTED, {"requested_by": requested_by})
+
+
 async def execute_run(deps: WorkerDeps, run_id: str) -> None:
     settings, store = deps.settings, deps.store
     try:
@@ -120,42 +161,67 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
         return
     if run.status in TERMINAL_RUN_STATUSES:
         return
-    run_dir = store.run_dir(run.id)
-    prepare_run_dir(run_dir)
-    stream = StreamRef.for_run(settings.data_dir, run.id)
     secrets = secret_values(run.plan.environment)
     for step in run.plan.steps:
         secrets += secret_values(step.environment)
-    async with StreamWriter(
-        deps.redis,
-        stream,
-        run_identity(run),
-        lease_ttl_s=settings.lease_ttl_s,
-        fsync=settings.log_fsync,
-        redact=secrets,
-    ) as writer:
-        run.status, run.started_at, run.worker = "running", utcnow(), deps.name
-        await writer.emit(ev.RUN_STARTED, {"status": "running", "attempt": run.attempt, "worker": deps.name})
-        await store.put_run(run)
-        started = time.monotonic()
+    cancel_event = deps.cancels.register(run.id)
+    try:
+        async with run_writer(settings, deps.redis, run, redact=secrets) as writer:
+            run = await store.get_run(run_id)  # under the lease: a cancel of the queued run may have won
+            if run.status in TERMINAL_RUN_STATUSES:
+                return
+            if await deps.redis.exists(keys.run_cancel(run.id)):
+                cancel_event.set()
+            cancellation = _Cancellation(deps, run, writer, cancel_event)
+            await _execute(deps, run, writer, cancellation)
+    finally:
+        deps.cancels.unregister(run_id)
+
+
+async def _execute(deps: WorkerDeps, run: Run, writer: StreamWriter, cancellation: _Cancellation) -> None:
+    store = deps.store
+    prepare_run_dir(store.run_dir(run.id))
+    run.status, run.started_at, run.worker = "running", utcnow(), deps.name
+    await writer.emit(ev.RUN_STARTED, {"status": "running", "attempt": run.attempt, "worker": deps.name})
+    await store.put_run(run)
+    started = time.monotonic()
+    try:
+        run.exit_code, run.failure = await _place_inputs(deps, run)
+        if run.failure is None:
+            run.exit_code, run.failure = await _execute_steps(deps, run, writer, cancellation)
+    except asyncio.CancelledError:
+        run.exit_code, run.failure = (
+            None,
+            Failure(stage="run", code="worker_lost", message="the worker shut down during the run"),
+        )
+        await asyncio.shield(_complete(store, writer, run, started, cancelled=False))
+        raise
+    except Exception as exc:
+        log.exception("run %s failed inside the worker", run.id)
+        run.exit_code = None
+        run.failure = Failure(stage="run", code="internal_error", message=f"{type(exc).__name__}: {exc}")
+    await _complete(store, writer, run, started, cancelled=cancellation.announced)
+
+
+async def _place_inputs(deps: WorkerDeps, run: Run) -> tuple[int | None, Failure | None]:
+    """Copy the run's input artifacts into `inputs/` before the first step."""
+    inputs_dir = deps.store.run_dir(run.id) / "inputs"
+    for item in run.input_artifacts:
         try:
-            run.exit_code, run.failure = await _execute_steps(deps, run, writer)
-        except asyncio.CancelledError:
-            run.exit_code, run.failure = (
-                None,
-                Failure(stage="run", code="worker_lost", message="the worker shut down during the run"),
+            await deps.artifacts.copy_into(
+                run.workspace_id, item.key, inputs_dir / safe_input_name(item.name)
             )
-            await asyncio.shield(_complete(store, writer, run, started))
-            raise
-        except Exception as exc:
-            log.exception("run %s failed inside the worker", run.id)
-            run.exit_code = None
-            run.failure = Failure(stage="run", code="internal_error", message=f"{type(exc).__name__}: {exc}")
-        await _complete(store, writer, run, started)
+        except AdeError as exc:
+            message = f"input {item.name!r} ({item.key}): {exc.message}"
+            return None, Failure(stage="inputs", code="input_unavailable", message=message)
+    return 0, None
 
 
-async def _complete(store: Store, writer: StreamWriter, run: Run, started: float) -> None:
-    run.status = "failed" if run.failure else "succeeded"
+async def _complete(store: Store, writer: StreamWriter, run: Run, started: float, *, cancelled: bool) -> None:
+    if cancelled:
+        run.status, run.failure, run.exit_code = "cancelled", None, None
+    else:
+        run.status = "failed" if run.failure else "succeeded"
     run.completed_at = utcnow()
     await store.put_run(run)
     payload: dict[str, Any] = {
@@ -165,11 +231,13 @@ async def _complete(store: Store, writer: StreamWriter, run: Run, started: float
     }
     if run.failure:
         payload["failure"] = msgspec.to_builtins(run.failure)
+    if cancelled:
+        payload["cancelled_by"] = run.cancel_requested_by
     await writer.emit(ev.RUN_COMPLETED, payload)
 
 
 async def _execute_steps(
-    deps: WorkerDeps, run: Run, writer: StreamWriter
+    deps: WorkerDeps, run: Run, writer: StreamWriter, cancellation: _Cancellation
 ) -> tuple[int | None, Failure | None]:
     """Run each step in order; the first failing step stops the run. Returns (exit code, failure)."""
     settings = deps.settings
@@ -178,6 +246,9 @@ async def _execute_steps(
     run_deadline = time.monotonic() + run_timeout_s
     exit_code: int | None = 0
     for index, step in enumerate(run.plan.steps):
+        if cancellation.event.is_set():
+            await cancellation.announce()
+            return None, None
         remaining_s = run_deadline - time.monotonic()
         step_limit_s = min(step.timeout_s or remaining_s, remaining_s)
         await writer.emit(ev.RUN_STEP_STARTED, {"step": step.name, "index": index})
@@ -189,9 +260,16 @@ async def _execute_steps(
             grace_s=settings.kill_grace_s,
             max_line_bytes=settings.console_line_max_bytes,
             on_lines=_StepSink(writer, step.name),
+            cancel=cancellation.event,
+            on_cancel=cancellation.announce,
         )
         exit_code = outcome.exit_code
-        status = "timed_out" if outcome.timed_out else ("succeeded" if exit_code == 0 else "failed")
+        if outcome.cancelled:
+            status = "cancelled"
+        elif outcome.timed_out:
+            status = "timed_out"
+        else:
+            status = "succeeded" if exit_code == 0 else "failed"
         await writer.emit(
             ev.RUN_STEP_COMPLETED,
             {
@@ -202,6 +280,8 @@ async def _execute_steps(
                 "duration_ms": round(outcome.duration_s * 1000),
             },
         )
+        if outcome.cancelled:
+            return None, None
         if outcome.timed_out:
             by_step = step.timeout_s is not None and step.timeout_s <= remaining_s
             limit = (

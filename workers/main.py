@@ -21,10 +21,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ade import keys, queue
+from ade.artifacts import ArtifactStore
 from ade.settings import Settings
 from ade.store import Store
 from workers import tasks
-from workers.executor import WorkerDeps
+from workers.executor import CancelSignals, WorkerDeps
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +62,25 @@ class WakeableWorker(Worker):
                 await listener
 
     async def _listen(self, wake: asyncio.Event) -> None:
+        """Queue nudges wake the poll loop; cancel requests reach the run they name within milliseconds."""
         deps: WorkerDeps = self.ctx["deps"]
         loop = asyncio.get_running_loop()
         next_heartbeat = 0.0
         while True:
             pubsub = deps.redis.pubsub()
             try:
-                await pubsub.subscribe(keys.QUEUE_WAKE_CHANNEL)
+                await pubsub.subscribe(keys.QUEUE_WAKE_CHANNEL, keys.CANCEL_CHANNEL)
+                await _recheck_cancels(deps)  # requests made while we were not listening
                 while True:
                     if loop.time() >= next_heartbeat:
                         await deps.redis.set(keys.worker(deps.name), b"1", ex=keys.WORKER_TTL_S)
                         next_heartbeat = loop.time() + HEARTBEAT_EVERY_S
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["channel"] == keys.CANCEL_CHANNEL.encode():
+                        deps.cancels.request(message["data"].decode())
+                    else:
                         wake.set()
             except (RedisError, OSError) as exc:
                 log.warning("wake-up listener lost Redis (%s); retrying", exc)
@@ -81,6 +88,12 @@ class WakeableWorker(Worker):
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def _recheck_cancels(deps: WorkerDeps) -> None:
+    for run_id in deps.cancels.running:
+        if await deps.redis.exists(keys.run_cancel(run_id)):
+            deps.cancels.request(run_id)
 
 
 def build_worker(
@@ -92,7 +105,12 @@ def build_worker(
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         redis = Redis.from_url(settings.redis_url)
         ctx["deps"] = WorkerDeps(
-            settings=settings, redis=redis, store=Store(redis, settings.data_dir), name=name
+            settings=settings,
+            redis=redis,
+            store=Store(redis, settings.data_dir),
+            artifacts=ArtifactStore(redis, settings.data_dir),
+            name=name,
+            cancels=CancelSignals(),
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -56,8 +56,9 @@ class LineSplitter:
 
 @dataclass(slots=True)
 class StepOutcome:
-    exit_code: int | None  # None when the step was killed at its deadline
+    exit_code: int | None  # None when the step was killed (deadline or cancel)
     timed_out: bool
+    cancelled: bool
     duration_s: float
     pgid: int
 
@@ -95,8 +96,14 @@ async def run_step(
     grace_s: float,
     max_line_bytes: int,
     on_lines: LinesHandler,
+    cancel: asyncio.Event,
+    on_cancel: Callable[[], Awaitable[None]],
 ) -> StepOutcome:
-    """Run `script`; `on_lines` receives ("stdout" | "stderr" | "events", lines) batches in order per pipe."""
+    """Run `script`; `on_lines` receives ("stdout" | "stderr" | "events", lines) batches in order per pipe.
+
+    The step ends when its process exits, its deadline passes, or `cancel` is set (then `on_cancel` runs
+    first); in the last two cases its process group gets SIGTERM, then SIGKILL after `grace_s`.
+    """
     events_read_fd, events_write_fd = os.pipe()
     started = time.monotonic()
     try:
@@ -125,17 +132,22 @@ async def run_step(
         _pump(proc.stderr, "stderr", max_line_bytes, on_lines),
         _pump(events_reader, "events", max_line_bytes, on_lines),
     )
-    timed_out = False
+    timed_out = cancelled = False
+    exited = asyncio.ensure_future(proc.wait())
+    cancelled_wait = asyncio.ensure_future(cancel.wait())
     try:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await proc.wait()
-        except TimeoutError:
-            timed_out = True
+        done, _ = await asyncio.wait(
+            {exited, cancelled_wait}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if exited not in done:
+            cancelled = cancelled_wait in done
+            timed_out = not cancelled
+            if cancelled:
+                await on_cancel()
             kill_group(pgid, signal.SIGTERM)
             try:
                 async with asyncio.timeout(grace_s):
-                    await proc.wait()
+                    await asyncio.shield(exited)
             except TimeoutError:
                 pass
         kill_group(pgid, signal.SIGKILL)  # leftovers of the step never outlive it
@@ -150,10 +162,12 @@ async def run_step(
         pumps.cancel()
         raise
     finally:
+        cancelled_wait.cancel()
         events_transport.close()
     return StepOutcome(
-        exit_code=None if timed_out else proc.returncode,
+        exit_code=None if timed_out or cancelled else proc.returncode,
         timed_out=timed_out,
+        cancelled=cancelled,
         duration_s=time.monotonic() - started,
         pgid=pgid,
     )

@@ -18,6 +18,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ade.api.artifacts import ArtifactController
 from ade.api.audit import AuditController
 from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal
 from ade.api.configurations import ConfigurationController
@@ -25,14 +26,17 @@ from ade.api.deps import API_PREFIX, Services
 from ade.api.health import HealthController
 from ade.api.keys import ApiKeyController
 from ade.api.openapi import make_exact
+from ade.api.run_views import RunViewController
 from ade.api.runs import RunController
 from ade.api.workspaces import WorkspaceController
+from ade.artifacts import ArtifactStore
 from ade.audit import AuditLog
 from ade.auth import StreamTokens, load_signing_key
 from ade.errors import AdeError
 from ade.hub import Hub
 from ade.settings import Settings, get_settings
 from ade.store import Store
+from ade.summary import Summaries
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,9 @@ def error_body(message: str, code: str, details: list[Any] | None = None) -> dic
 def _handle_ade_error(_: Request[Any, Any, Any], exc: AdeError) -> Response[dict[str, Any]]:
     if exc.status_code >= 500:
         log.error("request failed: %s", exc.message)
-    return Response(error_body(exc.message, exc.code, exc.details), status_code=exc.status_code)
+    return Response(
+        error_body(exc.message, exc.code, exc.details), status_code=exc.status_code, headers=exc.headers
+    )
 
 
 def _handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
@@ -100,6 +106,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             hub=hub,
             audit=AuditLog(redis, settings.data_dir),
             stream_tokens=StreamTokens(load_signing_key(settings.data_dir), settings.stream_token_ttl_s),
+            artifacts=ArtifactStore(redis, settings.data_dir),
+            summaries=Summaries(),
         )
         try:
             yield
@@ -118,6 +126,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             WorkspaceController,
             ConfigurationController,
             RunController,
+            RunViewController,
+            ArtifactController,
             ApiKeyController,
             AuditController,
         ],

@@ -78,7 +78,8 @@ async def configuration(
 
 
 async def run(services: Services, principal: Principal, run_id: str, role: Role = "viewer") -> Run:
-    found = await services.store.get_run(run_id)
+    """A run by id or unique id prefix (resolved among the runs the caller can see)."""
+    found = await services.store.get_run(await services.store.resolve_run_id(run_id, principal.workspace_id))
     if not principal.sees(found.workspace_id) or principal.stream_id not in (None, found.id):
         raise not_found("run", run_id)
     principal.require(role)

@@ -17,18 +17,23 @@ from ade.models import (
     ConfigurationCreate,
     Environment,
     SecretValue,
+    Step,
     redact_environment,
     utcnow,
 )
 from ade.settings import Settings
 
+public_environment = redact_environment
+
+
+def public_steps(steps: list[Step]) -> list[Step]:
+    return [msgspec.structs.replace(step, environment=redact_environment(step.environment)) for step in steps]
+
 
 def public(cfg: Configuration) -> Configuration:
     """A configuration as the API shows it: secret values removed."""
     return msgspec.structs.replace(
-        cfg,
-        environment=redact_environment(cfg.environment),
-        steps=[msgspec.structs.replace(s, environment=redact_environment(s.environment)) for s in cfg.steps],
+        cfg, environment=redact_environment(cfg.environment), steps=public_steps(cfg.steps)
     )
 
 

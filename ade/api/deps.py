@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from ade.artifacts import ArtifactStore
 from ade.audit import AuditLog
 from ade.auth import StreamTokens
 from ade.hub import Hub
 from ade.settings import Settings
 from ade.store import Store
+from ade.summary import Summaries
 
 API_PREFIX = "/api/v1"
 
@@ -25,3 +27,5 @@ class Services:
     hub: Hub
     audit: AuditLog
     stream_tokens: StreamTokens
+    artifacts: ArtifactStore
+    summaries: Summaries

@@ -4,6 +4,7 @@
 - Component schemas of our msgspec structs come from msgspec itself (`msgspec.json.schema_components`),
   so the document states exactly what the server validates: unknown fields refused, key patterns,
   exclusive bounds, value lengths. (Litestar's own generator drops some of these.)
+- Optional query and header parameters are documented as their plain type (they are absent, not null).
 - Litestar builds a path's automatic OPTIONS handler from the first handler registered for that path, so
   its `Allow` header misses methods added later; each one is pointed at its final route.
 """
@@ -137,7 +138,26 @@ def exact_component_schemas(app: Litestar) -> None:
             components[name] = spec
 
 
+def _not_null(schema: Any) -> Any:
+    if isinstance(schema, Schema) and schema.one_of:
+        rest = [s for s in schema.one_of if not (isinstance(s, Schema) and s.type == OpenAPIType.NULL)]
+        if len(rest) == 1 and len(rest) < len(schema.one_of):
+            return rest[0]
+    return schema
+
+
+def plain_optional_parameters(app: Litestar) -> None:
+    """An optional query or header parameter is absent, never `null`: document it as its plain type."""
+    for path_item in (app.openapi_schema.paths or {}).values():
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation = getattr(path_item, method, None)
+            for parameter in (operation.parameters or []) if operation else []:
+                if not isinstance(parameter, Reference) and parameter.param_in in ("query", "header"):
+                    parameter.schema = _not_null(parameter.schema)
+
+
 def make_exact(app: Litestar, prefix: str) -> None:
     document_errors(app, prefix)
     exact_component_schemas(app)
+    plain_optional_parameters(app)
     fix_options_allow(app)

@@ -1,28 +1,80 @@
-"""Runs: create (optionally answering with the run's SSE stream), read, list, events, stream tokens."""
+"""Runs: create (optionally answering with the run's SSE stream), read (id or unique prefix), list,
+cancel, re-run, stream tokens."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
-from litestar.response import File, Stream
+from litestar.response import Stream
 
+from ade import ids, keys, runs
 from ade.api import auth
 from ade.api.deps import API_PREFIX, Services
-from ade.api.streams import (
-    EventsFormat,
-    EventsPage,
-    events_response,
-    resume_point,
-    sse_response,
-    wants_stream,
-)
+from ade.api.streams import sse_response, wants_stream
+from ade.artifacts import safe_input_name
 from ade.auth import Principal
-from ade.errors import NotFound
 from ade.events import StreamRef
-from ade.models import Page, RunCreate, RunResource, RunStatus, StreamToken
-from ade.runs import create_run
+from ade.models import Page, Run, RunCreate, RunResource, RunStatus, StreamToken
+
+Limit = Annotated[int, Parameter(ge=1, le=100, description="runs per page")]
+Before = Annotated[str | None, Parameter(description="cursor: runs older than this run id (`next_cursor`)")]
+After = Annotated[str | None, Parameter(description="cursor: runs newer than this run id (`prev_cursor`)")]
+Statuses = Annotated[list[RunStatus] | None, Parameter(description="repeatable")]
+
+
+async def list_page(
+    services: Services,
+    request: Request[Any, Any, Any],
+    index: str,
+    *,
+    limit: int,
+    before: str | None,
+    after: str | None,
+    status: list[RunStatus] | None,
+    configuration_id: str | None,
+    branch: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> Response[Page]:
+    """One page of runs, newest first, with `Link` headers to the next (older) and previous (newer) pages."""
+    statuses = frozenset(status or ())
+
+    def keep(run: Run) -> bool:
+        return (
+            (not statuses or run.status in statuses)
+            and (configuration_id is None or run.configuration_id == configuration_id)
+            and (branch is None or (run.commit is not None and run.commit.branch == branch))
+        )
+
+    found, more = await services.store.list_runs(
+        index,
+        limit=limit,
+        before=before,
+        after=after,
+        lowest=ids.time_bound(ids.RUN, created_after, upper=False) if created_after else "-",
+        highest=ids.time_bound(ids.RUN, created_before, upper=True) if created_before else "+",
+        keep=keep,
+    )
+    older = found and (more if after is None else True)
+    newer = found and (more if after is not None else before is not None)
+    next_cursor = found[-1].id if older else None
+    prev_cursor = found[0].id if newer else None
+    base = [(k, v) for k, v in request.query_params.multi_items() if k not in ("before", "after")]
+    links = []
+    if next_cursor:
+        links.append(f'<{request.url.path}?{urlencode([*base, ("before", next_cursor)])}>; rel="next"')
+    if prev_cursor:
+        links.append(f'<{request.url.path}?{urlencode([*base, ("after", prev_cursor)])}>; rel="prev"')
+    page = Page(
+        items=[RunResource.of(run, API_PREFIX) for run in found],
+        next_cursor=next_cursor,
+        prev_cursor=prev_cursor,
+    )
+    return Response(page, headers={"Link": ", ".join(links)} if links else {})
 
 
 class RunController(Controller):
@@ -40,7 +92,16 @@ class RunController(Controller):
         """`stream=true` (or `Accept: text/event-stream`) answers with the SSE stream from sequence 1."""
         body = data or RunCreate()
         cfg = await auth.configuration(services, principal, configuration_id, "operator")
-        run = await create_run(services.settings, services.redis, services.arq, services.store, cfg, body)
+        for item in body.options.input_artifacts:
+            safe_input_name(item.name)
+            await services.artifacts.get(cfg.workspace_id, item.key)
+        run = runs.new_run(
+            cfg,
+            workspace_id=cfg.workspace_id,
+            commit=body.commit,
+            input_artifacts=body.options.input_artifacts,
+        )
+        await runs.submit_run(services.settings, services.redis, services.arq, services.store, run)
         await services.audit.record(
             principal.actor, run.workspace_id, "run.create", run.id, {"configuration_id": cfg.id}
         )
@@ -50,63 +111,82 @@ class RunController(Controller):
             )
         return Response(RunResource.of(run, API_PREFIX), status_code=201)
 
-    @get("/runs/{run_id:str}", summary="Get a run")
+    @get("/runs/{run_id:str}", summary="Get a run (by id or a unique id prefix)")
     async def read(self, run_id: str, services: Services, principal: Principal) -> RunResource:
         return RunResource.of(await auth.run(services, principal, run_id), API_PREFIX)
 
     @get("/workspaces/{workspace_id:str}/runs", summary="List a workspace's runs, newest first")
-    async def list(
+    async def list_workspace_runs(
         self,
         workspace_id: str,
-        services: Services,
-        principal: Principal,
-        status: list[RunStatus] | None = None,
-        configuration_id: str | None = None,
-        cursor: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-    ) -> Response[Page]:
-        await auth.workspace(services, principal, workspace_id)
-        runs, next_cursor = await services.store.list_runs(
-            workspace_id,
-            limit=limit,
-            before=cursor,
-            statuses=frozenset(status or ()),
-            configuration_id=configuration_id,
-        )
-        page = Page(items=[RunResource.of(run, API_PREFIX) for run in runs], next_cursor=next_cursor)
-        headers = {}
-        if next_cursor:
-            query = f"limit={limit}&cursor={next_cursor}"
-            query += "".join(f"&status={s}" for s in status or ())
-            if configuration_id:
-                query += f"&configuration_id={configuration_id}"
-            headers["Link"] = f'<{API_PREFIX}/workspaces/{workspace_id}/runs?{query}>; rel="next"'
-        return Response(page, headers=headers)
-
-    @get("/runs/{run_id:str}/events", summary="A run's events: SSE, JSON page or NDJSON")
-    async def events(
-        self,
-        run_id: str,
         request: Request[Any, Any, Any],
         services: Services,
         principal: Principal,
-        stream: bool | None = None,
-        after_sequence: Annotated[int, Parameter(ge=0)] = 0,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 1000,
-        format: EventsFormat = "json",
-        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
-        token: Annotated[str | None, Parameter(description="a stream token, for EventSource")] = None,
-    ) -> Response[EventsPage] | Stream:
-        run = await auth.run(services, principal, run_id)
-        return await events_response(
-            services,
-            principal,
-            StreamRef.for_run(services.settings.data_dir, run.id),
-            as_stream=wants_stream(request, stream),
-            after_sequence=resume_point(after_sequence, last_event_id),
-            limit=limit,
-            format=format,
+        status: Statuses = None,
+        configuration_id: str | None = None,
+        branch: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        before: Before = None,
+        after: After = None,
+        limit: Limit = 20,
+    ) -> Response[Page]:
+        await auth.workspace(services, principal, workspace_id)
+        return await list_page(
+            services, request, keys.workspace_runs(workspace_id), limit=limit, before=before, after=after,
+            status=status, configuration_id=configuration_id, branch=branch, created_after=created_after,
+            created_before=created_before,
+        )  # fmt: skip
+
+    @get("/configurations/{configuration_id:str}/runs", summary="List a configuration's runs, newest first")
+    async def list_configuration_runs(
+        self,
+        configuration_id: str,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        status: Statuses = None,
+        branch: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        before: Before = None,
+        after: After = None,
+        limit: Limit = 20,
+    ) -> Response[Page]:
+        cfg = await auth.configuration(services, principal, configuration_id)
+        return await list_page(
+            services, request, keys.configuration_runs(cfg.id), limit=limit, before=before, after=after,
+            status=status, configuration_id=None, branch=branch, created_after=created_after,
+            created_before=created_before,
+        )  # fmt: skip
+
+    @post("/runs/{run_id:str}/cancel", status_code=202, summary="Cancel a queued or running run")
+    async def cancel(self, run_id: str, services: Services, principal: Principal) -> RunResource:
+        """A queued run is cancelled at once and never starts; a running one gets `run.cancel_requested`,
+        SIGTERM to its step's process group, SIGKILL after the grace period, then `cancelled`."""
+        run = await auth.run(services, principal, run_id, "operator")
+        run = await runs.cancel(services.settings, services.redis, services.store, run, principal.actor)
+        await services.audit.record(
+            principal.actor, run.workspace_id, "run.cancel", run.id, {"status": run.status}
         )
+        return RunResource.of(run, API_PREFIX)
+
+    @post(
+        "/runs/{run_id:str}/rerun",
+        status_code=201,
+        summary="Re-run: a new attempt with the same plan and inputs",
+    )
+    async def rerun(self, run_id: str, services: Services, principal: Principal) -> RunResource:
+        source = await auth.run(services, principal, run_id, "operator")
+        run = await runs.rerun(services.settings, services.redis, services.arq, services.store, source)
+        await services.audit.record(
+            principal.actor,
+            run.workspace_id,
+            "run.rerun",
+            run.id,
+            {"rerun_of": source.id, "attempt": run.attempt},
+        )
+        return RunResource.of(run, API_PREFIX)
 
     @post("/runs/{run_id:str}/stream-token", status_code=201, summary="A short-lived token for EventSource")
     async def stream_token(self, run_id: str, services: Services, principal: Principal) -> StreamToken:
@@ -118,11 +198,3 @@ class RunController(Controller):
             expires_at=expires_at,
             events_url=f"{API_PREFIX}/runs/{run.id}/events?stream=true&token={token}",
         )
-
-    @get("/runs/{run_id:str}/logfile", summary="The run's raw NDJSON event log")
-    async def logfile(self, run_id: str, services: Services, principal: Principal) -> File:
-        run = await auth.run(services, principal, run_id)
-        path = StreamRef.for_run(services.settings.data_dir, run.id).log_path
-        if not path.exists():
-            raise NotFound(f"run {run_id!r} has no log yet", code="log_not_found")
-        return File(path, media_type="application/x-ndjson", filename=f"{run.id}.ndjson")

@@ -18,7 +18,8 @@ from ade.api.deps import Services
 from ade.auth import Principal
 from ade.errors import Invalid, TooManyRequests
 from ade.events import EVENT_DECODER, Event, StreamRef
-from ade.sse import stream_frames
+from ade.sse import follow, stream_frames
+from ade.summary import ConsolePage, console_line, console_page
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 EventsFormat = Literal["json", "ndjson"]
@@ -146,3 +147,54 @@ def _ndjson(path: Path, offset: int, limit: int) -> Iterator[bytes]:
         yield b"".join(line + b"\n" for line in page.lines)
         remaining -= len(page.lines)
         offset = page.next_offset
+
+
+async def logs_response(
+    services: Services,
+    principal: Principal,
+    stream: StreamRef,
+    *,
+    after_sequence: int,
+    limit: int,
+    console_stream: str | None,
+    as_text: bool,
+    follow: bool,
+) -> Response[ConsolePage] | Stream:
+    """A stream's console lines: a JSON page, all of them as text, or text that follows the stream live."""
+    if not as_text:
+        return Response(console_page(stream.log_path, after_sequence, limit, console_stream))
+    if not follow:
+        return Stream(_text_lines(stream.log_path, after_sequence, console_stream), media_type="text/plain")
+    slot = StreamSlot(services, principal.actor)
+    await slot.take()
+    lines = _followed_text(services, stream, after_sequence, console_stream)
+    return Stream(slot.hold(lines), media_type="text/plain", headers=SSE_HEADERS)
+
+
+def _text_of(line: bytes, console_stream: str | None) -> bytes | None:
+    item = console_line(EVENT_DECODER.decode(line)) if b'"type":"console.line"' in line[:40] else None
+    if item is None or (console_stream is not None and item.stream != console_stream):
+        return None
+    return item.message.encode() + b"\n"
+
+
+def _text_lines(path: Path, after_sequence: int, console_stream: str | None) -> Iterator[bytes]:
+    offset = eventlog.offset_after(path, after_sequence)
+    while (page := eventlog.read_lines(path, offset, 1000)).lines:
+        yield b"".join(text for line in page.lines if (text := _text_of(line, console_stream)))
+        offset = page.next_offset
+
+
+async def _followed_text(
+    services: Services, stream: StreamRef, after_sequence: int, console_stream: str | None
+) -> AsyncIterator[bytes]:
+    settings = services.settings
+    async for batch in follow(
+        services.hub,
+        stream,
+        after_sequence,
+        idle_s=settings.sse_keepalive_s,
+        page_events=settings.replay_page_events,
+    ):
+        if chunk := b"".join(text for _, line in batch if (text := _text_of(line, console_stream))):
+            yield chunk

@@ -1,0 +1,268 @@
+"""What a run shows: events, console logs, the raw log file, summary, plan, inputs, outputs, diagnostics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import anyio
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
+from litestar.response import File, Stream
+
+from ade import eventlog
+from ade.api import auth
+from ade.api.configurations import public_environment, public_steps
+from ade.api.deps import API_PREFIX, Services
+from ade.api.openapi import ErrorBody
+from ade.api.streams import (
+    EventsFormat,
+    EventsPage,
+    events_response,
+    logs_response,
+    resume_point,
+    wants_stream,
+)
+from ade.auth import Principal
+from ade.errors import NotFound
+from ade.events import StreamRef
+from ade.models import Failure, InputArtifact, Plan, Run, Step
+from ade.outputs import OutputFile, content_type_of, list_outputs, parse_range, resolve_output
+from ade.summary import ConsolePage, RunSummary
+
+ConsoleStream = Literal["stdout", "stderr"]
+
+
+class InputFile(msgspec.Struct, kw_only=True):
+    name: str
+    key: str
+    size: int
+    content_type: str
+    download_url: str
+
+
+class OutputListing(msgspec.Struct, kw_only=True):
+    items: list[OutputFile]
+    download_urls: dict[str, str]
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    queued_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    queue_wait_ms: int | None
+    run_ms: int | None
+
+
+class RunDiagnostics(msgspec.Struct, kw_only=True):
+    run_id: str
+    status: str
+    attempt: int
+    rerun_of: str | None
+    worker: str | None
+    timings: Timings
+    environment: dict[str, Any]
+    steps: list[Step]
+    failure: Failure | None
+    cancel_requested_by: str | None
+    log_bytes: int
+    last_sequence: int
+
+
+def _ms(start: datetime | None, end: datetime | None) -> int | None:
+    return round((end - start).total_seconds() * 1000) if start and end else None
+
+
+def stream_of(services: Services, run: Run) -> StreamRef:
+    return StreamRef.for_run(services.settings.data_dir, run.id)
+
+
+class RunViewController(Controller):
+    tags = ["runs"]
+
+    @get("/runs/{run_id:str}/events", summary="A run's events: SSE, JSON page or NDJSON")
+    async def events(
+        self,
+        run_id: str,
+        request: Request[Any, Any, Any],
+        services: Services,
+        principal: Principal,
+        stream: bool | None = None,
+        after_sequence: Annotated[int, Parameter(ge=0)] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 1000,
+        format: EventsFormat = "json",
+        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
+        token: Annotated[str | None, Parameter(description="a stream token, for EventSource")] = None,
+    ) -> Response[EventsPage] | Stream:
+        run = await auth.run(services, principal, run_id)
+        return await events_response(
+            services,
+            principal,
+            stream_of(services, run),
+            as_stream=wants_stream(request, stream),
+            after_sequence=resume_point(after_sequence, last_event_id),
+            limit=limit,
+            format=format,
+        )
+
+    @get("/runs/{run_id:str}/logs", summary="Console lines: a JSON page, or text (follow=true streams)")
+    async def logs(
+        self,
+        run_id: str,
+        services: Services,
+        principal: Principal,
+        after_sequence: Annotated[int, Parameter(ge=0)] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 1000,
+        stream: ConsoleStream | None = None,
+        format: Literal["json", "text"] = "json",
+        follow: bool = False,
+        token: Annotated[str | None, Parameter(description="a stream token, for EventSource")] = None,
+    ) -> Response[ConsolePage] | Stream:
+        """`format=text` (or `follow=true`) answers `text/plain`, one console line per line; `follow=true`
+        keeps the response open and streams new lines until the run ends."""
+        run = await auth.run(services, principal, run_id)
+        return await logs_response(
+            services,
+            principal,
+            stream_of(services, run),
+            after_sequence=after_sequence,
+            limit=limit,
+            console_stream=stream,
+            as_text=format == "text" or follow,
+            follow=follow,
+        )
+
+    @get("/runs/{run_id:str}/logfile", summary="The run's raw NDJSON event log")
+    async def logfile(self, run_id: str, services: Services, principal: Principal) -> File:
+        run = await auth.run(services, principal, run_id)
+        path = stream_of(services, run).log_path
+        if not path.exists():
+            raise NotFound(f"run {run_id!r} has no log yet", code="log_not_found")
+        return File(path, media_type="application/x-ndjson", filename=f"{run.id}.ndjson")
+
+    @get("/runs/{run_id:str}/summary", summary="Status, timings, steps, event counts, progress, outputs")
+    async def summary(self, run_id: str, services: Services, principal: Principal) -> RunSummary:
+        run = await auth.run(services, principal, run_id)
+        fold = services.summaries.fold(stream_of(services, run).log_path)
+        outputs_dir = services.store.run_dir(run.id) / "outputs"
+        return RunSummary(
+            run_id=run.id,
+            status=run.status,
+            attempt=run.attempt,
+            duration_ms=_ms(run.started_at, run.completed_at),
+            exit_code=run.exit_code,
+            failure=msgspec.to_builtins(run.failure) if run.failure else None,
+            steps=list(fold.steps.values()),
+            events=services.summaries.counts(fold),
+            last_progress=fold.last_progress,
+            summary=fold.summary,
+            outputs_count=sum(1 for p in outputs_dir.rglob("*") if p.is_file() and not p.is_symlink()),
+        )
+
+    @get("/runs/{run_id:str}/plan", summary="The configuration snapshot the run executes")
+    async def plan(self, run_id: str, services: Services, principal: Principal) -> Plan:
+        run = await auth.run(services, principal, run_id)
+        return msgspec.structs.replace(
+            run.plan,
+            environment=public_environment(run.plan.environment),
+            steps=public_steps(run.plan.steps),
+        )
+
+    @get("/runs/{run_id:str}/inputs", summary="The input artifacts placed in the run's inputs/")
+    async def inputs(self, run_id: str, services: Services, principal: Principal) -> list[InputFile]:
+        run = await auth.run(services, principal, run_id)
+        return [await _input_file(services, run, item) for item in run.input_artifacts]
+
+    @get("/runs/{run_id:str}/outputs", summary="Files the run wrote to $ADE_OUTPUT_DIR")
+    async def outputs(self, run_id: str, services: Services, principal: Principal) -> OutputListing:
+        run = await auth.run(services, principal, run_id)
+        items = await anyio.to_thread.run_sync(list_outputs, services.store.run_dir(run.id) / "outputs")
+        base = f"{API_PREFIX}/runs/{run.id}/outputs"
+        return OutputListing(items=items, download_urls={item.path: f"{base}/{item.path}" for item in items})
+
+    @get(
+        "/runs/{run_id:str}/outputs/{path:path}",
+        summary="Download an output (Range supported)",
+        responses={416: ResponseSpec(data_container=ErrorBody, description="the Range selects no byte")},
+    )
+    async def output(
+        self,
+        run_id: str,
+        path: str,
+        services: Services,
+        principal: Principal,
+        range_header: Annotated[str | None, Parameter(header="Range")] = None,
+    ) -> File | Stream:
+        run = await auth.run(services, principal, run_id)
+        file = resolve_output(services.store.run_dir(run.id) / "outputs", path.lstrip("/"))
+        size = file.stat().st_size
+        content_type = content_type_of(file.name)
+        wanted = parse_range(range_header, size)
+        if wanted is None:
+            return File(file, media_type=content_type, filename=file.name, headers={"Accept-Ranges": "bytes"})
+        start, end = wanted
+        return Stream(
+            _file_slice(file, start, end),
+            status_code=206,
+            media_type=content_type,
+            headers={
+                "Content-Range": f"bytes {start}-{end}/{size}",
+                "Content-Length": str(end - start + 1),
+                "Accept-Ranges": "bytes",
+            },
+        )
+
+    @get(
+        "/runs/{run_id:str}/diagnostics",
+        summary="Attempt, worker, timings, environment (no secrets), failure",
+    )
+    async def diagnostics(self, run_id: str, services: Services, principal: Principal) -> RunDiagnostics:
+        run = await auth.run(services, principal, run_id)
+        log_path = stream_of(services, run).log_path
+        tail = eventlog.tail(log_path)
+        return RunDiagnostics(
+            run_id=run.id,
+            status=run.status,
+            attempt=run.attempt,
+            rerun_of=run.rerun_of,
+            worker=run.worker,
+            timings=Timings(
+                queued_at=run.created_at,
+                started_at=run.started_at,
+                completed_at=run.completed_at,
+                queue_wait_ms=_ms(run.created_at, run.started_at),
+                run_ms=_ms(run.started_at, run.completed_at),
+            ),
+            environment=msgspec.to_builtins(public_environment(run.plan.environment)),
+            steps=public_steps(run.plan.steps),
+            failure=run.failure,
+            cancel_requested_by=run.cancel_requested_by,
+            log_bytes=log_path.stat().st_size if log_path.exists() else 0,
+            last_sequence=tail.sequence if tail else 0,
+        )
+
+
+async def _input_file(services: Services, run: Run, item: InputArtifact) -> InputFile:
+    artifact = await services.artifacts.get(run.workspace_id, item.key)
+    return InputFile(
+        name=item.name,
+        key=item.key,
+        size=artifact.size,
+        content_type=artifact.content_type,
+        download_url=f"{API_PREFIX}/artifacts/{item.key}",
+    )
+
+
+async def _file_slice(path: Any, start: int, end: int) -> AsyncIterator[bytes]:
+    async with await anyio.open_file(path, "rb") as handle:
+        await handle.seek(start)
+        remaining = end - start + 1
+        while remaining > 0:
+            chunk = await handle.read(min(remaining, 64 * 1024))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk

@@ -1,0 +1,154 @@
+"""Views derived from a stream's log: a run's summary and its console lines.
+
+A summary folds every event of the log once; the fold is kept per API process (a small LRU keyed by
+stream) with the log offset it reached, so asking again only reads what was appended since.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ade import eventlog
+from ade import events as ev
+from ade.events import EVENT_DECODER, Event
+
+_CACHE_STREAMS = 256
+_PAGE_EVENTS = 5000
+
+
+class StepSummary(msgspec.Struct, kw_only=True):
+    name: str
+    status: str  # running, succeeded, failed, timed_out, cancelled
+    exit_code: int | None = None
+    duration_ms: int | None = None
+
+
+class EventCounts(msgspec.Struct, kw_only=True):
+    total: int
+    by_type: dict[str, int]
+    console_lines_by_stream: dict[str, int]
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    run_id: str
+    status: str
+    attempt: int
+    duration_ms: int | None
+    exit_code: int | None
+    failure: dict[str, Any] | None
+    steps: list[StepSummary]
+    events: EventCounts
+    last_progress: dict[str, Any] | None
+    summary: dict[str, Any] | None  # the payload of the last `engine.summary` a step emitted
+    outputs_count: int
+
+
+@dataclass
+class _Fold:
+    offset: int = 0
+    steps: dict[str, StepSummary] = field(default_factory=dict)
+    by_type: Counter[str] = field(default_factory=Counter)
+    by_stream: Counter[str] = field(default_factory=Counter)
+    last_progress: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+
+    def add(self, event: Event) -> None:
+        self.by_type[event.type] += 1
+        payload = event.payload
+        if event.type == ev.CONSOLE_LINE:
+            self.by_stream[str(payload.get("stream"))] += 1
+        elif event.type == ev.RUN_STEP_STARTED:
+            name = str(payload.get("step"))
+            self.steps[name] = StepSummary(name=name, status="running")
+        elif event.type == ev.RUN_STEP_COMPLETED:
+            name = str(payload.get("step"))
+            self.steps[name] = StepSummary(
+                name=name,
+                status=str(payload.get("status")),
+                exit_code=payload.get("exit_code"),
+                duration_ms=payload.get("duration_ms"),
+            )
+        elif event.type == "engine.progress":
+            self.last_progress = payload
+        elif event.type == "engine.summary":
+            self.summary = payload
+
+
+class Summaries:
+    """Incremental folds of stream logs, bounded in number."""
+
+    def __init__(self) -> None:
+        self._folds: OrderedDict[Path, _Fold] = OrderedDict()
+
+    def fold(self, log_path: Path) -> _Fold:
+        fold = self._folds.pop(log_path, None) or _Fold()
+        while (page := eventlog.read_lines(log_path, fold.offset, _PAGE_EVENTS)).lines:
+            for line in page.lines:
+                fold.add(EVENT_DECODER.decode(line))
+            fold.offset = page.next_offset
+        self._folds[log_path] = fold
+        while len(self._folds) > _CACHE_STREAMS:
+            self._folds.popitem(last=False)
+        return fold
+
+    def counts(self, fold: _Fold) -> EventCounts:
+        return EventCounts(
+            total=sum(fold.by_type.values()),
+            by_type=dict(fold.by_type),
+            console_lines_by_stream=dict(fold.by_stream),
+        )
+
+
+class ConsoleLine(msgspec.Struct, kw_only=True, omit_defaults=True):
+    sequence: int
+    created_at: str
+    stream: str
+    step: str | None = None
+    message: str
+    truncated: bool = False
+
+
+class ConsolePage(msgspec.Struct, kw_only=True):
+    items: list[ConsoleLine]
+    next_after_sequence: int
+
+
+def console_line(event: Event) -> ConsoleLine | None:
+    if event.type != ev.CONSOLE_LINE:
+        return None
+    payload = event.payload
+    return ConsoleLine(
+        sequence=event.sequence,
+        created_at=event.created_at.isoformat().replace("+00:00", "Z"),
+        stream=str(payload.get("stream")),
+        step=payload.get("step"),
+        message=str(payload.get("message", "")),
+        truncated=bool(payload.get("truncated", False)),
+    )
+
+
+def console_page(log_path: Path, after_sequence: int, limit: int, stream: str | None) -> ConsolePage:
+    """Up to `limit` console lines after `after_sequence` (optionally of one stream), scanning at most
+    ten pages of events; `next_after_sequence` is where to continue."""
+    offset = eventlog.offset_after(log_path, after_sequence)
+    items: list[ConsoleLine] = []
+    last = after_sequence
+    for _ in range(10):
+        page = eventlog.read_lines(log_path, offset, 1000)
+        if not page.lines:
+            break
+        for line in page.lines:
+            event = EVENT_DECODER.decode(line)
+            last = event.sequence
+            item = console_line(event)
+            if item is not None and (stream is None or item.stream == stream):
+                items.append(item)
+                if len(items) == limit:
+                    return ConsolePage(items=items, next_after_sequence=last)
+        offset = page.next_offset
+    return ConsolePage(items=items, next_after_sequence=last)

@@ -27,3 +27,8 @@ def time_bound(prefix: str, moment: datetime, *, upper: bool) -> str:
     ms = int(moment.timestamp() * 1000)
     randomness = (b"\xff" if upper else b"\x00") * 10
     return f"{prefix}_{ULID.from_bytes(ms.to_bytes(6, 'big') + randomness)}"
+
+
+def created_at(ident: str) -> datetime:
+    """When an id was made (millisecond precision): the time its ULID encodes."""
+    return ULID.from_str(ident.rsplit("_", 1)[1]).datetime

@@ -71,15 +71,16 @@ def new_run(
     input_artifacts: list[InputArtifact],
 ) -> Run:
     plan = plan_of(cfg_or_plan) if isinstance(cfg_or_plan, Configuration) else cfg_or_plan
+    run_id = ids.new_id(ids.RUN)
     return Run(
-        id=ids.new_id(ids.RUN),
+        id=run_id,
         workspace_id=workspace_id,
         configuration_id=plan.configuration_id,
         status="queued",
         plan=plan,
         commit=commit,
         input_artifacts=input_artifacts,
-        created_at=utcnow(),
+        created_at=ids.created_at(run_id),  # the id's own time, so time filters and ids agree
     )
 
 

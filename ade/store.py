@@ -185,7 +185,7 @@ class Store:
         """A page of runs from a lexical index, newest first, and whether more lie beyond it.
 
         `before`: runs older than that id (the next page); `after`: runs newer than it (the previous page).
-        `lowest`/`highest` bound the ids lexically (ULIDs start with their creation time).
+        `lowest`/`highest` are lexical bounds (`-`, `+`, or `[id`; ULIDs start with their creation time).
         """
         newest_first = after is None
         if newest_first:

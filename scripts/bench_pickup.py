@@ -7,7 +7,7 @@ worker with default settings (it polls every 0.5 s), measured in the same run on
 This module also holds the harness the other benchmark scripts import: `ade_stack()` starts a private
 Redis, `ade serve` and `ade worker`, waits for /readyz, and stops all of it on the way out.
 
-Usage: python scripts/bench_pickup.py [--runs 50]
+Usage: python scripts/bench_pickup.py [--runs 50] [--arq-jobs 20]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import random
-import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -32,6 +32,9 @@ from typing import Any
 
 import httpx
 import redis
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.worker import Worker
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
@@ -67,7 +70,7 @@ def _tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -100,9 +103,14 @@ def redis_server(directory: Path, *, appendonly: bool = True) -> Iterator[RedisS
 @dataclass(frozen=True)
 class AdeStack:
     base_url: str
+    token: str  # the bootstrap token: every request carries it as a bearer token
     redis: RedisServer
     api: subprocess.Popen[bytes]
     worker: subprocess.Popen[bytes]
+
+    def client(self, timeout: float = 30.0) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
 
 
 def _wait_ready(base_url: str, procs: dict[str, tuple[subprocess.Popen[bytes], Path]]) -> None:
@@ -129,6 +137,7 @@ def _wait_ready(base_url: str, procs: dict[str, tuple[subprocess.Popen[bytes], P
 def ade_stack(root: Path, *, env: dict[str, str] | None = None) -> Iterator[AdeStack]:
     """A private Redis, `ade serve` and `ade worker` under `root`; everything stops when the block ends."""
     port = free_port()
+    token = secrets.token_urlsafe(24)
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(redis_server(root / "redis"))
         child_env = {
@@ -137,14 +146,16 @@ def ade_stack(root: Path, *, env: dict[str, str] | None = None) -> Iterator[AdeS
             "ADE_DATA_DIR": str(root / "data"),
             "ADE_PORT": str(port),
             "ADE_LOG_LEVEL": "WARNING",
+            "ADE_BOOTSTRAP_TOKEN": token,
             **(env or {}),
         }
         api_log, worker_log = root / "api.log", root / "worker.log"
-        api = stack.enter_context(child_process(_ade_command("serve", "--port", str(port)), child_env, api_log))
+        serve = _ade_command("serve", "--port", str(port))
+        api = stack.enter_context(child_process(serve, child_env, api_log))
         worker = stack.enter_context(child_process(_ade_command("worker"), child_env, worker_log))
         base_url = f"http://127.0.0.1:{port}"
         _wait_ready(base_url, {"serve": (api, api_log), "worker": (worker, worker_log)})
-        yield AdeStack(base_url=base_url, redis=server, api=api, worker=worker)
+        yield AdeStack(base_url=base_url, token=token, redis=server, api=api, worker=worker)
 
 
 async def create_configuration(client: httpx.AsyncClient, script: str) -> str:
@@ -160,7 +171,8 @@ async def create_configuration(client: httpx.AsyncClient, script: str) -> str:
 
 
 async def run_events(client: httpx.AsyncClient, run_id: str, after: int = 0, limit: int = 1000) -> list[Any]:
-    response = await client.get(f"{API}/runs/{run_id}/events", params={"after_sequence": after, "limit": limit})
+    params = {"after_sequence": after, "limit": limit}
+    response = await client.get(f"{API}/runs/{run_id}/events", params=params)
     response.raise_for_status()
     items: list[Any] = response.json()["items"]
     return items
@@ -231,8 +243,8 @@ async def one_ade_run(client: httpx.AsyncClient, configuration_id: str) -> Picku
     )
 
 
-async def ade_pickups(base_url: str, runs: int, warmups: int, rng: random.Random) -> list[Pickup]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as client:
+async def ade_pickups(ade: AdeStack, runs: int, warmups: int, rng: random.Random) -> list[Pickup]:
+    async with ade.client() as client:
         configuration_id = await create_configuration(client, "true")
         for _ in range(warmups):
             await one_ade_run(client, configuration_id)
@@ -252,17 +264,11 @@ async def record_start(ctx: dict[str, Any]) -> float:
 
 
 def run_plain_arq_worker(url: str) -> None:
-    from arq.connections import RedisSettings  # noqa: PLC0415
-    from arq.worker import Worker  # noqa: PLC0415
-
     Worker(functions=[record_start], redis_settings=RedisSettings.from_dsn(url)).run()
 
 
 async def _arq_worker_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Enqueue jobs until one runs: the worker is then polling."""
-    from arq import create_pool  # noqa: PLC0415
-    from arq.connections import RedisSettings  # noqa: PLC0415
-
+    """Enqueue a job and wait until it ran: the worker is then polling."""
     pool = await create_pool(RedisSettings.from_dsn(url))
     try:
         job = await pool.enqueue_job("record_start")
@@ -273,9 +279,6 @@ async def _arq_worker_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> Non
 
 
 async def arq_pickups(url: str, jobs: int, warmups: int, rng: random.Random) -> list[float]:
-    from arq import create_pool  # noqa: PLC0415
-    from arq.connections import RedisSettings  # noqa: PLC0415
-
     pool = await create_pool(RedisSettings.from_dsn(url))
     try:
         latencies = []
@@ -304,7 +307,7 @@ def _commands(delta: dict[str, int]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--runs", type=int, default=50, help="measured ADE runs (default 50)")
     parser.add_argument("--arq-jobs", type=int, default=20, help="measured plain arq jobs (default 20)")
     parser.add_argument("--plain-arq-worker", metavar="REDIS_URL", help=argparse.SUPPRESS)
@@ -318,7 +321,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ade-bench-") as tmp:
         root = Path(tmp)
         with ade_stack(root / "ade") as ade:
-            pickups = asyncio.run(ade_pickups(ade.base_url, args.runs, warmups=3, rng=rng))
+            pickups = asyncio.run(ade_pickups(ade, args.runs, warmups=3, rng=rng))
             time.sleep(1.0)  # let the last run's bookkeeping settle: the system is idle from here
             ade_idle, ade_idle_cmds = idle_commands_per_s(ade.redis.url)
         with contextlib.ExitStack() as stack:
@@ -336,7 +339,7 @@ def main() -> None:
     print(f"  {'':<40}{'p50':>9}{'p99':>9}{'max':>9}")
     print(_row(f"ADE: POST sent -> run.started (n={len(ade_ms)})", ade_ms))
     print(_row("  of which run.queued -> run.started", [p.queued_to_started_ms for p in pickups]))
-    print(_row("  POST response time", [p.post_response_ms for p in pickups]))
+    print(_row("  POST sent -> 201 response received", [p.post_response_ms for p in pickups]))
     print(_row(f"plain arq: enqueue -> start (n={len(arq_ms)})", arq_ms))
     p50_ratio = percentile(arq_ms, 50) / percentile(ade_ms, 50)
     p99_ratio = percentile(arq_ms, 99) / percentile(ade_ms, 99)
@@ -349,4 +352,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # everything was stopped on the way out
+        sys.exit(130)

@@ -72,3 +72,13 @@ async def wait_for_end(client: httpx.AsyncClient, run_id: str) -> list[Frame]:
     frames = await collect_sse(client, f"/runs/{run_id}/events", params={"stream": "true"})
     assert frames[-1].event == "end"
     return ade_events(frames)
+
+
+def links(response: httpx.Response) -> dict[str, str]:
+    """The `Link` header as {rel: url}."""
+    found = {}
+    for part in response.headers.get("link", "").split(","):
+        if 'rel="' in part:
+            url = part.split(">")[0].strip(" <")
+            found[part.split('rel="')[1].rstrip('"')] = url
+    return found

@@ -15,6 +15,7 @@ import httpx
 from ade.redis_server import RedisServer, free_port
 
 BOOTSTRAP_TOKEN = "test-bootstrap-token"
+ARTIFACT_LIMIT_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -46,6 +47,7 @@ class AdeSystem:
             "ADE_LOG_LEVEL": "WARNING",
             "ADE_KILL_GRACE_S": "1",
             "ADE_BOOTSTRAP_TOKEN": BOOTSTRAP_TOKEN,
+            "ADE_MAX_ARTIFACT_BYTES": str(ARTIFACT_LIMIT_BYTES),
             **self.extra_env,
         }
 

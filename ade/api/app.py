@@ -16,7 +16,9 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ade.api.artifacts import ArtifactController
 from ade.api.audit import AuditController
@@ -144,7 +146,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AdeError: _handle_ade_error,
             ValidationException: _handle_validation,
             HTTPException: _handle_http,
-            RedisError: _handle_redis,
+            RedisConnectionError: _handle_redis,
+            RedisTimeoutError: _handle_redis,
             Exception: _handle_unexpected,
         },
         openapi_config=OpenAPIConfig(

@@ -55,8 +55,8 @@ async def list_page(
         limit=limit,
         before=before,
         after=after,
-        lowest=ids.time_bound(ids.RUN, created_after, upper=False) if created_after else "-",
-        highest=ids.time_bound(ids.RUN, created_before, upper=True) if created_before else "+",
+        lowest="[" + ids.time_bound(ids.RUN, created_after, upper=False) if created_after else "-",
+        highest="[" + ids.time_bound(ids.RUN, created_before, upper=True) if created_before else "+",
         keep=keep,
     )
     older = found and (more if after is None else True)

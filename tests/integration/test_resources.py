@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api import configuration, run, wait_for_end, workspace
+from tests.api import configuration, links, run, wait_for_end, workspace
 
 pytestmark = pytest.mark.anyio
 
@@ -50,8 +50,7 @@ async def test_runs_list_newest_first_with_cursor_pagination(client: httpx.Async
         response = await client.get(url.removeprefix("/api/v1"))
         assert response.status_code == 200
         seen += [item["id"] for item in response.json()["items"]]
-        link = response.headers.get("link")
-        url = link[1 : link.index(">")] if link else None
+        url = links(response).get("next")
         pages += 1
     assert seen == list(reversed(created))
     assert pages == 3

@@ -18,7 +18,7 @@ from tests.api import ade_events, collect_sse, configuration, run, wait_for_end,
 from tests.system import AdeSystem
 
 pytestmark = pytest.mark.anyio
-STEP = {"name": "s", "script": "echo hi"}
+STEP = {"name": "s", "script": "echo hi; echo out > $ADE_OUTPUT_DIR/o.txt"}
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Tenants:
     key_ids: dict[str, str]
     cfg_a: str
     run_a: str
+    artifact_a: str
 
     def client(self, who: str | None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self.keys[who]}"} if who else {}
@@ -54,7 +55,8 @@ async def tenants(client: httpx.AsyncClient, system: AdeSystem) -> Tenants:
     cfg_a = await configuration(client, ws_a, [STEP])
     run_a = (await run(client, cfg_a))["id"]
     await wait_for_end(client, run_a)
-    return Tenants(system.base_url, ws_a, ws_b, keys, key_ids, cfg_a, run_a)
+    artifact = (await client.post(f"/workspaces/{ws_a}/artifacts", content=b"tenant a's bytes")).json()["key"]
+    return Tenants(system.base_url, ws_a, ws_b, keys, key_ids, cfg_a, run_a, artifact)
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
@@ -67,8 +69,8 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 
 CFG_BODY = {"name": "x", "steps": [STEP]}
 
-# (method, path, body, weakest role allowed). Paths name workspace A's things.
-MATRIX: list[tuple[str, str, dict[str, Any] | None, str]] = [
+# (method, path, body, weakest role allowed). Paths name workspace A's things. A body of bytes is sent raw.
+MATRIX: list[tuple[str, str, dict[str, Any] | bytes | None, str]] = [
     ("GET", "/workspaces/{ws_a}", None, "viewer"),
     ("GET", "/workspaces/{ws_a}/configurations", None, "viewer"),
     ("POST", "/workspaces/{ws_a}/configurations", CFG_BODY, "admin"),
@@ -80,6 +82,18 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/runs/{run_a}/events", None, "viewer"),
     ("GET", "/runs/{run_a}/logfile", None, "viewer"),
     ("POST", "/runs/{run_a}/stream-token", None, "viewer"),
+    ("GET", "/runs/{run_a}/logs", None, "viewer"),
+    ("GET", "/runs/{run_a}/summary", None, "viewer"),
+    ("GET", "/runs/{run_a}/plan", None, "viewer"),
+    ("GET", "/runs/{run_a}/inputs", None, "viewer"),
+    ("GET", "/runs/{run_a}/outputs", None, "viewer"),
+    ("GET", "/runs/{run_a}/outputs/o.txt", None, "viewer"),
+    ("GET", "/runs/{run_a}/diagnostics", None, "viewer"),
+    ("GET", "/configurations/{cfg_a}/runs", None, "viewer"),
+    ("POST", "/runs/{run_a}/rerun", None, "operator"),
+    ("POST", "/runs/{run_running}/cancel", None, "operator"),
+    ("POST", "/workspaces/{ws_a}/artifacts", b"some bytes", "operator"),
+    ("GET", "/artifacts/{artifact_a}", None, "viewer"),
     ("POST", "/workspaces/{ws_a}/api-keys", {"name": "k", "role": "viewer"}, "admin"),
     ("GET", "/workspaces/{ws_a}/api-keys", None, "admin"),
     ("GET", "/audit-logs?workspace_id={ws_a}", None, "admin"),
@@ -91,16 +105,24 @@ RANK = {"viewer": 0, "operator": 1, "admin": 2}
 
 async def test_tenancy_matrix_over_every_endpoint(tenants: Tenants, client: httpx.AsyncClient) -> None:
     throwaway = await make_key(client, tenants.ws_a, "viewer")
+    sleeper = await configuration(client, tenants.ws_a, [{"name": "wait", "script": "sleep 60"}])
+    running = (await run(client, sleeper))["id"]
     names = {
         "ws_a": tenants.ws_a,
         "cfg_a": tenants.cfg_a,
         "run_a": tenants.run_a,
+        "run_running": running,
+        "artifact_a": tenants.artifact_a,
         "viewer_key_b": throwaway["id"],
     }
     runs_before = len((await client.get(f"/workspaces/{tenants.ws_a}/runs")).json()["items"])
     for method, template, body, weakest in MATRIX:
         path = template.format(**names)
-        kwargs: dict[str, Any] = {"json": body} if body is not None else {}
+        kwargs: dict[str, Any] = {}
+        if isinstance(body, bytes):
+            kwargs["content"] = body
+        elif body is not None:
+            kwargs["json"] = body
         async with tenants.client(None) as anonymous:
             assert_error(await anonymous.request(method, path, **kwargs), 401, "missing_token")
         async with tenants.client("admin_b") as other:
@@ -113,7 +135,7 @@ async def test_tenancy_matrix_over_every_endpoint(tenants: Tenants, client: http
             response = await allowed.request(method, path, **kwargs)
             assert response.status_code < 300, (method, path, response.text)
     runs_after = len((await client.get(f"/workspaces/{tenants.ws_a}/runs")).json()["items"])
-    assert runs_after == runs_before + 1  # only the allowed POST created a run
+    assert runs_after == runs_before + 2  # only the allowed create and re-run made runs
 
 
 async def test_other_workspace_ids_look_exactly_like_missing_ones(tenants: Tenants) -> None:

@@ -45,6 +45,7 @@ class Identity:
 
 
 EventSpec = tuple[str, dict[str, Any], Source]
+MAX_SLICE_EVENTS = 512
 MASK = "***"
 
 
@@ -103,9 +104,14 @@ class StreamWriter:
         return (await self.emit_many([(type, payload, source)]))[0]
 
     async def emit_many(self, specs: Sequence[EventSpec]) -> list[Event]:
-        """Sequence, append (one write), then publish (one pipeline) a batch of events, in order."""
-        if not specs:
-            return []
+        """Sequence, append, then publish events in order, in slices of at most MAX_SLICE_EVENTS: each slice
+        is one write to the log and one PUBLISH, and the event loop gets a turn between slices."""
+        events: list[Event] = []
+        for start in range(0, len(specs), MAX_SLICE_EVENTS):
+            events += await self._emit_slice(specs[start : start + MAX_SLICE_EVENTS])
+        return events
+
+    async def _emit_slice(self, specs: Sequence[EventSpec]) -> list[Event]:
         async with self._lock:
             if self._lease_lost:
                 raise LeaseLost(f"lost the writer lease of {self.stream.id}")
@@ -116,12 +122,13 @@ class StreamWriter:
             events: list[Event] = []
             encoded: list[bytes] = []
             sequence = log_writer.last_sequence
-            for type_, payload, source in specs:
+            event_ids = ids.new_ids(ids.EVENT, len(specs))
+            for event_id, (type_, payload, source) in zip(event_ids, specs, strict=True):
                 sequence += 1
                 event = Event(
                     type=type_,
                     sequence=sequence,
-                    event_id=ids.new_id(ids.EVENT),
+                    event_id=event_id,
                     created_at=now,
                     source=source,
                     workspace_id=ident.workspace_id,
@@ -150,12 +157,10 @@ class StreamWriter:
         return value
 
     async def _publish(self, encoded: list[bytes]) -> None:
+        """One message per slice: its events' encoded lines joined by newlines (the hub splits them)."""
         channel = self.stream.channel
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for data in encoded:
-                    pipe.publish(channel, data)
-                await pipe.execute()
+            await self._redis.publish(channel, b"\n".join(encoded))
         except (RedisError, OSError) as exc:
             # The log already holds these events; subscribers repair gaps from it.
             log.warning("publish to %s failed (%s); subscribers will read the log", channel, exc)

@@ -161,6 +161,7 @@ class Hub:
             backoff_s = 0.05
             if message is not None:
                 self._handle(message)
+                await asyncio.sleep(0)  # a burst of messages must not starve the API's other work
 
     def _handle(self, message: dict[str, object]) -> None:
         kind = message["type"]
@@ -172,13 +173,14 @@ class Hub:
         if kind == "message":
             data = message["data"]
             assert isinstance(data, bytes)
-            try:
-                head = HEAD_DECODER.decode(data)
-            except msgspec.DecodeError:
-                log.error("dropping an undecodable message on %s", name)
-                return
-            for sub in channel.subscribers:
-                sub.deliver(head, data)
+            for line in data.split(b"\n"):  # a message carries a slice of events, one per line
+                try:
+                    head = HEAD_DECODER.decode(line)
+                except msgspec.DecodeError:
+                    log.error("dropping an undecodable message on %s", name)
+                    return
+                for sub in channel.subscribers:
+                    sub.deliver(head, line)
         elif kind == "subscribe":
             channel.confirmed.set()
             for sub in channel.subscribers:

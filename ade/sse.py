@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio.lowlevel
+
 from ade import eventlog
 from ade.events import HEAD_DECODER, EventHead, StreamRef
 from ade.hub import Hub
@@ -79,6 +81,8 @@ async def follow(
                     yield batch
                     if cursor.ended:
                         return
+                    # A fast client's sends never suspend: let the hub and other requests run.
+                    await anyio.lowlevel.checkpoint()
                 need_log = False
             # Live: forward in-order events from the hub; any doubt sends us back to the log.
             timeout_s = idle_s if sub.confirmed else min(idle_s, _UNCONFIRMED_POLL_S)

@@ -1,8 +1,8 @@
-"""The `ade` command: `dev` (everything on one machine), `serve`, `worker`."""
+"""The `ade` command: `dev` (everything on one machine), `serve`, `worker`; the client commands
+(`workspaces`, `keys`, `configs`, `runs`) live in `ade.cli_client`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -11,11 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
-import httpx
 
+from ade.cli_client import COMMANDS
 from ade.settings import Settings, get_settings
 
 
@@ -134,57 +133,10 @@ def _dev_bootstrap_token(data_dir: Path) -> str:
     return token
 
 
-# Client side ----------------------------------------------------------------------------------------
+# Client commands (workspaces, keys, configs, runs): ade/cli_client.py, on ade.client.AdeClient.
 
-_url_option = click.option("--url", envvar="ADE_URL", default="http://127.0.0.1:8000", show_default=True)
-_token_option = click.option("--token", envvar="ADE_TOKEN", required=True, help="API key (or ADE_TOKEN).")
-
-
-def _call(url: str, token: str, method: str, path: str, body: dict[str, Any]) -> Any:
-    response = httpx.request(
-        method, f"{url}/api/v1{path}", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
-    if response.status_code >= 400:
-        error = response.json()
-        raise click.ClickException(f"{error['error']} ({error['code']}, HTTP {response.status_code})")
-    return response.json()
-
-
-@main.group()
-def workspaces() -> None:
-    """Workspaces (the bootstrap token creates them)."""
-
-
-@workspaces.command("create")
-@click.argument("name")
-@_url_option
-@_token_option
-def workspaces_create(name: str, url: str, token: str) -> None:
-    """Create a workspace and print it as JSON."""
-    click.echo(json.dumps(_call(url, token, "POST", "/workspaces", {"name": name}), indent=2))
-
-
-@main.group()
-def keys() -> None:
-    """API keys."""
-
-
-@keys.command("create")
-@click.option("--workspace", "workspace_id", required=True, help="Workspace id (ws_…).")
-@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True)
-@click.option("--name", default="cli", show_default=True)
-@click.option("--expires-at", default=None, help="RFC 3339 time after which the key stops working.")
-@_url_option
-@_token_option
-def keys_create(
-    workspace_id: str, role: str, name: str, expires_at: str | None, url: str, token: str
-) -> None:
-    """Create an API key; its secret is printed once."""
-    body: dict[str, Any] = {"name": name, "role": role}
-    if expires_at:
-        body["expires_at"] = expires_at
-    created = _call(url, token, "POST", f"/workspaces/{workspace_id}/api-keys", body)
-    click.echo(json.dumps(created, indent=2))
+for _group in COMMANDS:
+    main.add_command(_group)
 
 
 if __name__ == "__main__":

@@ -64,9 +64,40 @@ def run_attempts(original_run_id: str) -> str:
     return f"{PREFIX}:run:{original_run_id}:attempts"
 
 
-def run_cancel(run_id: str) -> str:
-    """Set (to the requesting actor) when a cancel is requested; read by the worker that runs it."""
-    return f"{PREFIX}:run:{run_id}:cancel"
+def run_cancel(stream_id: str) -> str:
+    """Set (to the requesting actor) when a cancel of a run or build is requested; read by its worker."""
+    return f"{PREFIX}:cancel:{stream_id}"
+
+
+# Builds.
+def build(build_id: str) -> str:
+    return f"{PREFIX}:build:{build_id}"
+
+
+ALL_BUILDS = f"{PREFIX}:builds"
+
+
+def workspace_builds(workspace_id: str) -> str:
+    return f"{PREFIX}:workspace:{workspace_id}:builds"
+
+
+def configuration_builds(configuration_id: str) -> str:
+    return f"{PREFIX}:configuration:{configuration_id}:builds"
+
+
+def build_ready(fingerprint: str) -> str:
+    """The id of the ready build with this fingerprint (the one to reuse)."""
+    return f"{PREFIX}:build:fp:{fingerprint}:ready"
+
+
+def build_active(fingerprint: str) -> str:
+    """The id of the build of this fingerprint being prepared now (the one to join)."""
+    return f"{PREFIX}:build:fp:{fingerprint}:active"
+
+
+def build_users(build_id: str) -> str:
+    """Set of unfinished runs that need this build's environment (retention never removes it then)."""
+    return f"{PREFIX}:build:{build_id}:users"
 
 
 RUN_CANCEL_TTL_S = 7 * 24 * 3600
@@ -80,6 +111,7 @@ def stream_channel(stream_id: str) -> str:
 
 # Queue: arq's queue plus a wake-up channel so idle workers pick a job up at once.
 QUEUE_NAME = f"{PREFIX}:queue"
+BUILD_SWEEP_LOCK = f"{PREFIX}:builds:sweep-lock"
 QUEUE_WAKE_CHANNEL = f"{PREFIX}:queue:wake"
 
 # Worker liveness: each worker refreshes its key; readiness looks for any.

@@ -9,6 +9,8 @@ import msgspec
 
 RunStatus = Literal["queued", "waiting_for_build", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_RUN_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+BuildStatus = Literal["queued", "building", "ready", "failed", "cancelled", "expired"]
+TERMINAL_BUILD_STATUSES: frozenset[str] = frozenset({"ready", "failed", "cancelled", "expired"})
 
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
@@ -87,11 +89,37 @@ class Step(Struct):
 Steps = Annotated[list[Step], msgspec.Meta(min_length=1)]  # count limit: Settings.max_steps
 
 
+ArtifactKey = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+Requirement = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"^[^\s-][^\n\r]*$")]
+RelativePath = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^/\\][^\\]*$")]
+
+
+class BuildSpec(Struct):
+    """How a configuration's environment is prepared. `python`: a virtualenv, `requirements` installed with
+    pip (offline with `find_links`: directories inside the source, plus ADE_PIP_FIND_LINKS), then `steps`;
+    `shell`: `steps` only. `environment` is for the build only; `source` is an artifact (tar.gz or zip)
+    unpacked into the build's source directory, where the build steps run."""
+
+    constructor: Literal["python", "shell"]
+    requirements: Annotated[list[Requirement], msgspec.Meta(max_length=200)] = msgspec.field(
+        default_factory=list
+    )
+    find_links: Annotated[list[RelativePath], msgspec.Meta(max_length=20)] = msgspec.field(
+        default_factory=list
+    )
+    no_index: bool = False
+    steps: Annotated[list[Step], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
+    environment: Environment = msgspec.field(default_factory=dict)
+    source: ArtifactKey | None = None
+    timeout_s: TimeoutS | None = None
+
+
 class ConfigurationCreate(Struct):
     name: Name
     steps: Steps
     environment: Environment = msgspec.field(default_factory=dict)
     timeout_s: TimeoutS | None = None
+    build: BuildSpec | None = None
 
 
 class Configuration(msgspec.Struct, kw_only=True):
@@ -103,6 +131,7 @@ class Configuration(msgspec.Struct, kw_only=True):
     timeout_s: float | None
     created_at: datetime
     updated_at: datetime
+    build: BuildSpec | None = None
 
 
 # Runs -----------------------------------------------------------------------------------------------
@@ -150,6 +179,7 @@ class Plan(msgspec.Struct, kw_only=True):
     steps: list[Step]
     environment: Environment
     timeout_s: float | None
+    build: BuildSpec | None = None
 
 
 class Run(msgspec.Struct, kw_only=True):
@@ -164,6 +194,7 @@ class Run(msgspec.Struct, kw_only=True):
     rerun_of: str | None = None  # the run this one re-runs
     original_run_id: str | None = None  # the first attempt of the lineage (None: this is it)
     cancel_requested_by: str | None = None
+    build_id: str | None = None
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -194,6 +225,7 @@ class RunResource(msgspec.Struct, kw_only=True):
     status: RunStatus
     attempt: int
     rerun_of: str | None
+    build_id: str | None
     commit: Commit | None
     input_artifacts: list[InputArtifact]
     created_at: datetime
@@ -213,6 +245,7 @@ class RunResource(msgspec.Struct, kw_only=True):
             status=run.status,
             attempt=run.attempt,
             rerun_of=run.rerun_of,
+            build_id=run.build_id,
             commit=run.commit,
             input_artifacts=run.input_artifacts,
             created_at=run.created_at,
@@ -315,3 +348,105 @@ class StreamToken(msgspec.Struct, kw_only=True):
     stream_id: str
     expires_at: datetime
     events_url: str
+
+
+# Builds -------------------------------------------------------------------------------------------
+
+
+class BuildOptions(Struct):
+    force: bool = False  # rebuild even if a ready build has the same fingerprint
+    wait: bool = False  # answer once the build has ended
+
+
+class BuildCreate(Struct):
+    stream: bool = False
+    options: BuildOptions = msgspec.field(default_factory=BuildOptions)
+
+
+class Build(msgspec.Struct, kw_only=True):
+    id: str
+    workspace_id: str
+    configuration_id: str
+    fingerprint: str
+    spec: BuildSpec
+    status: BuildStatus
+    owner: str  # the actor that asked for it
+    force: bool = False
+    reused_from: str | None = None  # a reuse record points at the build whose environment it shares
+    interpreter: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    last_used_at: datetime | None = None
+    failure: Failure | None = None
+    worker: str | None = None
+    cancel_requested_by: str | None = None
+
+    @property
+    def environment_build_id(self) -> str:
+        """Whose directory holds this build's environment."""
+        return self.reused_from or self.id
+
+
+class BuildLinks(msgspec.Struct, kw_only=True):
+    self: str
+    inspect: str
+    events: str
+    events_stream: str
+    logs: str
+    cancel: str
+
+
+class BuildResource(msgspec.Struct, kw_only=True):
+    id: str
+    workspace_id: str
+    configuration_id: str
+    status: BuildStatus
+    fingerprint: str
+    reused_from: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    failure: Failure | None
+    links: BuildLinks
+
+    @classmethod
+    def of(cls, build: Build, api_prefix: str) -> BuildResource:
+        base = f"{api_prefix}/builds/{build.id}"
+        return cls(
+            id=build.id,
+            workspace_id=build.workspace_id,
+            configuration_id=build.configuration_id,
+            status=build.status,
+            fingerprint=build.fingerprint,
+            reused_from=build.reused_from,
+            created_at=build.created_at,
+            started_at=build.started_at,
+            completed_at=build.completed_at,
+            failure=build.failure,
+            links=BuildLinks(
+                self=base,
+                inspect=f"{base}/inspect",
+                events=f"{base}/events",
+                events_stream=f"{base}/events?stream=true",
+                logs=f"{base}/logs",
+                cancel=f"{base}/cancel",
+            ),
+        )
+
+
+class BuildInspection(msgspec.Struct, kw_only=True):
+    id: str
+    status: BuildStatus
+    constructor: str
+    owner: str
+    fingerprint: str
+    flags: dict[str, bool]
+    reused_from: str | None
+    interpreter: str | None
+    spec: BuildSpec
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    last_used_at: datetime | None
+    failure: Failure | None

@@ -31,7 +31,12 @@ RUN_SUBDIRS = ("logs", "work", "inputs", "outputs")
 
 
 def run_identity(run: Run) -> Identity:
-    return Identity(workspace_id=run.workspace_id, configuration_id=run.configuration_id, run_id=run.id)
+    return Identity(
+        workspace_id=run.workspace_id,
+        configuration_id=run.configuration_id,
+        run_id=run.id,
+        build_id=run.build_id,
+    )
 
 
 def plan_of(cfg: Configuration) -> Plan:
@@ -41,6 +46,7 @@ def plan_of(cfg: Configuration) -> Plan:
         steps=list(cfg.steps),
         environment=dict(cfg.environment),
         timeout_s=cfg.timeout_s,
+        build=cfg.build,
     )
 
 
@@ -107,7 +113,11 @@ async def rerun(settings: Settings, redis: Redis, arq: ArqRedis, store: Store, s
         commit=source.commit,
         input_artifacts=source.input_artifacts,
     )
-    run = msgspec.structs.replace(run, attempt=attempt, rerun_of=source.id, original_run_id=original)
+    run = msgspec.structs.replace(
+        run, attempt=attempt, rerun_of=source.id, original_run_id=original, build_id=source.build_id
+    )
+    if run.build_id:  # the same environment as the attempt it repeats
+        await cast(Awaitable[int], redis.sadd(keys.build_users(run.build_id), run.id))
     return await submit_run(settings, redis, arq, store, run)
 
 

@@ -45,6 +45,12 @@ class Settings:
     max_script_bytes: int = 65536
     max_streams_per_key: int = 32
     max_artifact_bytes: int = 100 * 1024 * 1024
+    # Builds
+    build_python: str = ""  # the interpreter python builds use (default: the worker's own)
+    pip_find_links: str = ""  # a wheel directory every python build may install from (offline builds)
+    build_log_retention_s: float = 30 * 24 * 3600
+    build_env_retention_s: float = 7 * 24 * 3600
+    build_sweep_interval_s: float = 600.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -71,6 +77,11 @@ class Settings:
             max_script_bytes=_int("ADE_MAX_SCRIPT_BYTES", 65536),
             max_streams_per_key=_int("ADE_MAX_STREAMS_PER_KEY", 32),
             max_artifact_bytes=_int("ADE_MAX_ARTIFACT_BYTES", 100 * 1024 * 1024),
+            build_python=os.environ.get("ADE_BUILD_PYTHON", ""),
+            pip_find_links=os.environ.get("ADE_PIP_FIND_LINKS", ""),
+            build_log_retention_s=_float("ADE_BUILD_LOG_RETENTION_S", 30 * 24 * 3600),
+            build_env_retention_s=_float("ADE_BUILD_ENV_RETENTION_S", 7 * 24 * 3600),
+            build_sweep_interval_s=_float("ADE_BUILD_SWEEP_INTERVAL_S", 600.0),
         )
 
 

@@ -20,13 +20,13 @@ from redis.asyncio import Redis
 
 from ade import keys
 from ade.errors import Conflict, not_found
-from ade.models import ApiKey, Configuration, Run, Workspace
+from ade.models import ApiKey, Build, Configuration, Run, Workspace
 
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    cls: msgspec.json.Decoder(cls) for cls in (Workspace, Configuration, Run, ApiKey)
+    cls: msgspec.json.Decoder(cls) for cls in (Workspace, Configuration, Run, ApiKey, Build)
 }
 
 
@@ -58,6 +58,9 @@ class Store:
 
     def api_key_path(self, key_id: str) -> Path:
         return self.data_dir / "api_keys" / f"{key_id}.json"
+
+    def build_dir(self, build_id: str) -> Path:
+        return self.data_dir / "builds" / build_id
 
     def run_dir(self, run_id: str) -> Path:
         return self.data_dir / "runs" / run_id
@@ -151,21 +154,29 @@ class Store:
         return await self._get(Run, keys.run(run_id), "run", run_id)
 
     async def resolve_run_id(self, ident: str, workspace_id: str | None) -> str:
-        """An exact run id, or a unique prefix of one (at least 8 characters after `run_`) among the runs the
-        caller can see. An ambiguous prefix is a 409 naming the candidates."""
-        if await self.redis.exists(keys.run(ident)):
-            return ident
-        prefix = "run_" + ident.removeprefix("run_").upper()
-        if not ident.startswith("run_") or len(prefix) < len("run_") + 8:
-            raise not_found("run", ident)
         index = keys.workspace_runs(workspace_id) if workspace_id else keys.ALL_RUNS
+        return await self._resolve_id("run", keys.run, index, ident)
+
+    async def resolve_build_id(self, ident: str, workspace_id: str | None) -> str:
+        index = keys.workspace_builds(workspace_id) if workspace_id else keys.ALL_BUILDS
+        return await self._resolve_id("build", keys.build, index, ident)
+
+    async def _resolve_id(self, kind: str, key_of: Callable[[str], str], index: str, ident: str) -> str:
+        """An exact id, or a unique prefix of one (at least 8 characters after `<kind>_`) among the ids the
+        caller can see (`index`). An ambiguous prefix is a 409 naming the candidates."""
+        if await self.redis.exists(key_of(ident)):
+            return ident
+        head = f"{kind}_"
+        prefix = head + ident.removeprefix(head).upper()
+        if not ident.startswith(head) or len(prefix) < len(head) + 8:
+            raise not_found(kind, ident)
         found = await self.redis.zrangebylex(index, f"[{prefix}", f"[{prefix}\xff", start=0, num=11)
         candidates = [raw.decode() for raw in found]
         if not candidates:
-            raise not_found("run", ident)
+            raise not_found(kind, ident)
         if len(candidates) > 1:
             raise Conflict(
-                f"run id prefix {ident!r} is ambiguous",
+                f"{kind} id prefix {ident!r} is ambiguous",
                 code="ambiguous_id",
                 details=[{"candidates": candidates[:10]}],
             )
@@ -223,3 +234,25 @@ class Store:
         else:
             ids = await self.redis.zrevrangebylex(index, f"({run_id}", "-", start=0, num=1)
         return bool(ids)
+
+    # Builds --------------------------------------------------------------------------------------
+    async def put_build(self, build: Build) -> None:
+        """Persist a build (build.json first, atomically), then index it."""
+        data = _encoder.encode(build)
+        write_atomic(self.build_dir(build.id) / "build.json", data)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.build(build.id), data)
+            pipe.zadd(keys.configuration_builds(build.configuration_id), {build.id: 0})
+            pipe.zadd(keys.workspace_builds(build.workspace_id), {build.id: 0})
+            pipe.zadd(keys.ALL_BUILDS, {build.id: 0})
+            await pipe.execute()
+
+    async def get_build(self, build_id: str) -> Build:
+        return await self._get(Build, keys.build(build_id), "build", build_id)
+
+    async def list_builds(self, index: str, *, limit: int, before: str | None = None) -> list[Build]:
+        """Newest first."""
+        upper = f"({before}" if before else "+"
+        ids = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit)
+        raws = await self.redis.mget([keys.build(i.decode()) for i in ids]) if ids else []
+        return [_decoders[Build].decode(raw) for raw in raws if raw is not None]

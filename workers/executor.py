@@ -8,49 +8,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable
+from functools import partial
+from typing import Any, cast
 
+import anyio
 import msgspec
-from redis.asyncio import Redis
 
 from ade import events as ev
 from ade import keys
-from ade.artifacts import ArtifactStore, safe_input_name
+from ade.artifacts import safe_input_name
+from ade.builds import build_stream
 from ade.dispatcher import EventSpec, StreamWriter
 from ade.errors import AdeError, NotFound
-from ade.models import TERMINAL_RUN_STATUSES, Failure, Run, Step, plain_environment, secret_values, utcnow
+from ade.events import EVENT_DECODER
+from ade.models import (
+    TERMINAL_BUILD_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    Failure,
+    Run,
+    Step,
+    plain_environment,
+    secret_values,
+    utcnow,
+)
 from ade.runs import prepare_run_dir, run_writer
-from ade.settings import Settings
-from ade.store import Store
-from workers.process import Line, run_step
+from ade.sse import follow
+from workers.builder import environment_for, execute_build
+from workers.console import StepSink
+from workers.deps import WorkerDeps, base_environment
+from workers.process import run_step
 
 log = logging.getLogger(__name__)
-
-ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
-_engine_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerDeps:
-    settings: Settings
-    redis: Redis
-    store: Store
-    artifacts: ArtifactStore
-    name: str
-    cancels: CancelSignals
 
 
 def step_environment(run: Run, step: Step, run_dir: os.PathLike[str]) -> dict[str, str]:
     """A clean environment: a few basics from the worker, never its own secrets or settings."""
-    base = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
-    base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     root = os.fspath(run_dir)
     return {
-        **base,
+        **base_environment(),
         **plain_environment(run.plan.environment),
         **plain_environment(step.environment),
         "ADE_RUN_ID": run.id,
@@ -59,80 +56,6 @@ def step_environment(run: Run, step: Step, run_dir: os.PathLike[str]) -> dict[st
         "ADE_INPUT_DIR": os.path.join(root, "inputs"),
         "ADE_OUTPUT_DIR": os.path.join(root, "outputs"),
     }
-
-
-def engine_event(line: bytes, step: str) -> EventSpec:
-    """Validate one line a step wrote to ADE_EVENTS_FD and re-envelope it as `engine.<name>`.
-
-    A step can never forge lifecycle events or choose its sequence: reserved names are refused and the
-    dispatcher assigns the envelope.
-    """
-    try:
-        body = _engine_decoder.decode(line)
-        name = body.pop("type")
-        if not isinstance(name, str):
-            raise ValueError("`type` must be a string")
-        name = name.removeprefix(ev.ENGINE_PREFIX)
-        if not ENGINE_NAME.match(name) or len(name) > 64 or name.startswith(ev.RESERVED_PREFIXES):
-            raise ValueError(f"`type` {name!r} is not an allowed engine event name")
-    except (msgspec.DecodeError, KeyError, ValueError) as exc:
-        reason = "expected a JSON object with a `type`" if isinstance(exc, KeyError) else str(exc)
-        message = f"[ade] ignored an event written to ADE_EVENTS_FD: {reason}"
-        return (
-            ev.CONSOLE_LINE,
-            {"scope": "run", "stream": "stderr", "step": step, "message": message},
-            "worker",
-        )
-    body.pop("sequence", None)
-    return ev.ENGINE_PREFIX + name, {**body, "step": step}, "engine"
-
-
-class _StepSink:
-    """Turns a step's line batches into dispatcher batches."""
-
-    def __init__(self, writer: StreamWriter, step: str) -> None:
-        self._writer = writer
-        self._step = step
-
-    async def __call__(self, pipe: str, lines: list[Line]) -> None:
-        step = self._step
-        specs: list[EventSpec] = []
-        for text, truncated in lines:
-            if pipe == "events":
-                if text.strip():
-                    specs.append(engine_event(text, step))
-                continue
-            payload: dict[str, Any] = {
-                "scope": "run",
-                "stream": pipe,
-                "step": step,
-                "message": text.decode("utf-8", "replace"),
-            }
-            if truncated:
-                payload["truncated"] = True
-            specs.append((ev.CONSOLE_LINE, payload, "worker"))
-        await self._writer.emit_many(specs)
-
-
-class CancelSignals:
-    """The runs this worker is executing, each with the event a cancel request sets."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-
-    def register(self, run_id: str) -> asyncio.Event:
-        return self._events.setdefault(run_id, asyncio.Event())
-
-    def unregister(self, run_id: str) -> None:
-        self._events.pop(run_id, None)
-
-    def request(self, run_id: str) -> None:
-        if event := self._events.get(run_id):
-            event.set()
-
-    @property
-    def running(self) -> list[str]:
-        return list(self._events)
 
 
 class _Cancellation:
@@ -181,26 +104,77 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
 async def _execute(deps: WorkerDeps, run: Run, writer: StreamWriter, cancellation: _Cancellation) -> None:
     store = deps.store
     prepare_run_dir(store.run_dir(run.id))
-    run.status, run.started_at, run.worker = "running", utcnow(), deps.name
-    await writer.emit(ev.RUN_STARTED, {"status": "running", "attempt": run.attempt, "worker": deps.name})
-    await store.put_run(run)
     started = time.monotonic()
     try:
-        run.exit_code, run.failure = await _place_inputs(deps, run)
+        run.failure, build_env = await _await_build(deps, run, writer) if run.build_id else (None, {})
         if run.failure is None:
-            run.exit_code, run.failure = await _execute_steps(deps, run, writer, cancellation)
+            run.status, run.started_at, run.worker = "running", utcnow(), deps.name
+            await writer.emit(
+                ev.RUN_STARTED, {"status": "running", "attempt": run.attempt, "worker": deps.name}
+            )
+            await store.put_run(run)
+            run.exit_code, run.failure = await _place_inputs(deps, run)
+        if run.failure is None:
+            run.exit_code, run.failure = await _execute_steps(deps, run, writer, cancellation, build_env)
     except asyncio.CancelledError:
         run.exit_code, run.failure = (
             None,
             Failure(stage="run", code="worker_lost", message="the worker shut down during the run"),
         )
-        await asyncio.shield(_complete(store, writer, run, started, cancelled=False))
+        await asyncio.shield(_complete(deps, writer, run, started, cancelled=False))
         raise
     except Exception as exc:
         log.exception("run %s failed inside the worker", run.id)
         run.exit_code = None
         run.failure = Failure(stage="run", code="internal_error", message=f"{type(exc).__name__}: {exc}")
-    await _complete(store, writer, run, started, cancelled=cancellation.announced)
+    await _complete(deps, writer, run, started, cancelled=cancellation.announced)
+
+
+async def _await_build(
+    deps: WorkerDeps, run: Run, writer: StreamWriter
+) -> tuple[Failure | None, dict[str, str]]:
+    """Wait for the run's build (building it here if nobody is yet), with its events in the run's stream."""
+    assert run.build_id is not None
+    store, settings = deps.store, deps.settings
+    build = await store.get_build(run.build_id)
+    if build.status in TERMINAL_BUILD_STATUSES:
+        if build.status == "ready":
+            payload = {"status": "ready", "reused": True, "build_id": build.environment_build_id}
+            await writer.emit(ev.BUILD_COMPLETED, payload)
+    else:
+        run.status = "waiting_for_build"
+        await store.put_run(run)
+        await writer.emit(ev.RUN_WAITING_FOR_BUILD, {"status": "waiting_for_build", "build_id": build.id})
+        stream = build_stream(settings, build.id)
+        try:
+            with anyio.fail_after(run.plan.timeout_s or settings.default_run_timeout_s):
+                async with anyio.create_task_group() as tg:
+                    # Nobody may be building it yet (all worker slots busy with waiting runs): try here.
+                    tg.start_soon(partial(execute_build, deps, build.id, wait_for_lease=False))
+                    async for batch in follow(
+                        deps.hub,
+                        stream,
+                        0,
+                        idle_s=settings.sse_keepalive_s,
+                        page_events=settings.replay_page_events,
+                    ):
+                        specs: list[EventSpec] = []
+                        for _, line in batch:
+                            event = EVENT_DECODER.decode(line)
+                            specs.append((event.type, {**event.payload, "build_id": build.id}, event.source))
+                        await writer.emit_many(specs)
+        except TimeoutError:
+            message = f"gave up waiting for build {build.id} at the run's timeout"
+            return Failure(stage="build", code="build_failed", message=message), {}
+        build = await store.get_build(build.id)
+    if build.status != "ready":
+        reason = build.failure.message if build.failure else build.status
+        return Failure(
+            stage="build", code="build_failed", message=f"build {build.id} {build.status}: {reason}"
+        ), {}
+    build.last_used_at = utcnow()
+    await store.put_build(build)
+    return None, environment_for(deps, build)
 
 
 async def _place_inputs(deps: WorkerDeps, run: Run) -> tuple[int | None, Failure | None]:
@@ -217,13 +191,18 @@ async def _place_inputs(deps: WorkerDeps, run: Run) -> tuple[int | None, Failure
     return 0, None
 
 
-async def _complete(store: Store, writer: StreamWriter, run: Run, started: float, *, cancelled: bool) -> None:
+async def _complete(
+    deps: WorkerDeps, writer: StreamWriter, run: Run, started: float, *, cancelled: bool
+) -> None:
+    store = deps.store
     if cancelled:
         run.status, run.failure, run.exit_code = "cancelled", None, None
     else:
         run.status = "failed" if run.failure else "succeeded"
     run.completed_at = utcnow()
     await store.put_run(run)
+    if run.build_id:
+        await cast(Awaitable[int], deps.redis.srem(keys.build_users(run.build_id), run.id))
     payload: dict[str, Any] = {
         "status": run.status,
         "exit_code": run.exit_code,
@@ -237,7 +216,7 @@ async def _complete(store: Store, writer: StreamWriter, run: Run, started: float
 
 
 async def _execute_steps(
-    deps: WorkerDeps, run: Run, writer: StreamWriter, cancellation: _Cancellation
+    deps: WorkerDeps, run: Run, writer: StreamWriter, cancellation: _Cancellation, build_env: dict[str, str]
 ) -> tuple[int | None, Failure | None]:
     """Run each step in order; the first failing step stops the run. Returns (exit code, failure)."""
     settings = deps.settings
@@ -255,11 +234,11 @@ async def _execute_steps(
         outcome = await run_step(
             step.script,
             cwd=run_dir / "work",
-            env=step_environment(run, step, run_dir),
+            env={**step_environment(run, step, run_dir), **build_env},
             timeout_s=max(step_limit_s, 0.0),
             grace_s=settings.kill_grace_s,
             max_line_bytes=settings.console_line_max_bytes,
-            on_lines=_StepSink(writer, step.name),
+            on_lines=StepSink(writer, step.name, "run"),
             cancel=cancellation.event,
             on_cancel=cancellation.announce,
         )

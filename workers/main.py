@@ -22,10 +22,11 @@ from redis.exceptions import RedisError
 
 from ade import keys, queue
 from ade.artifacts import ArtifactStore
+from ade.hub import Hub
 from ade.settings import Settings
 from ade.store import Store
 from workers import tasks
-from workers.executor import CancelSignals, WorkerDeps
+from workers.deps import CancelSignals, WorkerDeps
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ def build_worker(
     async def startup(ctx: dict[str, Any]) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         redis = Redis.from_url(settings.redis_url)
+        hub = Hub(
+            Redis.from_url(settings.redis_url), subscriber_queue_events=settings.subscriber_queue_events
+        )
+        await hub.start()
         ctx["deps"] = WorkerDeps(
             settings=settings,
             redis=redis,
@@ -111,16 +116,21 @@ def build_worker(
             artifacts=ArtifactStore(redis, settings.data_dir),
             name=name,
             cancels=CancelSignals(),
+            hub=hub,
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         deps: WorkerDeps = ctx["deps"]
         with contextlib.suppress(RedisError, OSError):
             await deps.redis.delete(keys.worker(deps.name))
+        await deps.hub.stop()
         await deps.redis.aclose()
 
     return WakeableWorker(
-        functions=[func(tasks.execute_run, name=queue.EXECUTE_RUN, timeout=JOB_TIMEOUT_S, max_tries=1)],
+        functions=[
+            func(tasks.execute_run, name=queue.EXECUTE_RUN, timeout=JOB_TIMEOUT_S, max_tries=1),
+            func(tasks.execute_build, name=queue.EXECUTE_BUILD, timeout=JOB_TIMEOUT_S, max_tries=1),
+        ],
         queue_name=keys.QUEUE_NAME,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         max_jobs=concurrency or settings.worker_concurrency,

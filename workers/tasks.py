@@ -1,13 +1,19 @@
-"""arq tasks: thin wrappers over the plain functions in `workers.executor`."""
+"""arq tasks: thin wrappers over the plain functions in `workers.executor` and `workers.builder`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from workers.executor import WorkerDeps
+from workers.builder import execute_build as _execute_build
+from workers.deps import WorkerDeps
 from workers.executor import execute_run as _execute_run
 
 
 async def execute_run(ctx: dict[str, Any], run_id: str) -> None:
     deps: WorkerDeps = ctx["deps"]
     await _execute_run(deps, run_id)
+
+
+async def execute_build(ctx: dict[str, Any], build_id: str) -> None:
+    deps: WorkerDeps = ctx["deps"]
+    await _execute_build(deps, build_id)

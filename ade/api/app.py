@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ade.api.artifacts import ArtifactController
 from ade.api.audit import AuditController
 from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal
+from ade.api.builds import BuildController
 from ade.api.configurations import ConfigurationController
 from ade.api.deps import API_PREFIX, Services
 from ade.api.health import HealthController
@@ -39,6 +40,7 @@ from ade.hub import Hub
 from ade.settings import Settings, get_settings
 from ade.store import Store
 from ade.summary import Summaries
+from ade.web import route_handlers as web_console
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ConfigurationController,
             RunController,
             RunViewController,
+            BuildController,
             ArtifactController,
             ApiKeyController,
             AuditController,
@@ -137,7 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         security=[{"bearer": []}],
     )
     app = Litestar(
-        route_handlers=[api, HealthController],
+        route_handlers=[api, HealthController, *web_console],
         lifespan=[lifespan],
         middleware=[DefineMiddleware(AuthMiddleware, exclude=PUBLIC_PATHS)],
         request_max_body_size=settings.max_request_bytes,

@@ -13,9 +13,10 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from ade.api.deps import API_PREFIX, Services
 from ade.auth import SUPERUSER, Principal, check_bootstrap, check_key, key_id_of
 from ade.errors import Unauthorized, not_found
-from ade.models import Configuration, Role, Run, Workspace, utcnow
+from ade.models import Build, Configuration, Role, Run, Workspace, utcnow
 
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema"]
+# The web console's page and files are public; all its data comes from the authenticated API.
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema", "^/$", "^/static/"]
 # Read-only streaming endpoints, the only ones a stream token opens.
 STREAMING_PATH = re.compile(rf"^{API_PREFIX}/(?:runs|builds)/(?P<stream_id>[^/]+)/(?:events|logs)$")
 
@@ -82,5 +83,16 @@ async def run(services: Services, principal: Principal, run_id: str, role: Role 
     found = await services.store.get_run(await services.store.resolve_run_id(run_id, principal.workspace_id))
     if not principal.sees(found.workspace_id) or principal.stream_id not in (None, found.id):
         raise not_found("run", run_id)
+    principal.require(role)
+    return found
+
+
+async def build(services: Services, principal: Principal, build_id: str, role: Role = "viewer") -> Build:
+    """A build by id or unique id prefix (resolved among the builds the caller can see)."""
+    found = await services.store.get_build(
+        await services.store.resolve_build_id(build_id, principal.workspace_id)
+    )
+    if not principal.sees(found.workspace_id) or principal.stream_id not in (None, found.id):
+        raise not_found("build", build_id)
     principal.require(role)
     return found

@@ -13,6 +13,7 @@ from ade.api.deps import Services
 from ade.auth import Principal
 from ade.errors import Invalid
 from ade.models import (
+    BuildSpec,
     Configuration,
     ConfigurationCreate,
     Environment,
@@ -30,10 +31,21 @@ def public_steps(steps: list[Step]) -> list[Step]:
     return [msgspec.structs.replace(step, environment=redact_environment(step.environment)) for step in steps]
 
 
+def public_build(spec: BuildSpec | None) -> BuildSpec | None:
+    if spec is None:
+        return None
+    return msgspec.structs.replace(
+        spec, environment=redact_environment(spec.environment), steps=public_steps(spec.steps)
+    )
+
+
 def public(cfg: Configuration) -> Configuration:
     """A configuration as the API shows it: secret values removed."""
     return msgspec.structs.replace(
-        cfg, environment=redact_environment(cfg.environment), steps=public_steps(cfg.steps)
+        cfg,
+        environment=redact_environment(cfg.environment),
+        steps=public_steps(cfg.steps),
+        build=public_build(cfg.build),
     )
 
 
@@ -82,8 +94,14 @@ def _configuration(data: ConfigurationCreate, current: Configuration | None, **f
         for index, step in enumerate(data.steps)
     ]
     environment = _keep_secrets(data.environment, current.environment if current else {}, "environment")
+    build = data.build
+    if build is not None:
+        old_build = current.build.environment if current and current.build else {}
+        build = msgspec.structs.replace(
+            build, environment=_keep_secrets(build.environment, old_build, "build.environment")
+        )
     return Configuration(
-        name=data.name, steps=steps, environment=environment, timeout_s=data.timeout_s, **fields
+        name=data.name, steps=steps, environment=environment, timeout_s=data.timeout_s, build=build, **fields
     )
 
 

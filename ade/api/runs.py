@@ -3,8 +3,9 @@ cancel, re-run, stream tokens."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import urlencode
 
 from litestar import Controller, Request, Response, get, post
@@ -17,6 +18,7 @@ from ade.api.deps import API_PREFIX, Services
 from ade.api.streams import sse_response, wants_stream
 from ade.artifacts import safe_input_name
 from ade.auth import Principal
+from ade.builds import request_build
 from ade.events import StreamRef
 from ade.models import Page, Run, RunCreate, RunResource, RunStatus, StreamToken
 
@@ -101,6 +103,19 @@ class RunController(Controller):
             commit=body.commit,
             input_artifacts=body.options.input_artifacts,
         )
+        if cfg.build is not None:  # start (or join, or reuse) the build its steps will run in
+            build, _ = await request_build(
+                services.settings,
+                services.redis,
+                services.arq,
+                services.store,
+                cfg,
+                actor=principal.actor,
+                force=False,
+                record_reuse=False,
+            )
+            run.build_id = build.environment_build_id
+            await cast(Awaitable[int], services.redis.sadd(keys.build_users(run.build_id), run.id))
         await runs.submit_run(services.settings, services.redis, services.arq, services.store, run)
         await services.audit.record(
             principal.actor, run.workspace_id, "run.create", run.id, {"configuration_id": cfg.id}
@@ -133,10 +148,18 @@ class RunController(Controller):
     ) -> Response[Page]:
         await auth.workspace(services, principal, workspace_id)
         return await list_page(
-            services, request, keys.workspace_runs(workspace_id), limit=limit, before=before, after=after,
-            status=status, configuration_id=configuration_id, branch=branch, created_after=created_after,
+            services,
+            request,
+            keys.workspace_runs(workspace_id),
+            limit=limit,
+            before=before,
+            after=after,
+            status=status,
+            configuration_id=configuration_id,
+            branch=branch,
+            created_after=created_after,
             created_before=created_before,
-        )  # fmt: skip
+        )
 
     @get("/configurations/{configuration_id:str}/runs", summary="List a configuration's runs, newest first")
     async def list_configuration_runs(
@@ -155,10 +178,18 @@ class RunController(Controller):
     ) -> Response[Page]:
         cfg = await auth.configuration(services, principal, configuration_id)
         return await list_page(
-            services, request, keys.configuration_runs(cfg.id), limit=limit, before=before, after=after,
-            status=status, configuration_id=None, branch=branch, created_after=created_after,
+            services,
+            request,
+            keys.configuration_runs(cfg.id),
+            limit=limit,
+            before=before,
+            after=after,
+            status=status,
+            configuration_id=None,
+            branch=branch,
+            created_after=created_after,
             created_before=created_before,
-        )  # fmt: skip
+        )
 
     @post("/runs/{run_id:str}/cancel", status_code=202, summary="Cancel a queued or running run")
     async def cancel(self, run_id: str, services: Services, principal: Principal) -> RunResource:

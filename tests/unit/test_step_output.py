@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.executor import engine_event
+from workers.console import engine_event
 from workers.process import LineSplitter
 
 

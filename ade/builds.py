@@ -1,0 +1,215 @@
+"""Builds on the API side: fingerprints, the one decision that makes concurrent requests share a build
+(reuse a ready one, join the one being prepared, or create it), reuse records, and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import platform
+import subprocess
+import sys
+from collections.abc import Awaitable
+from functools import cache
+from typing import Literal, cast
+
+import msgspec
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+
+from ade import ids, keys, queue
+from ade.dispatcher import Identity, StreamWriter
+from ade.errors import Conflict, NotFound
+from ade.events import BUILD_CANCEL_REQUESTED, BUILD_COMPLETED, BUILD_QUEUED, StreamRef
+from ade.models import TERMINAL_BUILD_STATUSES, Build, BuildSpec, Configuration, utcnow
+from ade.settings import Settings
+from ade.store import Store
+
+CONSTRUCTOR_VERSIONS = {"python": "1", "shell": "1"}
+ACTIVE_TTL_S = 24 * 3600  # a build that is never finished stops blocking its fingerprint after this
+Mode = Literal["created", "joined", "reused"]
+
+# KEYS: ready, active. ARGV: new id, force ("1"/"0"), active TTL. Atomic across API processes and workers.
+_CLAIM = """
+if ARGV[2] == '0' then
+  local ready = redis.call('get', KEYS[1])
+  if ready then return {'reused', ready} end
+end
+local active = redis.call('get', KEYS[2])
+if active then return {'joined', active} end
+redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[3])
+return {'created', ARGV[1]}
+"""
+# KEYS: ready, active. ARGV: build id, ready ("1"/"0"). Ends a build's claim on its fingerprint.
+_RELEASE = """
+if redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
+if ARGV[2] == '1' then redis.call('set', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+@cache
+def interpreter(build_python: str) -> str:
+    """`<path> <version>` of the interpreter python builds use; part of the fingerprint."""
+    path = build_python or sys.executable
+    if path == sys.executable:
+        return f"{path} {platform.python_version()}"
+    version = subprocess.run(
+        [path, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    return f"{path} {version}"
+
+
+def fingerprint(workspace_id: str, spec: BuildSpec, interpreter_id: str) -> str:
+    """A hash over the canonical build spec (including the source artifact's digest), the interpreter and
+    the constructor's version, within one workspace (environments are never shared across tenants)."""
+    canonical = msgspec.json.encode(
+        {
+            "workspace_id": workspace_id,
+            "spec": msgspec.to_builtins(spec),
+            "interpreter": interpreter_id if spec.constructor == "python" else None,
+            "constructor_version": CONSTRUCTOR_VERSIONS[spec.constructor],
+        },
+        order="sorted",
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def build_stream(settings: Settings, build_id: str) -> StreamRef:
+    return StreamRef.for_build(settings.data_dir, build_id)
+
+
+def build_writer(
+    settings: Settings,
+    redis: Redis,
+    build: Build,
+    *,
+    acquire_timeout_s: float = 5.0,
+    redact: list[str] | None = None,
+) -> StreamWriter:
+    return StreamWriter(
+        redis,
+        build_stream(settings, build.id),
+        Identity(workspace_id=build.workspace_id, configuration_id=build.configuration_id, build_id=build.id),
+        lease_ttl_s=settings.lease_ttl_s,
+        fsync=settings.log_fsync,
+        acquire_timeout_s=acquire_timeout_s,
+        redact=redact or (),
+    )
+
+
+async def release_fingerprint(redis: Redis, build: Build, *, ready: bool) -> None:
+    await cast(
+        Awaitable[int],
+        redis.eval(
+            _RELEASE, 2, keys.build_ready(build.fingerprint), keys.build_active(build.fingerprint),
+            build.id, "1" if ready else "0",
+        ),
+    )  # fmt: skip
+
+
+async def request_build(
+    settings: Settings,
+    redis: Redis,
+    arq: ArqRedis,
+    store: Store,
+    cfg: Configuration,
+    *,
+    actor: str,
+    force: bool,
+    record_reuse: bool,
+) -> tuple[Build, Mode]:
+    """The build a configuration's environment comes from: a ready one with the same fingerprint (reused;
+    with `record_reuse` a new build record says so), the one being prepared now (joined), or a new one."""
+    assert cfg.build is not None
+    interpreter_id = interpreter(settings.build_python)
+    fp = fingerprint(cfg.workspace_id, cfg.build, interpreter_id)
+    new_id = ids.new_id(ids.BUILD)
+    raw_mode, raw_id = await cast(
+        Awaitable[list[bytes]],
+        redis.eval(
+            _CLAIM,
+            2,
+            keys.build_ready(fp),
+            keys.build_active(fp),
+            new_id,
+            "1" if force else "0",
+            str(ACTIVE_TTL_S),
+        ),
+    )
+    mode = cast(Mode, raw_mode.decode())
+    build_id = raw_id.decode()
+    now = utcnow()
+    if mode == "created":
+        build = Build(
+            id=build_id,
+            workspace_id=cfg.workspace_id,
+            configuration_id=cfg.id,
+            fingerprint=fp,
+            spec=cfg.build,
+            status="queued",
+            owner=actor,
+            force=force,
+            interpreter=interpreter_id,
+            created_at=ids.created_at(build_id),
+        )
+        await store.put_build(build)
+        async with build_writer(settings, redis, build) as writer:
+            await writer.emit(
+                BUILD_QUEUED, {"status": "queued", "fingerprint": fp, "force": force}, source="api"
+            )
+        await queue.enqueue_build(arq, build.id)
+        return build, mode
+    existing = await _get_build_soon(store, build_id)
+    if mode == "joined" or not record_reuse:
+        return existing, mode
+    reuse = Build(
+        id=new_id, workspace_id=cfg.workspace_id, configuration_id=cfg.id, fingerprint=fp, spec=cfg.build,
+        status="ready", owner=actor, reused_from=existing.environment_build_id, interpreter=interpreter_id,
+        created_at=ids.created_at(new_id), started_at=now, completed_at=now,
+    )  # fmt: skip
+    await store.put_build(reuse)
+    async with build_writer(settings, redis, reuse) as writer:
+        await writer.emit(BUILD_QUEUED, {"status": "queued", "fingerprint": fp, "force": False}, source="api")
+        payload = {"status": "ready", "reused": True, "reused_from": reuse.reused_from, "duration_ms": 0}
+        await writer.emit(BUILD_COMPLETED, payload, source="api")
+    return reuse, mode
+
+
+async def _get_build_soon(store: Store, build_id: str) -> Build:
+    """A build another request has just claimed may not be stored for a few milliseconds yet."""
+    for _ in range(100):
+        try:
+            return await store.get_build(build_id)
+        except NotFound:
+            await asyncio.sleep(0.02)
+    return await store.get_build(build_id)
+
+
+async def cancel_build(settings: Settings, redis: Redis, store: Store, build: Build, actor: str) -> Build:
+    """A queued build is cancelled at once; a building one is signalled like a running run."""
+    if build.status in TERMINAL_BUILD_STATUSES:
+        raise Conflict(f"build {build.id!r} already ended ({build.status})", code="build_finished")
+    if build.status == "queued":
+        try:
+            async with build_writer(settings, redis, build, acquire_timeout_s=0.2) as writer:
+                current = await store.get_build(build.id)
+                if current.status == "queued":
+                    current.status, current.completed_at = "cancelled", utcnow()
+                    current.cancel_requested_by = actor
+                    await store.put_build(current)
+                    await release_fingerprint(redis, current, ready=False)
+                    await writer.emit(BUILD_CANCEL_REQUESTED, {"requested_by": actor}, source="api")
+                    await writer.emit(
+                        BUILD_COMPLETED, {"status": "cancelled", "cancelled_by": actor}, source="api"
+                    )
+                    return current
+        except Conflict as exc:
+            if exc.code != "stream_busy":
+                raise
+    await redis.set(keys.run_cancel(build.id), actor, ex=keys.RUN_CANCEL_TTL_S)
+    await redis.publish(keys.CANCEL_CHANNEL, build.id)
+    return await store.get_build(build.id)

@@ -1,0 +1,333 @@
+"""Preparing a build's environment: unpack the source, make the virtualenv, install requirements, run the
+build steps — each a phase with its own events, all in the build's own stream. Plain functions.
+
+A build is prepared in its own directory (`builds/<id>/env`, `builds/<id>/source`), which nothing uses
+until the build is `ready`: the status and a `READY` marker are written only when every phase succeeded.
+(A virtualenv cannot be moved after creation — its scripts hold absolute paths — so "temporary" means
+"private to this build id until ready" rather than a renamed directory.) A failed or cancelled build's
+directories are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import msgspec
+
+from ade import events as ev
+from ade import keys
+from ade.builds import build_writer, interpreter, release_fingerprint
+from ade.dispatcher import StreamWriter
+from ade.errors import Conflict, Invalid, NotFound
+from ade.models import TERMINAL_BUILD_STATUSES, Build, Failure, Step, plain_environment, secret_values, utcnow
+from workers.console import StepSink
+from workers.deps import WorkerDeps, base_environment
+from workers.process import run_step
+
+log = logging.getLogger(__name__)
+READY_MARKER = "READY"
+
+
+class BuildStopped(Exception):
+    def __init__(self, failure: Failure | None) -> None:
+        super().__init__(failure.message if failure else "cancelled")
+        self.failure = failure  # None: cancelled
+
+
+def env_dir(deps: WorkerDeps, build: Build) -> Path:
+    return deps.store.build_dir(build.environment_build_id) / "env"
+
+
+def source_dir(deps: WorkerDeps, build: Build) -> Path:
+    return deps.store.build_dir(build.environment_build_id) / "source"
+
+
+def environment_for(deps: WorkerDeps, build: Build) -> dict[str, str]:
+    """What a run's steps add to their environment to run inside a ready build."""
+    extra = {"ADE_BUILD_ID": build.environment_build_id, "ADE_BUILD_SOURCE_DIR": str(source_dir(deps, build))}
+    if build.spec.constructor == "python":
+        venv = env_dir(deps, build)
+        extra["VIRTUAL_ENV"] = str(venv)
+        extra["PATH"] = f"{venv / 'bin'}{os.pathsep}" + os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return extra
+
+
+def check_member(name: str) -> None:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or name.startswith(("/", "\\")) or (name[1:2] == ":"):
+        raise Invalid(
+            f"the source archive has a member escaping its directory: {name!r}", code="unsafe_archive"
+        )
+
+
+def unpack(archive: Path, destination: Path) -> int:
+    """Unpack a tar(.gz) or zip archive, refusing (not silently fixing) members that would escape."""
+    destination.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as bundle:
+            for info in bundle.infolist():
+                check_member(info.filename)
+            bundle.extractall(destination)
+            return len(bundle.infolist())
+    try:
+        with tarfile.open(archive, "r:*") as bundle:
+            members = bundle.getmembers()
+            for member in members:
+                check_member(member.name)
+                if member.issym() or member.islnk():
+                    check_member(member.linkname)
+            bundle.extractall(destination, filter="data")  # also refuses devices and links leaving the tree
+            return len(members)
+    except tarfile.TarError as exc:
+        raise Invalid(
+            f"the source artifact is not a tar or zip archive: {exc}", code="unsafe_archive"
+        ) from exc
+
+
+async def execute_build(deps: WorkerDeps, build_id: str, *, wait_for_lease: bool = True) -> Build:
+    """Prepare a build, unless it already ended or another worker holds its stream (then return at once)."""
+    store = deps.store
+    try:
+        build = await store.get_build(build_id)
+    except NotFound:
+        log.error("build %s vanished before it started", build_id)
+        raise
+    if build.status in TERMINAL_BUILD_STATUSES:
+        return build
+    secrets = secret_values(build.spec.environment)
+    for step in build.spec.steps:
+        secrets += secret_values(step.environment)
+    cancel_event = deps.cancels.register(build.id)
+    try:
+        async with build_writer(
+            deps.settings, deps.redis, build, acquire_timeout_s=5.0 if wait_for_lease else 0.0, redact=secrets
+        ) as writer:
+            build = await store.get_build(build_id)  # under the lease: it may have ended meanwhile
+            if build.status in TERMINAL_BUILD_STATUSES:
+                return build
+            if await deps.redis.exists(keys.run_cancel(build.id)):
+                cancel_event.set()
+            await _prepare(deps, build, writer, cancel_event)
+    except Conflict as exc:
+        if exc.code != "stream_busy":
+            raise
+    finally:
+        deps.cancels.unregister(build.id)
+    return await store.get_build(build_id)
+
+
+async def _prepare(deps: WorkerDeps, build: Build, writer: StreamWriter, cancel: asyncio.Event) -> None:
+    store = deps.store
+    build.status, build.started_at, build.worker = "building", utcnow(), deps.name
+    await store.put_build(build)
+    await writer.emit(
+        ev.BUILD_STARTED, {"status": "building", "worker": deps.name, "fingerprint": build.fingerprint}
+    )
+    started = time.monotonic()
+    deadline = started + (build.spec.timeout_s or deps.settings.default_run_timeout_s)
+    cancelled = False
+    try:
+        await _phases(deps, build, writer, cancel, deadline)
+        build.status = "ready"
+    except BuildStopped as stop:
+        build.status, build.failure, cancelled = (
+            ("failed", stop.failure, False) if stop.failure else ("cancelled", None, True)
+        )
+    except asyncio.CancelledError:
+        build.status = "failed"
+        build.failure = Failure(
+            stage="build", code="worker_lost", message="the worker shut down during the build"
+        )
+        await asyncio.shield(_finish(deps, build, writer, started, cancelled=False))
+        raise
+    except Exception as exc:
+        log.exception("build %s failed inside the worker", build.id)
+        build.status = "failed"
+        build.failure = Failure(stage="build", code="internal_error", message=f"{type(exc).__name__}: {exc}")
+    await _finish(deps, build, writer, started, cancelled=cancelled)
+
+
+async def _finish(
+    deps: WorkerDeps, build: Build, writer: StreamWriter, started: float, *, cancelled: bool
+) -> None:
+    directory = deps.store.build_dir(build.id)
+    if build.status == "ready":
+        (directory / READY_MARKER).write_text(build.fingerprint)
+    else:
+        for part in ("env", "source"):
+            await asyncio.to_thread(shutil.rmtree, directory / part, True)
+    build.completed_at = utcnow()
+    await deps.store.put_build(build)
+    await release_fingerprint(deps.redis, build, ready=build.status == "ready")
+    payload: dict[str, object] = {
+        "status": build.status,
+        "duration_ms": round((time.monotonic() - started) * 1000),
+    }
+    if build.failure:
+        payload["failure"] = msgspec.to_builtins(build.failure)
+    if cancelled:
+        raw = await deps.redis.get(keys.run_cancel(build.id))
+        payload["cancelled_by"] = raw.decode() if raw else None
+    await writer.emit(ev.BUILD_COMPLETED, payload)
+
+
+async def _phases(
+    deps: WorkerDeps, build: Build, writer: StreamWriter, cancel: asyncio.Event, deadline: float
+) -> None:
+    spec = build.spec
+    source = source_dir(deps, build)
+    source.mkdir(parents=True, exist_ok=True)
+    if spec.source:
+        async with _phase(writer, "source"):
+            archive = source.parent / "source.archive"
+            await deps.artifacts.copy_into(build.workspace_id, spec.source, archive)
+            try:
+                count = await asyncio.to_thread(unpack, archive, source)
+            except Invalid as exc:
+                raise BuildStopped(Failure(stage="source", code=exc.code, message=exc.message)) from exc
+            finally:
+                archive.unlink(missing_ok=True)
+            await writer.emit(ev.CONSOLE_LINE, _line(f"unpacked {count} entries", "source"))
+    environment = {**base_environment(), **plain_environment(spec.environment)}
+    if spec.constructor == "python":
+        venv = env_dir(deps, build)
+        python = interpreter(deps.settings.build_python).rsplit(" ", 1)[0]
+        async with _phase(writer, "environment"):
+            await _command(
+                deps,
+                build,
+                writer,
+                cancel,
+                deadline,
+                "environment",
+                [python, "-m", "venv", "--without-pip", str(venv)],
+                environment,
+            )
+        environment.update(environment_for(deps, build))
+        if spec.requirements:
+            async with _phase(writer, "requirements"):
+                # The venv has no pip of its own (no ensurepip: seconds saved); the worker's pip installs into it.
+                pip = [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "--python",
+                    str(venv / "bin" / "python"),
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                ]
+                if spec.no_index:
+                    pip.append("--no-index")
+                for link in spec.find_links:
+                    check_member(link)
+                    pip += ["--find-links", str(source / link)]
+                if deps.settings.pip_find_links:
+                    pip += ["--find-links", deps.settings.pip_find_links]
+                await _command(
+                    deps,
+                    build,
+                    writer,
+                    cancel,
+                    deadline,
+                    "requirements",
+                    pip + list(spec.requirements),
+                    environment,
+                )
+    for step in spec.steps:
+        async with _phase(writer, f"step:{step.name}"):
+            step_env = {**environment, **plain_environment(step.environment), "ADE_BUILD_ID": build.id}
+            await _run(deps, writer, cancel, deadline, step, step_env, source)
+
+
+def _line(message: str, step: str) -> dict[str, object]:
+    return {"scope": "build", "stream": "stdout", "step": step, "message": message}
+
+
+class _phase:
+    """build.phase.started … build.phase.completed around one phase."""
+
+    def __init__(self, writer: StreamWriter, name: str) -> None:
+        self._writer, self._name = writer, name
+
+    async def __aenter__(self) -> None:
+        self._started = time.monotonic()
+        await self._writer.emit(ev.BUILD_PHASE_STARTED, {"phase": self._name})
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
+        status = (
+            "succeeded"
+            if exc is None
+            else ("cancelled" if isinstance(exc, BuildStopped) and exc.failure is None else "failed")
+        )
+        duration_ms = round((time.monotonic() - self._started) * 1000)
+        await asyncio.shield(
+            self._writer.emit(
+                ev.BUILD_PHASE_COMPLETED, {"phase": self._name, "status": status, "duration_ms": duration_ms}
+            )
+        )
+
+
+async def _announce_cancel(deps: WorkerDeps, writer: StreamWriter) -> None:
+    raw = await deps.redis.get(keys.run_cancel(writer.stream.id))
+    await writer.emit(ev.BUILD_CANCEL_REQUESTED, {"requested_by": raw.decode() if raw else None})
+
+
+async def _command(
+    deps: WorkerDeps,
+    build: Build,
+    writer: StreamWriter,
+    cancel: asyncio.Event,
+    deadline: float,
+    phase: str,
+    argv: list[str],
+    environment: dict[str, str],
+) -> None:
+    step = Step(name=phase, script=shlex.join(argv))
+    await _run(deps, writer, cancel, deadline, step, environment, source_dir(deps, build))
+
+
+async def _run(
+    deps: WorkerDeps,
+    writer: StreamWriter,
+    cancel: asyncio.Event,
+    deadline: float,
+    step: Step,
+    environment: dict[str, str],
+    cwd: Path,
+) -> None:
+    remaining_s = deadline - time.monotonic()
+    outcome = await run_step(
+        step.script,
+        cwd=cwd,
+        env=environment,
+        timeout_s=max(min(step.timeout_s or remaining_s, remaining_s), 0.0),
+        grace_s=deps.settings.kill_grace_s,
+        max_line_bytes=deps.settings.console_line_max_bytes,
+        on_lines=StepSink(writer, step.name, "build"),
+        cancel=cancel,
+        on_cancel=lambda: _announce_cancel(deps, writer),
+    )
+    if outcome.cancelled:
+        raise BuildStopped(None)
+    if outcome.timed_out:
+        raise BuildStopped(
+            Failure(
+                stage="build",
+                code="timeout",
+                message=f"{step.name!r} exceeded the build's time",
+                step=step.name,
+            )
+        )
+    if outcome.exit_code != 0:
+        message = f"{step.name!r} exited with code {outcome.exit_code}"
+        raise BuildStopped(Failure(stage="build", code="exit_nonzero", message=message, step=step.name))

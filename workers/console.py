@@ -1,0 +1,69 @@
+"""A step's output as events: console lines (scope `run` or `build`) and validated engine events."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from ade import events as ev
+from ade.dispatcher import EventSpec, StreamWriter
+from workers.process import Line
+
+ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+_engine_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def engine_event(line: bytes, step: str, scope: str = "run") -> EventSpec:
+    """Validate one line a step wrote to ADE_EVENTS_FD and re-envelope it as `engine.<name>`.
+
+    A step can never forge lifecycle events or choose its sequence: reserved names are refused and the
+    dispatcher assigns the envelope.
+    """
+    try:
+        body = _engine_decoder.decode(line)
+        name = body.pop("type")
+        if not isinstance(name, str):
+            raise ValueError("`type` must be a string")
+        name = name.removeprefix(ev.ENGINE_PREFIX)
+        if not ENGINE_NAME.match(name) or len(name) > 64 or name.startswith(ev.RESERVED_PREFIXES):
+            raise ValueError(f"`type` {name!r} is not an allowed engine event name")
+    except (msgspec.DecodeError, KeyError, ValueError) as exc:
+        reason = "expected a JSON object with a `type`" if isinstance(exc, KeyError) else str(exc)
+        message = f"[ade] ignored an event written to ADE_EVENTS_FD: {reason}"
+        return (
+            ev.CONSOLE_LINE,
+            {"scope": "run", "stream": "stderr", "step": step, "message": message},
+            "worker",
+        )
+    body.pop("sequence", None)
+    return ev.ENGINE_PREFIX + name, {**body, "step": step}, "engine"
+
+
+class StepSink:
+    """Turns a step's line batches into dispatcher batches."""
+
+    def __init__(self, writer: StreamWriter, step: str, scope: str) -> None:
+        self._writer = writer
+        self._step = step
+        self._scope = scope
+
+    async def __call__(self, pipe: str, lines: list[Line]) -> None:
+        step = self._step
+        specs: list[EventSpec] = []
+        for text, truncated in lines:
+            if pipe == "events":
+                if text.strip():
+                    specs.append(engine_event(text, step, self._scope))
+                continue
+            payload: dict[str, Any] = {
+                "scope": self._scope,
+                "stream": pipe,
+                "step": step,
+                "message": text.decode("utf-8", "replace"),
+            }
+            if truncated:
+                payload["truncated"] = True
+            specs.append((ev.CONSOLE_LINE, payload, "worker"))
+        await self._writer.emit_many(specs)

@@ -1,0 +1,55 @@
+"""What a worker's plain functions share: settings, Redis, the stores, the hub, and cancel signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from ade.artifacts import ArtifactStore
+from ade.hub import Hub
+from ade.settings import Settings
+from ade.store import Store
+
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+
+
+def base_environment() -> dict[str, str]:
+    """The few basics a step gets from the worker — never its own secrets or settings."""
+    base = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return base
+
+
+class CancelSignals:
+    """The runs this worker is executing, each with the event a cancel request sets."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def register(self, run_id: str) -> asyncio.Event:
+        return self._events.setdefault(run_id, asyncio.Event())
+
+    def unregister(self, run_id: str) -> None:
+        self._events.pop(run_id, None)
+
+    def request(self, run_id: str) -> None:
+        if event := self._events.get(run_id):
+            event.set()
+
+    @property
+    def running(self) -> list[str]:
+        return list(self._events)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDeps:
+    settings: Settings
+    redis: Redis
+    store: Store
+    artifacts: ArtifactStore
+    name: str
+    cancels: CancelSignals
+    hub: Hub

@@ -70,7 +70,7 @@ def connected(command: F) -> F:
         except httpx.HTTPError as exc:
             raise ApiFailure(f"cannot reach the API at {url}: {exc}") from exc
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def _print_json(value: object) -> None:
@@ -135,6 +135,26 @@ def load_document(path: Path) -> dict[str, Any]:
     return document
 
 
+def _apply_target(
+    ade: AdeClient, name: str, configuration_id: object, workspace_id: str | None
+) -> str | None:
+    """The configuration `configs apply` replaces: the file's `id`, else the workspace's one of that name;
+    None to create one."""
+    if configuration_id is not None:
+        current = ade.get_configuration(str(configuration_id))
+        if workspace_id and current.workspace_id != workspace_id:
+            raise click.ClickException(f"{current.id} belongs to {current.workspace_id}, not {workspace_id}")
+        return current.id
+    if not workspace_id:
+        raise click.UsageError("the file names no `workspace` (or `id`); pass --workspace")
+    same_name = [cfg.id for cfg in ade.list_configurations(workspace_id) if cfg.name == name]
+    if len(same_name) > 1:
+        raise click.ClickException(
+            f"several configurations are named {name!r} ({', '.join(same_name)}): set `id`"
+        )
+    return same_name[0] if same_name else None
+
+
 @configs.command("apply")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--workspace", "workspace_id", default=None, help="Workspace id (overrides the file's).")
@@ -148,26 +168,19 @@ def configs_apply(ade: AdeClient, file: Path, workspace_id: str | None) -> None:
     """
     document = load_document(file)
     configuration_id = document.pop("id", None)
-    workspace_id = workspace_id or document.pop("workspace", None)
-    document.pop("workspace", None)
+    in_file = document.pop("workspace", None)
+    workspace_id = workspace_id or (str(in_file) if in_file is not None else None)
     try:
         body = msgspec.convert(document, ConfigurationCreate)
     except msgspec.ValidationError as exc:
         raise click.ClickException(f"{file}: {exc}") from exc
-    if configuration_id is None:
-        if not workspace_id:
-            raise click.UsageError("the file names no `workspace` (or `id`); pass --workspace")
-        same_name = [cfg for cfg in ade.list_configurations(workspace_id) if cfg.name == body.name]
-        if len(same_name) > 1:
-            found = ", ".join(cfg.id for cfg in same_name)
-            raise click.ClickException(f"several configurations are named {body.name!r} ({found}): set `id`")
-        configuration_id = same_name[0].id if same_name else None
-    if configuration_id is None:
+    target = _apply_target(ade, body.name, configuration_id, workspace_id)
+    if target is None:
         assert workspace_id is not None
         cfg = ade.create_configuration(workspace_id, body)
         click.echo(f"created configuration {cfg.name!r}", err=True)
     else:
-        cfg = ade.replace_configuration(str(configuration_id), body)
+        cfg = ade.replace_configuration(target, body)
         click.echo(f"replaced configuration {cfg.name!r}", err=True)
     click.echo(cfg.id)
 
@@ -177,7 +190,13 @@ def configs_apply(ade: AdeClient, file: Path, workspace_id: str | None) -> None:
 
 @click.group()
 def runs() -> None:
-    """Runs: create, watch, list, cancel, re-run."""
+    """Runs: create, watch, list, cancel, re-run.
+
+    \b
+    `watch`, and `create`/`rerun` with --follow, exit with the run's outcome:
+      0 succeeded, 1 failed, 2 cancelled,
+      3 the API refused or could not be reached (any command), 130 interrupted.
+    """
 
 
 def watch_run(ade: AdeClient, run: RunResource) -> int:
@@ -223,7 +242,10 @@ def runs_create(ade: AdeClient, configuration_id: str, inputs: tuple[Path, ...],
 @click.argument("run_id", metavar="RUN")
 @connected
 def runs_watch(ade: AdeClient, run_id: str) -> None:
-    """Show run RUN (id or unique prefix) live, from its start; exit 0 succeeded, 1 failed, 2 cancelled."""
+    """Show run RUN (id or unique prefix) live, from its start, until it ends.
+
+    Exit code: 0 succeeded, 1 failed, 2 cancelled (3 API error, 130 interrupted).
+    """
     sys.exit(watch_run(ade, ade.get_run(run_id)))
 
 
@@ -270,7 +292,7 @@ def runs_list(
             run.configuration_id,
             str(run.attempt),
             (run.commit.branch if run.commit else None) or "",
-            run.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            run.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),  # local time
             duration(took) if took is not None else "",
         )
     console().print(table)

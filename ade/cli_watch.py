@@ -86,7 +86,7 @@ class RunView:
         elif kind == "run.queued":
             self._line(f"{event.run_id} queued (attempt {payload.get('attempt', 1)})", "dim")
         elif kind == "run.started":
-            self._line(f"started on {payload.get('worker') or 'a worker'}", "dim")
+            self._line(f"started on worker {payload.get('worker') or '?'}", "dim")
         elif kind == "run.waiting_for_build":
             self._line("waiting for the configuration's build", "dim")
         elif kind == "run.cancel_requested":

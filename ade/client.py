@@ -48,6 +48,7 @@ from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from ade.events import Event
 from ade.models import (
+    TERMINAL_RUN_STATUSES,
     ApiKeyCreated,
     ApiKeyResource,
     Commit,
@@ -670,10 +671,14 @@ class AdeClient:
             before = page.next_cursor
 
     def wait_for_run(self, run_id: str) -> RunResource:
-        """Follow a run's events until it ends; the run as it ended."""
-        for _ in self.events(run_id):
+        """Wait for a run (id or unique prefix) to end, following its events from where it stands now."""
+        run = self.get_run(run_id)
+        if run.status in TERMINAL_RUN_STATUSES:
+            return run
+        after = self.get_run_diagnostics(run.id).last_sequence
+        for _ in self.events(run.id, after_sequence=after):
             pass
-        return self.get_run(run_id)
+        return self.get_run(run.id)
 
     def get_run_summary(self, run_id: str) -> RunSummary:
         return self._send(_json_call("GET", f"/runs/{_seg(run_id)}/summary", RunSummary))
@@ -934,9 +939,13 @@ class AsyncAdeClient:
             before = page.next_cursor
 
     async def wait_for_run(self, run_id: str) -> RunResource:
-        async for _ in self.events(run_id):
+        run = await self.get_run(run_id)
+        if run.status in TERMINAL_RUN_STATUSES:
+            return run
+        after = (await self.get_run_diagnostics(run.id)).last_sequence
+        async for _ in self.events(run.id, after_sequence=after):
             pass
-        return await self.get_run(run_id)
+        return await self.get_run(run.id)
 
     async def get_run_summary(self, run_id: str) -> RunSummary:
         return await self._send(_json_call("GET", f"/runs/{_seg(run_id)}/summary", RunSummary))

@@ -215,7 +215,7 @@ async def _phases(
         environment.update(environment_for(deps, build))
         if spec.requirements:
             async with _phase(writer, "requirements"):
-                # The venv has no pip of its own (no ensurepip: seconds saved); the worker's pip installs into it.
+                # The venv has no pip of its own (no ensurepip: seconds saved): the worker's pip fills it.
                 pip = [
                     sys.executable,
                     "-m",

@@ -25,7 +25,7 @@ from ade.artifacts import ArtifactStore
 from ade.hub import Hub
 from ade.settings import Settings
 from ade.store import Store
-from workers import tasks
+from workers import retention, tasks
 from workers.deps import CancelSignals, WorkerDeps
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class WakeableWorker(Worker):
         """Queue nudges wake the poll loop; cancel requests reach the run they name within milliseconds."""
         deps: WorkerDeps = self.ctx["deps"]
         loop = asyncio.get_running_loop()
-        next_heartbeat = 0.0
+        next_heartbeat = next_sweep = 0.0
+        sweeping: asyncio.Task[None] | None = None
         while True:
             pubsub = deps.redis.pubsub()
             try:
@@ -76,6 +77,9 @@ class WakeableWorker(Worker):
                     if loop.time() >= next_heartbeat:
                         await deps.redis.set(keys.worker(deps.name), b"1", ex=keys.WORKER_TTL_S)
                         next_heartbeat = loop.time() + HEARTBEAT_EVERY_S
+                    if loop.time() >= next_sweep and (sweeping is None or sweeping.done()):
+                        next_sweep = loop.time() + deps.settings.build_sweep_interval_s
+                        sweeping = asyncio.create_task(_sweep_if_first(deps), name="build-retention")
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:
                         continue
@@ -89,6 +93,16 @@ class WakeableWorker(Worker):
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def _sweep_if_first(deps: WorkerDeps) -> None:
+    """One worker per interval sweeps build retention (a Redis lock decides which)."""
+    interval_ms = max(int(deps.settings.build_sweep_interval_s * 1000), 100)
+    try:
+        if await deps.redis.set(keys.BUILD_SWEEP_LOCK, deps.name, nx=True, px=interval_ms):
+            await retention.sweep(deps)
+    except Exception:
+        log.exception("build retention sweep failed")
 
 
 async def _recheck_cancels(deps: WorkerDeps) -> None:

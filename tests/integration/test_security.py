@@ -31,6 +31,8 @@ class Tenants:
     cfg_a: str
     run_a: str
     artifact_a: str
+    cfg_build_a: str
+    build_a: str
 
     def client(self, who: str | None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self.keys[who]}"} if who else {}
@@ -56,7 +58,14 @@ async def tenants(client: httpx.AsyncClient, system: AdeSystem) -> Tenants:
     run_a = (await run(client, cfg_a))["id"]
     await wait_for_end(client, run_a)
     artifact = (await client.post(f"/workspaces/{ws_a}/artifacts", content=b"tenant a's bytes")).json()["key"]
-    return Tenants(system.base_url, ws_a, ws_b, keys, key_ids, cfg_a, run_a, artifact)
+    spec = {"constructor": "shell", "steps": [{"name": "b", "script": "echo built"}]}
+    cfg_build = await configuration(client, ws_a, [STEP], build=spec)
+    build = await client.post(
+        f"/workspaces/{ws_a}/configurations/{cfg_build}/builds", json={"options": {"wait": True}}
+    )
+    return Tenants(
+        system.base_url, ws_a, ws_b, keys, key_ids, cfg_a, run_a, artifact, cfg_build, build.json()["id"]
+    )
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
@@ -94,6 +103,14 @@ MATRIX: list[tuple[str, str, dict[str, Any] | bytes | None, str]] = [
     ("POST", "/runs/{run_running}/cancel", None, "operator"),
     ("POST", "/workspaces/{ws_a}/artifacts", b"some bytes", "operator"),
     ("GET", "/artifacts/{artifact_a}", None, "viewer"),
+    ("POST", "/workspaces/{ws_a}/configurations/{cfg_build_a}/builds", {}, "operator"),
+    ("GET", "/configurations/{cfg_build_a}/builds", None, "viewer"),
+    ("GET", "/builds/{build_a}", None, "viewer"),
+    ("GET", "/builds/{build_a}/inspect", None, "viewer"),
+    ("GET", "/builds/{build_a}/events", None, "viewer"),
+    ("GET", "/builds/{build_a}/logs", None, "viewer"),
+    ("POST", "/builds/{build_a}/stream-token", None, "viewer"),
+    ("POST", "/builds/{build_running}/cancel", None, "operator"),
     ("POST", "/workspaces/{ws_a}/api-keys", {"name": "k", "role": "viewer"}, "admin"),
     ("GET", "/workspaces/{ws_a}/api-keys", None, "admin"),
     ("GET", "/audit-logs?workspace_id={ws_a}", None, "admin"),
@@ -107,12 +124,20 @@ async def test_tenancy_matrix_over_every_endpoint(tenants: Tenants, client: http
     throwaway = await make_key(client, tenants.ws_a, "viewer")
     sleeper = await configuration(client, tenants.ws_a, [{"name": "wait", "script": "sleep 60"}])
     running = (await run(client, sleeper))["id"]
+    slow = {"constructor": "shell", "steps": [{"name": "b", "script": "sleep 60"}]}
+    slow_cfg = await configuration(client, tenants.ws_a, [STEP], build=slow)
+    build_running = (
+        await client.post(f"/workspaces/{tenants.ws_a}/configurations/{slow_cfg}/builds")
+    ).json()["id"]
     names = {
         "ws_a": tenants.ws_a,
         "cfg_a": tenants.cfg_a,
         "run_a": tenants.run_a,
         "run_running": running,
         "artifact_a": tenants.artifact_a,
+        "cfg_build_a": tenants.cfg_build_a,
+        "build_a": tenants.build_a,
+        "build_running": build_running,
         "viewer_key_b": throwaway["id"],
     }
     runs_before = len((await client.get(f"/workspaces/{tenants.ws_a}/runs")).json()["items"])

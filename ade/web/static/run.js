@@ -59,7 +59,11 @@ export function runView(root, runRef) {
     },
     bar,
   );
-  const progressLabel = h("div", { id: "progress-label", class: "progress-label muted" }, "No progress reported.");
+  const progressLabel = h(
+    "div",
+    { id: "progress-label", class: "progress-label muted" },
+    "No progress reported.",
+  );
 
   const stepRows = h("tbody", { id: "steps-body" });
   const outputs = h("ul", { id: "outputs", class: "outputs" });
@@ -81,7 +85,13 @@ export function runView(root, runRef) {
 
   fill(
     root,
-    h("nav", { class: "crumbs" }, h("a", { href: "#/" }, "Runs"), " / ", h("span", { class: "mono" }, runRef)),
+    h(
+      "nav",
+      { class: "crumbs" },
+      h("a", { href: "#/" }, "Runs"),
+      " / ",
+      h("span", { class: "mono" }, runRef),
+    ),
     h(
       "section",
       { class: "panel run-head" },
@@ -90,13 +100,7 @@ export function runView(root, runRef) {
       failure,
       h("div", { class: "actions" }, cancelButton, rerunButton, logButton, actionError),
     ),
-    h(
-      "section",
-      { class: "panel" },
-      h("h3", {}, "Progress"),
-      progress,
-      progressLabel,
-    ),
+    h("section", { class: "panel" }, h("h3", {}, "Progress"), progress, progressLabel),
     h(
       "div",
       { class: "columns" },
@@ -107,7 +111,15 @@ export function runView(root, runRef) {
         h(
           "table",
           { class: "steps", id: "steps" },
-          h("thead", {}, h("tr", {}, ["Step", "Status", "Duration", "Exit"].map((n) => h("th", {}, n)))),
+          h(
+            "thead",
+            {},
+            h(
+              "tr",
+              {},
+              ["Step", "Status", "Duration", "Exit"].map((n) => h("th", {}, n)),
+            ),
+          ),
           stepRows,
         ),
       ),
@@ -120,7 +132,12 @@ export function runView(root, runRef) {
         "div",
         { class: "panel-head" },
         h("h3", {}, "Console"),
-        h("span", { class: "legend" }, h("span", { class: "key stdout" }, "stdout"), h("span", { class: "key stderr" }, "stderr")),
+        h(
+          "span",
+          { class: "legend" },
+          h("span", { class: "key stdout" }, "stdout"),
+          h("span", { class: "key stderr" }, "stderr"),
+        ),
         streamState,
       ),
       consoleNotice,
@@ -142,20 +159,31 @@ export function runView(root, runRef) {
   }
 
   function renderFacts() {
-    const fact = (name, ...value) => [h("dt", {}, name), h("dd", {}, ...value)];
+    const fact = (name, ...value) => h("div", { class: "fact" }, h("dt", {}, name), h("dd", {}, ...value));
     fill(
       facts,
-      fact("Run", h("span", { class: "mono", id: "run-id" }, run.id)),
+      h(
+        "div",
+        { class: "fact wide" },
+        h("dt", {}, "Run"),
+        h("dd", {}, h("span", { class: "mono", id: "run-id" }, run.id)),
+      ),
       fact(
         "Attempt",
         String(run.attempt),
         run.rerun_of
-          ? [" · re-run of ", h("a", { href: `#/runs/${encodeURIComponent(run.rerun_of)}`, class: "mono" }, run.rerun_of)]
+          ? [
+              " · re-run of ",
+              h("a", { href: `#/runs/${encodeURIComponent(run.rerun_of)}`, class: "mono" }, run.rerun_of),
+            ]
           : null,
       ),
       fact("Created", formatTime(run.created_at)),
       fact("Started", formatTime(run.started_at)),
-      fact("Duration", h("span", { id: "run-duration" }, formatDuration(elapsed(run.started_at, run.completed_at)))),
+      fact(
+        "Duration",
+        h("span", { id: "run-duration" }, formatDuration(elapsed(run.started_at, run.completed_at))),
+      ),
       fact("Exit code", run.exit_code ?? "—"),
     );
     failure.hidden = !run.failure;
@@ -294,8 +322,11 @@ export function runView(root, runRef) {
         setProgress(payload);
         return;
       case "run.queued":
+        run.status = "queued";
+        break;
       case "run.waiting_for_build":
-        run.status = event.type === "run.queued" ? "queued" : "waiting_for_build";
+        run.status = "waiting_for_build";
+        consoleView.add("system", `waiting for the environment build ${payload.build_id ?? ""}`.trim(), meta);
         break;
       case "run.started":
         run.status = "running";
@@ -305,7 +336,12 @@ export function runView(root, runRef) {
         break;
       case "run.step.started": {
         const s = step(payload.step);
-        Object.assign(s, { status: "running", startedAt: event.created_at, durationMs: null, exitCode: null });
+        Object.assign(s, {
+          status: "running",
+          startedAt: event.created_at,
+          durationMs: null,
+          exitCode: null,
+        });
         consoleView.add("system", `▶ step ${payload.step}`, { ...meta, step: payload.step });
         renderSteps();
         break;
@@ -317,18 +353,27 @@ export function runView(root, runRef) {
           durationMs: payload.duration_ms ?? null,
           exitCode: payload.exit_code ?? null,
         });
-        const exit = payload.exit_code === null || payload.exit_code === undefined ? "" : `, exit ${payload.exit_code}`;
-        consoleView.add("system", `■ step ${payload.step} ${s.status} in ${formatDuration(s.durationMs)}${exit}`, {
-          ...meta,
-          step: payload.step,
-        });
+        const exit =
+          payload.exit_code === null || payload.exit_code === undefined ? "" : `, exit ${payload.exit_code}`;
+        consoleView.add(
+          "system",
+          `■ step ${payload.step} ${s.status} in ${formatDuration(s.durationMs)}${exit}`,
+          {
+            ...meta,
+            step: payload.step,
+          },
+        );
         renderSteps();
         refreshOutputsSoon();
         break;
       }
       case "run.cancel_requested":
         cancelRequested = true;
-        consoleView.add("system", `cancel requested${payload.requested_by ? ` by ${payload.requested_by}` : ""}`, meta);
+        consoleView.add(
+          "system",
+          `cancel requested${payload.requested_by ? ` by ${payload.requested_by}` : ""}`,
+          meta,
+        );
         break;
       case "run.completed":
         run.status = payload.status ?? run.status;
@@ -394,7 +439,15 @@ export function runView(root, runRef) {
       if (disposed) return;
       const message =
         error instanceof ApiError && error.status === 404 ? `No run ${runRef} here.` : errorText(error);
-      fill(root, h("section", { class: "panel" }, h("p", { class: "error", role: "alert" }, message), h("a", { href: "#/" }, "Back to runs")));
+      fill(
+        root,
+        h(
+          "section",
+          { class: "panel" },
+          h("p", { class: "error", role: "alert" }, message),
+          h("a", { href: "#/" }, "Back to runs"),
+        ),
+      );
       return;
     }
     if (disposed) return;

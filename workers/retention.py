@@ -1,0 +1,63 @@
+"""Build retention: builds whose logs are past ADE_BUILD_LOG_RETENTION_S, or whose environment has not
+been used for ADE_BUILD_ENV_RETENTION_S, become `expired` and their directories are freed — never while a
+queued or running run needs the environment (`keys.build_users`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Awaitable
+from typing import cast
+
+from ade import keys
+from ade.errors import NotFound
+from ade.models import Build, utcnow
+from workers.deps import WorkerDeps
+
+log = logging.getLogger(__name__)
+EXPIRABLE = frozenset({"ready", "failed", "cancelled"})
+
+# Forget the fingerprint's ready build only if it is this one. KEYS: ready. ARGV: build id.
+_FORGET_READY = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def is_due(build: Build, *, log_retention_s: float, env_retention_s: float) -> bool:
+    if build.status not in EXPIRABLE or build.completed_at is None:
+        return False
+    now = utcnow()
+    logs_age_s = (now - build.completed_at).total_seconds()
+    idle_s = (now - (build.last_used_at or build.completed_at)).total_seconds()
+    return logs_age_s > log_retention_s or idle_s > env_retention_s
+
+
+async def sweep(deps: WorkerDeps) -> list[str]:
+    """Expire what is due; return the ids expired."""
+    settings, store, redis = deps.settings, deps.store, deps.redis
+    expired = []
+    for raw in await redis.zrange(keys.ALL_BUILDS, 0, -1):
+        try:
+            build = await store.get_build(raw.decode())
+        except NotFound:
+            continue
+        if not is_due(
+            build,
+            log_retention_s=settings.build_log_retention_s,
+            env_retention_s=settings.build_env_retention_s,
+        ):
+            continue
+        if await cast(Awaitable[int], redis.scard(keys.build_users(build.id))):
+            continue  # an unfinished run needs this environment
+        await cast(
+            Awaitable[int], redis.eval(_FORGET_READY, 1, keys.build_ready(build.fingerprint), build.id)
+        )
+        build.status = "expired"
+        await store.put_build(build)
+        directory = store.build_dir(build.id)
+        for part in ("logs", "env", "source"):
+            await asyncio.to_thread(shutil.rmtree, directory / part, True)
+        (directory / "READY").unlink(missing_ok=True)
+        expired.append(build.id)
+    if expired:
+        log.info("retention expired %d build(s): %s", len(expired), ", ".join(expired))
+    return expired

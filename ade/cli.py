@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import signal
@@ -19,10 +18,9 @@ from ade.settings import Settings, get_settings
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("ADE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from ade import logs
+
+    logs.configure()
 
 
 @click.group()

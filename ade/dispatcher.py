@@ -23,6 +23,7 @@ from ade import ids
 from ade.errors import Conflict, LeaseLost
 from ade.eventlog import LogWriter
 from ade.events import Event, Source, StreamRef, encode_event
+from ade.metrics import count_dispatched
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,10 @@ class StreamWriter:
         """One message per slice: its events' encoded lines joined by newlines (the hub splits them)."""
         channel = self.stream.channel
         try:
-            await self._redis.publish(channel, b"\n".join(encoded))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.publish(channel, b"\n".join(encoded))
+                count_dispatched(pipe, len(encoded))
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             # The log already holds these events; subscribers repair gaps from it.
             log.warning("publish to %s failed (%s); subscribers will read the log", channel, exc)

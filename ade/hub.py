@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import msgspec
 from redis.asyncio import Redis
@@ -28,6 +30,13 @@ from ade.events import HEAD_DECODER, EventHead
 log = logging.getLogger(__name__)
 
 LiveEvent = tuple[EventHead, bytes]
+
+
+class _Stamp(msgspec.Struct):
+    created_at: datetime
+
+
+_STAMP_DECODER = msgspec.json.Decoder(_Stamp)
 
 
 class Subscription:
@@ -87,6 +96,7 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         self._reader: asyncio.Task[None] | None = None
         self.connected = False
+        self.lag_s = 0.0  # age of the newest event received, when it arrived
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
@@ -173,6 +183,11 @@ class Hub:
         if kind == "message":
             data = message["data"]
             assert isinstance(data, bytes)
+            try:
+                stamp = _STAMP_DECODER.decode(data.split(b"\n", 1)[0])
+                self.lag_s = max(0.0, time.time() - stamp.created_at.timestamp())
+            except msgspec.DecodeError:
+                pass
             for line in data.split(b"\n"):  # a message carries a slice of events, one per line
                 try:
                     head = HEAD_DECODER.decode(line)

@@ -132,3 +132,9 @@ HUB_CONTROL_CHANNEL = f"{PREFIX}:hub:control"
 # No TTL: `artifacts/index/<ws>.ndjson` in the data directory is the durable copy.
 def workspace_artifacts(workspace_id: str) -> str:
     return f"{PREFIX}:workspace:{workspace_id}:artifacts"
+
+
+# Metrics shared by every process (API and workers); /metrics renders them.
+METRICS_RUNS_FINISHED = f"{PREFIX}:metrics:runs_finished"  # hash: status -> count
+METRICS_PICKUP = f"{PREFIX}:metrics:pickup"  # hash: bucket upper bound (s) or "sum"/"count" -> value
+METRICS_EVENTS = f"{PREFIX}:metrics:events"  # hash: "dispatched" -> count

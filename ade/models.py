@@ -233,6 +233,7 @@ class RunResource(msgspec.Struct, kw_only=True):
     completed_at: datetime | None
     exit_code: int | None
     failure: Failure | None
+    cancel_requested_by: str | None
     links: RunLinks
 
     @classmethod
@@ -253,6 +254,7 @@ class RunResource(msgspec.Struct, kw_only=True):
             completed_at=run.completed_at,
             exit_code=run.exit_code,
             failure=run.failure,
+            cancel_requested_by=run.cancel_requested_by,
             links=RunLinks(
                 self=base,
                 events=f"{base}/events",

@@ -147,4 +147,6 @@ async def cancel(settings: Settings, redis: Redis, store: Store, run: Run, actor
                 raise
     await redis.set(keys.run_cancel(run.id), actor, ex=keys.RUN_CANCEL_TTL_S)
     await redis.publish(keys.CANCEL_CHANNEL, run.id)
-    return await store.get_run(run.id)
+    current = await store.get_run(run.id)
+    current.cancel_requested_by = current.cancel_requested_by or actor  # the worker records it too
+    return current

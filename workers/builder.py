@@ -28,6 +28,7 @@ from ade import keys
 from ade.builds import build_writer, interpreter, release_fingerprint
 from ade.dispatcher import StreamWriter
 from ade.errors import Conflict, Invalid, NotFound
+from ade.logs import current_build_id
 from ade.models import TERMINAL_BUILD_STATUSES, Build, Failure, Step, plain_environment, secret_values, utcnow
 from workers.console import StepSink
 from workers.deps import WorkerDeps, base_environment
@@ -107,6 +108,7 @@ async def execute_build(deps: WorkerDeps, build_id: str, *, wait_for_lease: bool
     for step in build.spec.steps:
         secrets += secret_values(step.environment)
     cancel_event = deps.cancels.register(build.id)
+    build_token = current_build_id.set(build.id)
     try:
         async with build_writer(
             deps.settings, deps.redis, build, acquire_timeout_s=5.0 if wait_for_lease else 0.0, redact=secrets
@@ -122,6 +124,7 @@ async def execute_build(deps: WorkerDeps, build_id: str, *, wait_for_lease: bool
             raise
     finally:
         deps.cancels.unregister(build.id)
+        current_build_id.reset(build_token)
     return await store.get_build(build_id)
 
 

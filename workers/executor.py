@@ -17,12 +17,13 @@ import anyio
 import msgspec
 
 from ade import events as ev
-from ade import keys
+from ade import keys, metrics
 from ade.artifacts import safe_input_name
 from ade.builds import build_stream
 from ade.dispatcher import EventSpec, StreamWriter
 from ade.errors import AdeError, NotFound
 from ade.events import EVENT_DECODER
+from ade.logs import current_build_id, current_run_id
 from ade.models import (
     TERMINAL_BUILD_STATUSES,
     TERMINAL_RUN_STATUSES,
@@ -88,6 +89,8 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
     for step in run.plan.steps:
         secrets += secret_values(step.environment)
     cancel_event = deps.cancels.register(run.id)
+    current_run_id.set(run.id)
+    current_build_id.set(run.build_id)
     try:
         async with run_writer(settings, deps.redis, run, redact=secrets) as writer:
             run = await store.get_run(run_id)  # under the lease: a cancel of the queued run may have won
@@ -113,6 +116,7 @@ async def _execute(deps: WorkerDeps, run: Run, writer: StreamWriter, cancellatio
                 ev.RUN_STARTED, {"status": "running", "attempt": run.attempt, "worker": deps.name}
             )
             await store.put_run(run)
+            await metrics.record_pickup(deps.redis, (run.started_at - run.created_at).total_seconds())
             run.exit_code, run.failure = await _place_inputs(deps, run)
         if run.failure is None:
             run.exit_code, run.failure = await _execute_steps(deps, run, writer, cancellation, build_env)
@@ -203,6 +207,7 @@ async def _complete(
     await store.put_run(run)
     if run.build_id:
         await cast(Awaitable[int], deps.redis.srem(keys.build_users(run.build_id), run.id))
+    await metrics.record_run_finished(deps.redis, run.status)
     payload: dict[str, Any] = {
         "status": run.status,
         "exit_code": run.exit_code,

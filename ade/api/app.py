@@ -26,7 +26,7 @@ from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal
 from ade.api.builds import BuildController
 from ade.api.configurations import ConfigurationController
 from ade.api.deps import API_PREFIX, Services
-from ade.api.health import HealthController
+from ade.api.health import HealthController, MetricsController
 from ade.api.keys import ApiKeyController
 from ade.api.openapi import make_exact
 from ade.api.run_views import RunViewController
@@ -140,7 +140,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         security=[{"bearer": []}],
     )
     app = Litestar(
-        route_handlers=[api, HealthController, *web_console],
+        route_handlers=[
+            api,
+            HealthController,
+            Router(
+                path="/",
+                route_handlers=[MetricsController],
+                dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
+            ),
+            *web_console,
+        ],
         lifespan=[lifespan],
         middleware=[DefineMiddleware(AuthMiddleware, exclude=PUBLIC_PATHS)],
         request_max_body_size=settings.max_request_bytes,

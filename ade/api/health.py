@@ -8,8 +8,10 @@ import msgspec
 from litestar import Controller, Response, get
 from redis.exceptions import RedisError
 
-from ade import keys
+from ade import keys, metrics
 from ade.api.deps import Services
+from ade.auth import Principal
+from ade.errors import Forbidden
 
 
 class Readiness(msgspec.Struct, kw_only=True):
@@ -39,6 +41,22 @@ class HealthController(Controller):
         checks["hub"] = "ok" if services.hub.connected else "not connected"
         ready = all(value == "ok" for value in checks.values())
         return Response(Readiness(ready=ready, checks=checks), status_code=200 if ready else 503)
+
+
+class MetricsController(Controller):
+    tags = ["health"]
+
+    @get("/metrics", summary="Prometheus metrics (bootstrap token)", media_type="text/plain; version=0.0.4")
+    async def metrics(self, services: Services, principal: Principal) -> Response[bytes]:
+        if principal.workspace_id is not None:
+            raise Forbidden("metrics cover every workspace: use the bootstrap token", code="bootstrap_only")
+        body = await metrics.render(
+            services.redis,
+            sse_subscribers=services.hub.subscriber_count,
+            hub_backlog_events=services.hub.largest_backlog,
+            hub_lag_s=services.hub.lag_s,
+        )
+        return Response(body, media_type="text/plain; version=0.0.4")
 
 
 async def _live_worker(services: Services) -> bool:

@@ -278,10 +278,12 @@ class CountingTransport(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
-@pytest.mark.parametrize("how", ["terminate", "kill"])
-def test_events_survive_an_api_restart(tmp_path: Path, how: str) -> None:
-    """The API restarts (gracefully, or crashes) mid-stream while the run goes on: the iterator resumes with
-    Last-Event-ID and yields 1..n exactly, the events from before, during and after the restart."""
+def test_events_survive_an_api_restart(tmp_path: Path) -> None:
+    """The API process dies mid-stream and a new one starts while the run goes on: the iterator resumes
+    with Last-Event-ID and yields 1..n exactly, the events from before, during and after the restart.
+
+    SIGKILL, not SIGTERM: on SIGTERM uvicorn drains an open SSE response for its graceful timeout (5 s)
+    and then cuts it mid-body; the client sees the same incomplete read as after a kill, 5 s later."""
     own = AdeSystem(tmp_path).start()
     transport = CountingTransport()
     try:
@@ -298,10 +300,7 @@ def test_events_survive_an_api_restart(tmp_path: Path, how: str) -> None:
                 events.append(event)
                 if event.payload.get("message") == "line 150":  # the step now waits for `go`
                     assert own.api is not None
-                    if how == "kill":
-                        own.api.kill()
-                    else:
-                        own.api.terminate()
+                    own.api.kill()
                     own.api.wait()
                     own.start_api()
                     own.wait_ready()
@@ -402,9 +401,12 @@ def test_a_stream_gives_up_when_the_server_stays_away_or_keeps_skipping() -> Non
     def refused(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
-    with AdeClient(
-        "http://ade.test", "t", transport=httpx.MockTransport(refused), reconnect_timeout_s=0.3
-    ) as ade, pytest.raises(AdeStreamError, match="could not be resumed"):
+    with (
+        AdeClient(
+            "http://ade.test", "t", transport=httpx.MockTransport(refused), reconnect_timeout_s=0.3
+        ) as ade,
+        pytest.raises(AdeStreamError, match="could not be resumed"),
+    ):
         list(ade.events("run_x"))
 
     def skipping(request: httpx.Request) -> httpx.Response:
@@ -420,9 +422,11 @@ def test_a_stream_gives_up_when_the_server_stays_away_or_keeps_skipping() -> Non
     def not_sse(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"items": []})
 
-    with AdeClient("http://ade.test", "t", transport=httpx.MockTransport(not_sse)) as ade:
-        with pytest.raises(AdeStreamError, match="not an event stream"):
-            list(ade.events("run_x"))
+    with (
+        AdeClient("http://ade.test", "t", transport=httpx.MockTransport(not_sse)) as ade,
+        pytest.raises(AdeStreamError, match="not an event stream"),
+    ):
+        list(ade.events("run_x"))
 
 
 def test_mirrored_response_shapes_match_the_server() -> None:

@@ -33,11 +33,13 @@ TIMEOUT_MS = 15_000
 # Step `count` prints five lines (progress 1..5 of 10), then waits for the test to create `go` in its
 # working directory, so the test sees the run live and still running; then five more lines, one on
 # stderr, and an output file.
-PROGRESS = r'echo "{\"type\":\"progress\",\"current\":$i,\"total\":10,\"message\":\"line $i\"}" >&$ADE_EVENTS_FD'
-COUNT = f"""
-for i in 1 2 3 4 5; do echo "line $i"; {PROGRESS}; sleep 0.02; done
+COUNT = r"""
+progress() {
+  printf '{"type":"progress","current":%s,"total":10,"message":"line %s"}\n' $1 $1 >&$ADE_EVENTS_FD
+}
+for i in 1 2 3 4 5; do echo "line $i"; progress $i; sleep 0.02; done
 for _ in $(seq 1 400); do [ -e go ] && break; sleep 0.05; done
-for i in 6 7 8 9 10; do echo "line $i"; {PROGRESS}; sleep 0.02; done
+for i in 6 7 8 9 10; do echo "line $i"; progress $i; sleep 0.02; done
 echo "problem on stderr" >&2
 mkdir -p "$ADE_OUTPUT_DIR/reports"
 echo "report of $ADE_RUN_ID" > "$ADE_OUTPUT_DIR/reports/summary of run.txt"
@@ -154,7 +156,6 @@ def test_console_files_are_public_and_the_api_is_not(system: AdeSystem) -> None:
 def test_sign_in_start_a_run_watch_it_live_and_download_its_output(
     page: Page, tenant: Tenant, system: AdeSystem, tmp_path: Path
 ) -> None:
-    started = time.monotonic()
     # A refused key says so and stays on the form.
     page.fill("#api-key", "ade.nokey.nosecret")
     page.fill("#workspace-id", tenant.workspace_id)
@@ -199,21 +200,20 @@ def test_sign_in_start_a_run_watch_it_live_and_download_its_output(
     # The runs page lists it with its final status.
     page.click("nav.crumbs a")
     expect(page.locator(f'#runs-body tr[data-run-id="{run_id}"] .badge')).to_have_text("succeeded")
-    assert time.monotonic() - started < 25
 
 
 def test_rerun_resumes_a_refused_stream_without_duplicates_and_cancels(
     page: Page, tenant: Tenant, system: AdeSystem
 ) -> None:
-    """The stream of the re-run is answered once with a short fake stream that ends (events 1..n of the
-    real log, then a replay of the first ones, which must be ignored); the browser's own reconnect
-    (with Last-Event-ID) is refused like an expired token; the page must fetch a new stream token and
-    open a new EventSource with `after_sequence=n`, then show each line exactly once."""
+    """The re-run's stream is first answered with a short stream that ends (the real log's events 1..n,
+    then the first ones again, which must be ignored); the browser's own reconnect is refused like an
+    expired token; the page must fetch a new stream token and open a new EventSource with
+    `after_sequence=n`, then show each line exactly once."""
     sign_in(page, tenant)
     source_run = start_run(page, tenant.configuration_id)
     expect(page.locator("#console .line.stdout", has_text="line 5")).to_be_visible()
 
-    seen: dict[str, list[str]] = {"events": [], "tokens": [], "last_event_id": []}
+    seen: dict[str, list[str]] = {"events": [], "tokens": []}
     served_until = 0
 
     def ndjson_of(run_id: str) -> list[str]:
@@ -246,7 +246,6 @@ def test_rerun_resumes_a_refused_stream_without_duplicates_and_cancels(
                 body="retry: 100\n\n" + "".join(frames),
             )
         elif len(seen["events"]) == 2:
-            seen["last_event_id"].append(json.dumps(request.all_headers()) + request.url)
             body = {"error": "the stream token expired", "code": "token_expired", "details": []}
             route.fulfill(status=401, json=body)
         else:
@@ -262,7 +261,10 @@ def test_rerun_resumes_a_refused_stream_without_duplicates_and_cancels(
         expect(page.locator("#run-status")).to_have_text("running")
         expect(page.locator("#stream-state")).to_have_text("live")
         assert len(seen["events"]) == 3, seen
-        assert seen["last_event_id"] == [str(served_until)]
+        # 1: the fake stream; 2: the browser's own reconnect (same URL, plus a Last-Event-ID header that
+        # interception does not show), refused; 3: a new EventSource, resuming after the last event seen.
+        assert seen["events"][1] == seen["events"][0]
+        assert "after_sequence=0" in seen["events"][0]
         assert f"after_sequence={served_until}" in seen["events"][2]
         assert sum(rerun in url for url in seen["tokens"]) == 2, seen["tokens"]
         assert stdout_lines(page) == ["preparing"] + [f"line {i}" for i in range(1, 6)]

@@ -24,7 +24,6 @@ function route() {
   const run = hash.match(/^\/runs\/([^/?]+)$/);
   if (run) current = runView(view, decodeURIComponent(run[1]));
   else current = runsView(view);
-  document.getElementById("view").focus?.();
 }
 
 function showSignIn() {

@@ -1,0 +1,214 @@
+"""The `ade` client commands as a user runs them: subprocesses against the shared live system."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ade.client import AdeClient
+from ade.models import RunResource
+from tests.system import BOOTSTRAP_TOKEN, AdeSystem
+
+ADE = [sys.executable, "-m", "ade.cli"]
+
+
+@pytest.fixture
+def env(system: AdeSystem) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR", "FORCE_COLOR")}
+    return {**base, "ADE_URL": system.base_url, "ADE_TOKEN": BOOTSTRAP_TOKEN}
+
+
+@pytest.fixture
+def ade(system: AdeSystem) -> Iterator[AdeClient]:
+    with AdeClient(system.base_url, BOOTSTRAP_TOKEN) as client:
+        yield client
+
+
+def cli(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ADE, *map(str, args)], env=env, capture_output=True, text=True, timeout=60)
+
+
+def start(env: dict[str, str], *args: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*ADE, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+def run_of(ade: AdeClient, ws: str, script: str, **run: Any) -> RunResource:
+    cfg = ade.create_configuration(ws, {"name": "cfg", "steps": [{"name": "main", "script": script}]})
+    return ade.create_run(cfg.id, **run)
+
+
+# configs apply ------------------------------------------------------------------------------------
+
+
+def test_configs_apply_yaml_creates_then_replaces_by_name(
+    env: dict[str, str], ade: AdeClient, tmp_path: Path
+) -> None:
+    ws = ade.create_workspace("cli-yaml").id
+    path = tmp_path / "etl.yaml"
+    document = f"""
+workspace: {ws}
+name: etl
+timeout_s: 600
+environment:
+  GREETING: hello
+  TOKEN: {{value: s3cret, secret: true}}
+steps:
+  - name: greet
+    script: echo "$GREETING"
+"""
+    path.write_text(document)
+    created = cli(env, "configs", "apply", path)
+    assert created.returncode == 0, created.stderr
+    cfg_id = created.stdout.strip()
+    assert cfg_id.startswith("cfg_") and "created" in created.stderr
+    cfg = ade.get_configuration(cfg_id)
+    assert (cfg.workspace_id, cfg.name, cfg.timeout_s) == (ws, "etl", 600)
+    assert [(s.name, s.script) for s in cfg.steps] == [("greet", 'echo "$GREETING"')]
+    assert cfg.environment["GREETING"] == "hello"
+
+    path.write_text(document.replace('echo "$GREETING"', "echo changed"))
+    replaced = cli(env, "configs", "apply", path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert replaced.stdout.strip() == cfg_id and "replaced" in replaced.stderr
+    assert [s.script for s in ade.get_configuration(cfg_id).steps] == ["echo changed"]
+    assert [c.id for c in ade.list_configurations(ws)] == [cfg_id]  # replaced, not duplicated
+
+
+def test_configs_apply_toml_and_the_id_wins_over_the_name(
+    env: dict[str, str], ade: AdeClient, tmp_path: Path
+) -> None:
+    ws = ade.create_workspace("cli-toml").id
+    path = tmp_path / "job.toml"
+    path.write_text(
+        f'workspace = "{ws}"\nname = "job"\n\n[environment]\nA = "1"\n\n'
+        '[[steps]]\nname = "one"\nscript = "echo one"\ntimeout_s = 30\n\n'
+        '[[steps]]\nname = "two"\nscript = "echo two"\n'
+    )
+    created = cli(env, "configs", "apply", path)
+    assert created.returncode == 0, created.stderr
+    cfg_id = created.stdout.strip()
+    cfg = ade.get_configuration(cfg_id)
+    assert [(s.name, s.timeout_s) for s in cfg.steps] == [("one", 30), ("two", None)]
+    assert cfg.environment == {"A": "1"}
+
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(f'id = "{cfg_id}"\nname = "job-v2"\nsteps = [{{name = "only", script = "true"}}]\n')
+    replaced = cli(env, "configs", "apply", renamed)
+    assert replaced.returncode == 0, replaced.stderr
+    assert replaced.stdout.strip() == cfg_id
+    assert ade.get_configuration(cfg_id).name == "job-v2"
+
+    elsewhere = ade.create_workspace("cli-toml-other").id
+    wrong = cli(env, "configs", "apply", renamed, "--workspace", elsewhere)
+    assert wrong.returncode == 1 and f"belongs to {ws}" in wrong.stderr
+
+    invalid = tmp_path / "invalid.toml"
+    invalid.write_text(f'workspace = "{ws}"\nname = "no-steps"\n')
+    refused = cli(env, "configs", "apply", invalid)
+    assert refused.returncode == 1 and "steps" in refused.stderr
+    assert [c.name for c in ade.list_configurations(ws)] == ["job-v2"]
+
+
+# runs create / watch ------------------------------------------------------------------------------
+
+
+def test_runs_create_uploads_inputs_and_follows(env: dict[str, str], ade: AdeClient, tmp_path: Path) -> None:
+    ws = ade.create_workspace("cli-create").id
+    script = (
+        'cat "$ADE_INPUT_DIR/data.txt"; echo "oops" >&2; '
+        "for i in 1 2 3; do "
+        'echo "{\\"type\\":\\"progress\\",\\"current\\":$i,\\"total\\":3}" >&$ADE_EVENTS_FD; done'
+    )
+    cfg = ade.create_configuration(ws, {"name": "show", "steps": [{"name": "show", "script": script}]})
+    data = tmp_path / "data.txt"
+    data.write_text("hello from a file\n")
+    code, out, err = finish(start(env, "runs", "create", cfg.id, "--input", data, "--follow"))
+    assert code == 0, err
+    lines = out.splitlines()
+    run = ade.get_run(lines[0])
+    assert run.status == "succeeded"
+    assert [i.name for i in ade.list_run_inputs(run.id)] == ["data.txt"]
+    assert "▶ show" in lines
+    assert "  hello from a file" in lines  # stdout as is
+    assert "  ! oops" in lines  # stderr told apart
+    assert any("3/3" in line for line in lines)  # the progress bar's final state
+    assert any(line.startswith("✓ show succeeded in ") for line in lines)
+    assert lines[-1].startswith(f"run {run.id} succeeded in ")
+
+
+def test_runs_watch_exits_with_the_outcome(env: dict[str, str], ade: AdeClient) -> None:
+    ws = ade.create_workspace("cli-watch").id
+    succeeded = run_of(ade, ws, "echo fine")
+    failed = run_of(ade, ws, "echo bad >&2; exit 3")
+    sleeper = run_of(ade, ws, "echo waiting; sleep 30")
+    watchers = {run.id: start(env, "runs", "watch", run.id) for run in (succeeded, failed)}
+
+    for event in ade.events(sleeper.id):  # running inside its step: cancel it with the CLI
+        if event.type == "console.line":
+            cancelled = cli(env, "runs", "cancel", sleeper.id)
+            assert cancelled.returncode == 0, cancelled.stderr
+            assert cancelled.stdout.strip() == f"{sleeper.id} cancel requested"
+    code, out, _ = finish(start(env, "runs", "watch", sleeper.id[:-6].lower()))  # a unique prefix
+    assert code == 2
+    assert "cancel requested by bootstrap" in out and f"run {sleeper.id} cancelled" in out
+
+    code, out, err = finish(watchers[succeeded.id])
+    assert code == 0, err
+    assert "  fine" in out.splitlines() and f"run {succeeded.id} succeeded" in out
+    code, out, _ = finish(watchers[failed.id])
+    assert code == 1
+    assert "  ! bad" in out.splitlines() and "✗ main failed (exit 3) in " in out
+    assert f"run {failed.id} failed in " in out and "(exit_nonzero)" in out
+
+    missing = cli(env, "runs", "watch", "run_01J0000000000000000000000")
+    assert missing.returncode == 3 and "run_not_found" in missing.stderr
+    unreachable = cli({**env, "ADE_URL": "http://127.0.0.1:9"}, "runs", "watch", succeeded.id)
+    assert unreachable.returncode == 3 and "cannot reach the API" in unreachable.stderr
+
+
+# runs list / rerun --------------------------------------------------------------------------------
+
+
+def test_runs_list_and_rerun(env: dict[str, str], ade: AdeClient) -> None:
+    ws = ade.create_workspace("cli-list").id
+    first = run_of(ade, ws, "true")
+    second = run_of(ade, ws, "exit 1")
+    for run in (first, second):
+        ade.wait_for_run(run.id)
+
+    rerun = cli(env, "runs", "rerun", first.id, "--follow")
+    assert rerun.returncode == 0, rerun.stderr
+    third = ade.get_run(rerun.stdout.splitlines()[0])
+    assert (third.rerun_of, third.attempt, third.status) == (first.id, 2, "succeeded")
+
+    listed = cli(env, "runs", "list", "--workspace", ws)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.strip().splitlines()
+    assert header.split() == ["RUN", "STATUS", "CONFIGURATION", "ATTEMPT", "BRANCH", "CREATED", "DURATION"]
+    assert [row.split()[:4] for row in rows] == [
+        [third.id, "succeeded", first.configuration_id, "2"],
+        [second.id, "failed", second.configuration_id, "1"],
+        [first.id, "succeeded", first.configuration_id, "1"],
+    ]
+    limited = cli(env, "runs", "list", "--workspace", ws, "--limit", "1")
+    assert [row.split()[0] for row in limited.stdout.strip().splitlines()[1:]] == [third.id]
+    failed = cli(env, "runs", "list", "--workspace", ws, "--status", "failed", "--json")
+    assert [run["id"] for run in json.loads(failed.stdout)] == [second.id]
+    by_config = cli(env, "runs", "list", "--config", first.configuration_id, "--json")
+    assert [run["id"] for run in json.loads(by_config.stdout)] == [third.id, first.id]
+    neither = cli(env, "runs", "list")
+    assert neither.returncode == 2 and "--workspace or --config" in neither.stderr

@@ -9,6 +9,9 @@ with AdeClient() as ade:  # base_url from ADE_URL, token from ADE_TOKEN
         print(event.sequence, event.type)
     for run in ade.list_runs(workspace_id="ws_…", status="failed"):  # follows `next_cursor`
         ...
+    build = ade.create_build("ws_…", "cfg_…", wait=True)  # reused, joined or built; ended
+    for line in ade.build_logs(build.id):
+        print(line)
 ```
 
 Responses are decoded into the project's own msgspec structs (`ade.models`, `ade.events`, `ade.summary`,
@@ -19,7 +22,7 @@ ignored, so a newer server does not break an older client.
 Every non-2xx answer raises `AdeApiError` (a subclass per status, e.g. `NotFoundError`), carrying the API's
 error shape: `status`, `code` (e.g. `run_not_found`), `message`, `details`.
 
-Event streams (`events`) reconnect on network errors, server restarts and 5xx answers, resuming with
+Event streams (`events`, `build_events`) reconnect on network errors, server restarts and 5xx answers, resuming with
 `Last-Event-ID` = the last sequence they yielded. They yield each event exactly once and in order: a
 duplicate is dropped, a jump (`sequence > last + 1`) closes the connection and resumes from the last
 yielded event. A stream ends at the server's `event: end`. When the server cannot be reached for
@@ -35,6 +38,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -48,9 +52,14 @@ from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from ade.events import Event
 from ade.models import (
+    TERMINAL_BUILD_STATUSES,
     TERMINAL_RUN_STATUSES,
     ApiKeyCreated,
     ApiKeyResource,
+    BuildCreate,
+    BuildInspection,
+    BuildOptions,
+    BuildResource,
     Commit,
     Configuration,
     ConfigurationCreate,
@@ -79,6 +88,7 @@ __all__ = [
     "ConflictError",
     "EventsPage",
     "ForbiddenError",
+    "GoneError",
     "InputFile",
     "InvalidRequestError",
     "NotFoundError",
@@ -97,6 +107,7 @@ ConsoleStream = Literal["stdout", "stderr"]
 FileSource = bytes | str | os.PathLike[str]
 
 T = TypeVar("T")
+P = TypeVar("P")
 _Params = list[tuple[str, str | int | float | bool | None]]
 
 
@@ -138,6 +149,10 @@ class ConflictError(AdeApiError):
     """409: the resource is not in a state that allows this."""
 
 
+class GoneError(AdeApiError):
+    """410: the resource is gone for good, e.g. `build_expired` (retention removed its logs)."""
+
+
 class PayloadTooLargeError(AdeApiError):
     """413: a request body or an upload exceeds a server limit."""
 
@@ -156,6 +171,7 @@ _ERRORS_BY_STATUS: dict[int, type[AdeApiError]] = {
     403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
+    410: GoneError,
     413: PayloadTooLargeError,
     429: TooManyRequestsError,
 }
@@ -322,10 +338,8 @@ def _list_runs_call(
 ) -> _Call[Page]:
     if workspace_id is not None:
         path = f"/workspaces/{_seg(workspace_id)}/runs"
-    elif configuration_id is not None:
-        path = f"/configurations/{_seg(configuration_id)}/runs"
     else:
-        raise ValueError("list_runs needs workspace_id or configuration_id")
+        path = f"/configurations/{_seg(configuration_id or '')}/runs"
     params: _Params = [("limit", page_size)]
     params += [("status", status) for status in statuses]
     if workspace_id is not None and configuration_id is not None:
@@ -343,6 +357,96 @@ def _statuses(status: RunStatus | Sequence[RunStatus] | None) -> list[RunStatus]
     if isinstance(status, str):
         return [status]
     return list(status)
+
+
+def _runs_page(page: Page, asked: int) -> tuple[list[RunResource], str | None]:
+    return page.items, page.next_cursor
+
+
+@dataclass(slots=True)
+class _Pages(Generic[P, T]):
+    """A newest-first listing fetched a page at a time, at most `limit` items: the request for the next page
+    and the items of each answer. Shared by both clients, which only send the requests."""
+
+    call: Callable[[int, str | None], _Call[P]]  # (page size, before) -> the request
+    split: Callable[[P, int], tuple[list[T], str | None]]  # (answer, size asked) -> items, next `before`
+    limit: int | None
+    page_size: int
+    before: str | None = None
+    count: int = 0
+    asked: int = 0
+    done: bool = False
+
+    def next_call(self) -> _Call[P] | None:
+        """The request for the next page; None when the listing is complete."""
+        remaining = self.page_size if self.limit is None else self.limit - self.count
+        self.asked = min(self.page_size, remaining)
+        return None if self.done or self.asked <= 0 else self.call(self.asked, self.before)
+
+    def take(self, answer: P) -> list[T]:
+        items, self.before = self.split(answer, self.asked)
+        self.count += len(items)
+        self.done = self.before is None or not items
+        return items
+
+
+def _list_runs_pages(
+    workspace_id: str | None,
+    configuration_id: str | None,
+    status: RunStatus | Sequence[RunStatus] | None,
+    branch: str | None,
+    limit: int | None,
+    page_size: int,
+) -> _Pages[Page, RunResource]:
+    if workspace_id is None and configuration_id is None:
+        raise ValueError("list_runs needs workspace_id or configuration_id")
+    call = partial(_list_runs_call, workspace_id, configuration_id, _statuses(status), branch)
+    return _Pages(call, _runs_page, limit, page_size)
+
+
+# Builds: the requests, shared by both clients
+
+def _build_path(build_id: str, tail: str = "") -> str:
+    return f"/builds/{_seg(build_id)}{tail}"
+
+
+def _create_build_call(workspace_id: str, configuration_id: str, force: bool) -> _Call[BuildResource]:
+    path = f"/workspaces/{_seg(workspace_id)}/configurations/{_seg(configuration_id)}/builds"
+    return _json_call("POST", path, BuildResource, BuildCreate(options=BuildOptions(force=force)))
+
+
+def _list_builds_call(configuration_id: str, page_size: int, before: str | None) -> _Call[list[BuildResource]]:
+    path = f"/configurations/{_seg(configuration_id)}/builds"
+    return _json_call("GET", path, list[BuildResource], limit=page_size, before=before)
+
+
+def _builds_page(items: list[BuildResource], asked: int) -> tuple[list[BuildResource], str | None]:
+    """The endpoint answers a plain list: a full page may have older builds after its last one."""
+    return items, items[-1].id if len(items) >= asked else None
+
+
+def _list_builds_pages(
+    configuration_id: str, limit: int | None, page_size: int
+) -> _Pages[list[BuildResource], BuildResource]:
+    return _Pages(partial(_list_builds_call, configuration_id), _builds_page, limit, min(page_size, 100))
+
+
+def _build_logs_request(build_id: str) -> tuple[str, dict[str, str]]:
+    return _build_path(build_id, "/logs"), {"Accept": "text/plain"}
+
+
+class _Lines:
+    """Text split at `\\n` only (a console line may hold a `\\r`, which `iter_lines` would split at)."""
+
+    def __init__(self) -> None:
+        self._rest = ""
+
+    def feed(self, text: str) -> list[str]:
+        *lines, self._rest = (self._rest + text).split("\n")
+        return lines
+
+    def end(self) -> list[str]:
+        return [self._rest] if self._rest else []
 
 
 def _upload_call(

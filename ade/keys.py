@@ -138,3 +138,13 @@ def workspace_artifacts(workspace_id: str) -> str:
 METRICS_RUNS_FINISHED = f"{PREFIX}:metrics:runs_finished"  # hash: status -> count
 METRICS_PICKUP = f"{PREFIX}:metrics:pickup"  # hash: bucket upper bound (s) or "sum"/"count" -> value
 METRICS_EVENTS = f"{PREFIX}:metrics:events"  # hash: "dispatched" -> count
+
+
+# Liveness of runs and builds: the ones not yet ended, and where their step processes run.
+ACTIVE_STREAMS = f"{PREFIX}:active"  # sorted set of run and build ids not in a terminal status
+REAPER_LOCK = f"{PREFIX}:reaper-lock"
+
+
+def step_process(stream_id: str) -> str:
+    """`<host> <pgid>` of the step process group a run or build is running now."""
+    return f"{PREFIX}:pgid:{stream_id}"

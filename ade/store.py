@@ -20,7 +20,15 @@ from redis.asyncio import Redis
 
 from ade import keys
 from ade.errors import Conflict, not_found
-from ade.models import ApiKey, Build, Configuration, Run, Workspace
+from ade.models import (
+    TERMINAL_BUILD_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    ApiKey,
+    Build,
+    Configuration,
+    Run,
+    Workspace,
+)
 
 T = TypeVar("T")
 
@@ -42,6 +50,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _track_activity(pipe: Any, stream_id: str, ended: bool) -> None:
+    """`keys.ACTIVE_STREAMS` holds what has not ended, for the reaper."""
+    if ended:
+        pipe.zrem(keys.ACTIVE_STREAMS, stream_id)
+    else:
+        pipe.zadd(keys.ACTIVE_STREAMS, {stream_id: 0})
 
 
 class Store:
@@ -145,6 +161,7 @@ class Store:
         write_atomic(self.run_dir(run.id) / "run.json", data)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.run(run.id), data)
+            _track_activity(pipe, run.id, run.status in TERMINAL_RUN_STATUSES)
             pipe.zadd(keys.workspace_runs(run.workspace_id), {run.id: 0})
             pipe.zadd(keys.configuration_runs(run.configuration_id), {run.id: 0})
             pipe.zadd(keys.ALL_RUNS, {run.id: 0})
@@ -242,6 +259,7 @@ class Store:
         write_atomic(self.build_dir(build.id) / "build.json", data)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.build(build.id), data)
+            _track_activity(pipe, build.id, build.status in TERMINAL_BUILD_STATUSES)
             pipe.zadd(keys.configuration_builds(build.configuration_id), {build.id: 0})
             pipe.zadd(keys.workspace_builds(build.workspace_id), {build.id: 0})
             pipe.zadd(keys.ALL_BUILDS, {build.id: 0})

@@ -31,7 +31,7 @@ from ade.errors import Conflict, Invalid, NotFound
 from ade.logs import current_build_id
 from ade.models import TERMINAL_BUILD_STATUSES, Build, Failure, Step, plain_environment, secret_values, utcnow
 from workers.console import StepSink
-from workers.deps import WorkerDeps, base_environment
+from workers.deps import WorkerDeps, base_environment, process_recorder
 from workers.process import run_step
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ async def _finish(
     build.completed_at = utcnow()
     await deps.store.put_build(build)
     await release_fingerprint(deps.redis, build, ready=build.status == "ready")
+    await deps.redis.delete(keys.step_process(build.id))
     payload: dict[str, object] = {
         "status": build.status,
         "duration_ms": round((time.monotonic() - started) * 1000),
@@ -319,6 +320,7 @@ async def _run(
         on_lines=StepSink(writer, step.name, "build"),
         cancel=cancel,
         on_cancel=lambda: _announce_cancel(deps, writer),
+        on_spawn=process_recorder(deps, writer.stream.id),
     )
     if outcome.cancelled:
         raise BuildStopped(None)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from ade import keys
 from ade.artifacts import ArtifactStore
 from ade.hub import Hub
 from ade.settings import Settings
@@ -53,3 +56,12 @@ class WorkerDeps:
     name: str
     cancels: CancelSignals
     hub: Hub
+
+
+def process_recorder(deps: WorkerDeps, stream_id: str) -> Callable[[int], Awaitable[None]]:
+    """Records where a stream's step runs, so a reaper can kill it if this worker dies."""
+
+    async def record(pgid: int) -> None:
+        await deps.redis.set(keys.step_process(stream_id), f"{socket.gethostname()} {pgid}", ex=7 * 24 * 3600)
+
+    return record

@@ -38,7 +38,7 @@ from ade.runs import prepare_run_dir, run_writer
 from ade.sse import follow
 from workers.builder import environment_for, execute_build
 from workers.console import StepSink
-from workers.deps import WorkerDeps, base_environment
+from workers.deps import WorkerDeps, base_environment, process_recorder
 from workers.process import run_step
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,7 @@ async def _complete(
     if run.build_id:
         await cast(Awaitable[int], deps.redis.srem(keys.build_users(run.build_id), run.id))
     await metrics.record_run_finished(deps.redis, run.status)
+    await deps.redis.delete(keys.step_process(run.id))
     payload: dict[str, Any] = {
         "status": run.status,
         "exit_code": run.exit_code,
@@ -246,6 +247,7 @@ async def _execute_steps(
             on_lines=StepSink(writer, step.name, "run"),
             cancel=cancellation.event,
             on_cancel=cancellation.announce,
+            on_spawn=process_recorder(deps, run.id),
         )
         exit_code = outcome.exit_code
         if outcome.cancelled:

@@ -25,7 +25,7 @@ from ade.artifacts import ArtifactStore
 from ade.hub import Hub
 from ade.settings import Settings
 from ade.store import Store
-from workers import retention, tasks
+from workers import reaper, retention, tasks
 from workers.deps import CancelSignals, WorkerDeps
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,9 @@ class WakeableWorker(Worker):
         """Queue nudges wake the poll loop; cancel requests reach the run they name within milliseconds."""
         deps: WorkerDeps = self.ctx["deps"]
         loop = asyncio.get_running_loop()
-        next_heartbeat = next_sweep = 0.0
+        next_heartbeat = next_sweep = next_reap = 0.0
         sweeping: asyncio.Task[None] | None = None
+        reaping: asyncio.Task[None] | None = None
         while True:
             pubsub = deps.redis.pubsub()
             try:
@@ -77,6 +78,9 @@ class WakeableWorker(Worker):
                     if loop.time() >= next_heartbeat:
                         await deps.redis.set(keys.worker(deps.name), b"1", ex=keys.WORKER_TTL_S)
                         next_heartbeat = loop.time() + HEARTBEAT_EVERY_S
+                    if loop.time() >= next_reap and (reaping is None or reaping.done()):
+                        next_reap = loop.time() + max(deps.settings.lease_ttl_s / 2, 0.5)
+                        reaping = asyncio.create_task(_reap_if_first(deps), name="reaper")
                     if loop.time() >= next_sweep and (sweeping is None or sweeping.done()):
                         next_sweep = loop.time() + deps.settings.build_sweep_interval_s
                         sweeping = asyncio.create_task(_sweep_if_first(deps), name="build-retention")
@@ -93,6 +97,16 @@ class WakeableWorker(Worker):
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def _reap_if_first(deps: WorkerDeps) -> None:
+    """One worker per interval ends the runs and builds whose worker died."""
+    interval_ms = max(int(deps.settings.lease_ttl_s * 500), 500)
+    try:
+        if await deps.redis.set(keys.REAPER_LOCK, deps.name, nx=True, px=interval_ms):
+            await reaper.reap(deps)
+    except Exception:
+        log.exception("reaper failed")
 
 
 async def _sweep_if_first(deps: WorkerDeps) -> None:

@@ -98,6 +98,7 @@ async def run_step(
     on_lines: LinesHandler,
     cancel: asyncio.Event,
     on_cancel: Callable[[], Awaitable[None]],
+    on_spawn: Callable[[int], Awaitable[None]] | None = None,
 ) -> StepOutcome:
     """Run `script`; `on_lines` receives ("stdout" | "stderr" | "events", lines) batches in order per pipe.
 
@@ -125,6 +126,8 @@ async def run_step(
     finally:
         os.close(events_write_fd)
     pgid = proc.pid  # start_new_session: the step leads its own process group
+    if on_spawn is not None:
+        await on_spawn(pgid)
     events_reader, events_transport = await _pipe_reader(events_read_fd)
     assert proc.stdout is not None and proc.stderr is not None
     pumps = asyncio.gather(

@@ -1,0 +1,67 @@
+"""A worker killed with SIGKILL: its run and its build end `failed` / `worker_lost` once their leases
+lapse, the build is never reused, and the step's processes do not outlive it."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from tests.api import ade_events, collect_sse, configuration, run, workspace
+from tests.system import BOOTSTRAP_TOKEN, AdeSystem, live_processes_in_group
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def fragile(tmp_path: Path) -> AsyncIterator[AdeSystem]:
+    system = AdeSystem(tmp_path, extra_env={"ADE_LEASE_TTL_S": "1"})
+    await anyio.to_thread.run_sync(system.start)
+    try:
+        yield system
+    finally:
+        await anyio.to_thread.run_sync(system.stop)
+
+
+async def test_killed_worker_fails_its_run_and_build_as_worker_lost(fragile: AdeSystem) -> None:
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+    async with httpx.AsyncClient(base_url=f"{fragile.base_url}/api/v1", headers=headers, timeout=60) as api:
+        ws = await workspace(api)
+        script = "echo pgid=$(ps -o pgid= $$ | tr -d ' '); sleep 300"
+        cfg = await configuration(api, ws, [{"name": "long", "script": script}])
+        run_id = (await run(api, cfg))["id"]
+        spec = {"constructor": "shell", "steps": [{"name": "slow", "script": "echo building; sleep 300"}]}
+        build_cfg = await configuration(api, ws, [{"name": "s", "script": "true"}], build=spec)
+        build = (await api.post(f"/workspaces/{ws}/configurations/{build_cfg}/builds", json={})).json()
+        started = ade_events(
+            await collect_sse(api, f"/runs/{run_id}/events", params={"stream": "true"}, stop_after=4)
+        )
+        pgid = int(json.loads(started[-1].data)["payload"]["message"].removeprefix("pgid="))
+        await collect_sse(api, f"/builds/{build['id']}/events", params={"stream": "true"}, stop_after=4)
+
+        fragile.workers[0].send_signal(signal.SIGKILL)  # mid-step, mid-build
+        fragile.workers[0].wait()
+        fragile.start_worker()  # another worker notices the lapsed leases
+
+        run_end = ade_events(
+            await collect_sse(api, f"/runs/{run_id}/events", params={"stream": "true", "after_sequence": 4})
+        )
+        completed = json.loads(run_end[-1].data)
+        assert (
+            completed["type"] == "run.completed" and completed["payload"]["failure"]["code"] == "worker_lost"
+        )
+        assert (await api.get(f"/runs/{run_id}")).json()["status"] == "failed"
+        build_end = ade_events(
+            await collect_sse(api, f"/builds/{build['id']}/events", params={"stream": "true"})
+        )
+        assert json.loads(build_end[-1].data)["payload"]["failure"]["code"] == "worker_lost"
+        assert not (fragile.data_dir / "builds" / build["id"] / "READY").exists()
+        again = (await api.post(f"/workspaces/{ws}/configurations/{build_cfg}/builds", json={})).json()
+        assert again["id"] != build["id"] and again["reused_from"] is None  # a lost build is never reused
+        assert live_processes_in_group(pgid) == []  # the orphaned step was killed
+        await api.post(f"/builds/{again['id']}/cancel")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, delete, get, post
 
 from ade import ids
@@ -12,8 +13,18 @@ from ade.errors import Invalid, not_found
 from ade.models import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyResource, utcnow
 
 
+class WhoAmI(msgspec.Struct, kw_only=True):
+    actor: str
+    role: str
+    workspace_id: str | None  # None: the bootstrap token (every workspace)
+
+
 class ApiKeyController(Controller):
     tags = ["api keys"]
+
+    @get("/whoami", summary="The caller: key id, role and workspace")
+    async def whoami(self, principal: Principal) -> WhoAmI:
+        return WhoAmI(actor=principal.actor, role=principal.role, workspace_id=principal.workspace_id)
 
     @post(
         "/workspaces/{workspace_id:str}/api-keys", status_code=201, summary="Create an API key (shown once)"

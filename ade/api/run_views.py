@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import anyio
 import msgspec
@@ -181,7 +182,8 @@ class RunViewController(Controller):
         run = await auth.run(services, principal, run_id)
         items = await anyio.to_thread.run_sync(list_outputs, services.store.run_dir(run.id) / "outputs")
         base = f"{API_PREFIX}/runs/{run.id}/outputs"
-        return OutputListing(items=items, download_urls={item.path: f"{base}/{item.path}" for item in items})
+        urls = {item.path: f"{base}/{quote(item.path)}" for item in items}
+        return OutputListing(items=items, download_urls=urls)
 
     @get(
         "/runs/{run_id:str}/outputs/{path:path}",

@@ -380,3 +380,11 @@ async def test_sse_connections_per_key_are_limited(tenants: Tenants, client: htt
         finally:
             for response in streams:
                 await response.aclose()
+
+
+async def test_whoami_names_the_key(tenants: Tenants) -> None:
+    async with tenants.client("operator_a") as operator:
+        me = (await operator.get("/whoami")).json()
+    assert me == {"actor": tenants.key_ids["operator_a"], "role": "operator", "workspace_id": tenants.ws_a}
+    async with tenants.client(None) as anonymous:
+        assert (await anonymous.get("/whoami")).status_code == 401

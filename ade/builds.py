@@ -21,6 +21,7 @@ from ade.dispatcher import Identity, StreamWriter
 from ade.errors import Conflict, NotFound
 from ade.events import BUILD_CANCEL_REQUESTED, BUILD_COMPLETED, BUILD_QUEUED, StreamRef
 from ade.models import TERMINAL_BUILD_STATUSES, Build, BuildSpec, Configuration, utcnow
+from ade.runs import signal_cancel
 from ade.settings import Settings
 from ade.store import Store
 
@@ -210,6 +211,5 @@ async def cancel_build(settings: Settings, redis: Redis, store: Store, build: Bu
         except Conflict as exc:
             if exc.code != "stream_busy":
                 raise
-    await redis.set(keys.run_cancel(build.id), actor, ex=keys.RUN_CANCEL_TTL_S)
-    await redis.publish(keys.CANCEL_CHANNEL, build.id)
+    await signal_cancel(redis, build.id, actor)
     return await store.get_build(build.id)

@@ -1,10 +1,11 @@
-"""The client commands of `ade` (workspaces, keys, configs, runs), built on `ade.client.AdeClient`.
+"""The client commands of `ade` (workspaces, keys, configs, runs, builds), built on `ade.client.AdeClient`.
 
 Every command takes `--url` (or `ADE_URL`, default http://127.0.0.1:8000) and `--token` (or `ADE_TOKEN`).
 
 Exit codes: 0 done; 1 a configuration file that does not parse or validate; 2 a usage error (click);
 3 the API refused the request or could not be reached (the message goes to stderr). `ade runs watch` and
-`--follow` report the run's outcome: 0 succeeded, 1 failed, 2 cancelled (3 and 130 for an error or Ctrl-C
+`--follow` report the run's outcome: 0 succeeded, 1 failed, 2 cancelled; `ade builds watch` and
+`builds create --watch` the build's: 0 ready, 1 failed, 2 cancelled (3 and 130 for an error or Ctrl-C
 while watching).
 """
 
@@ -15,7 +16,7 @@ import json
 import os
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -27,13 +28,22 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ade.cli_watch import EXIT_ERROR, RunView, duration
+from ade.cli_watch import EXIT_ERROR, Kind, StreamView, duration
 from ade.client import DEFAULT_URL, AdeApiError, AdeClient, AdeStreamError
+from ade.events import Event
 from ade.models import ConfigurationCreate, InputArtifact, Role, RunResource, RunStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_STATUS_STYLES = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+_STATUS_STYLES = {
+    "succeeded": "green",
+    "ready": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "building": "cyan",
+    "expired": "dim",
+}
 _RUN_STATUSES = ["queued", "waiting_for_build", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -75,6 +85,25 @@ def connected(command: F) -> F:
 
 def _print_json(value: object) -> None:
     click.echo(json.dumps(msgspec.to_builtins(value), indent=2))
+
+
+def _status(status: str) -> str:
+    return f"[{_STATUS_STYLES.get(status, '')}]{status}[/]"
+
+
+def _local_time(moment: datetime) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def watch(kind: Kind, events: Iterator[Event]) -> int:
+    """Render a run's or a build's events from the start until it ends; the exit code for its outcome."""
+    with StreamView(console(), kind) as view:
+        try:
+            for event in events:
+                view.handle(event)
+        except KeyboardInterrupt:
+            return 130
+    return view.exit_code
 
 
 # Workspaces and keys --------------------------------------------------------------------------------
@@ -200,14 +229,8 @@ def runs() -> None:
 
 
 def watch_run(ade: AdeClient, run: RunResource) -> int:
-    """Render the run's events from the start until it ends; the exit code for its outcome."""
-    with RunView(console()) as view:
-        try:
-            for event in ade.events(run.id):
-                view.handle(event)
-        except KeyboardInterrupt:
-            return 130
-    return view.exit_code
+    """Render the run's events (its build's too, while it waits for it) until it ends; its exit code."""
+    return watch("run", ade.events(run.id))
 
 
 @runs.command("create")
@@ -288,11 +311,11 @@ def runs_list(
             took = (run.completed_at - run.started_at).total_seconds() * 1000
         table.add_row(
             run.id,
-            f"[{_STATUS_STYLES.get(run.status, '')}]{run.status}[/]",
+            _status(run.status),
             run.configuration_id,
             str(run.attempt),
             (run.commit.branch if run.commit else None) or "",
-            run.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),  # local time
+            _local_time(run.created_at),
             duration(took) if took is not None else "",
         )
     console().print(table)
@@ -319,4 +342,74 @@ def runs_rerun(ade: AdeClient, run_id: str, follow: bool) -> None:
         sys.exit(watch_run(ade, run))
 
 
-COMMANDS = [workspaces, keys, configs, runs]
+# Builds ---------------------------------------------------------------------------------------------
+
+
+@click.group()
+def builds() -> None:
+    """Builds: a configuration's environment, made once per fingerprint and reused.
+
+    \b
+    `watch`, and `create` with --watch, exit with the build's outcome:
+      0 ready, 1 failed, 2 cancelled,
+      3 the API refused or could not be reached (any command), 130 interrupted.
+    """
+
+
+@builds.command("create")
+@click.argument("configuration_id", metavar="CFG")
+@click.option(
+    "--workspace", "workspace_id", default=None, help="Workspace id (default: the configuration's)."
+)
+@click.option("--force", is_flag=True, help="Rebuild even if a ready build has the same fingerprint.")
+@click.option("--watch", "watch_it", is_flag=True, help="Watch the build; exit with its outcome.")
+@connected
+def builds_create(
+    ade: AdeClient, configuration_id: str, workspace_id: str | None, force: bool, watch_it: bool
+) -> None:
+    """Build configuration CFG's environment (or reuse / join the build with its fingerprint); print the
+    build's id."""
+    workspace_id = workspace_id or ade.get_configuration(configuration_id).workspace_id
+    build = ade.create_build(workspace_id, configuration_id, force=force)
+    click.echo(build.id)
+    if build.reused_from:
+        click.echo(f"reuses the environment of {build.reused_from}", err=True)
+    if watch_it:
+        sys.exit(watch("build", ade.build_events(build.id)))
+
+
+@builds.command("watch")
+@click.argument("build_id", metavar="BUILD")
+@connected
+def builds_watch(ade: AdeClient, build_id: str) -> None:
+    """Show build BUILD (id or unique prefix) live, from its start, until it ends.
+
+    Exit code: 0 ready, 1 failed, 2 cancelled (3 API error, 130 interrupted).
+    """
+    sys.exit(watch("build", ade.build_events(ade.get_build(build_id).id)))
+
+
+@builds.command("list")
+@click.argument("configuration_id", metavar="CFG")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the builds as a JSON array.")
+@connected
+def builds_list(ade: AdeClient, configuration_id: str, limit: int, as_json: bool) -> None:
+    """List configuration CFG's builds, newest first."""
+    found = list(ade.list_builds(configuration_id, limit=limit))
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("BUILD", "STATUS", "FINGERPRINT", "REUSED FROM", "CREATED", box=None)
+    for build in found:
+        table.add_row(
+            build.id,
+            _status(build.status),
+            build.fingerprint[:12],
+            build.reused_from or "",
+            _local_time(build.created_at),
+        )
+    console().print(table)
+
+
+COMMANDS = [workspaces, keys, configs, runs, builds]

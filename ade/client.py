@@ -22,24 +22,26 @@ ignored, so a newer server does not break an older client.
 Every non-2xx answer raises `AdeApiError` (a subclass per status, e.g. `NotFoundError`), carrying the API's
 error shape: `status`, `code` (e.g. `run_not_found`), `message`, `details`.
 
-Event streams (`events`, `build_events`) reconnect on network errors, server restarts and 5xx answers, resuming with
-`Last-Event-ID` = the last sequence they yielded. They yield each event exactly once and in order: a
-duplicate is dropped, a jump (`sequence > last + 1`) closes the connection and resumes from the last
-yielded event. A stream ends at the server's `event: end`. When the server cannot be reached for
-`reconnect_timeout_s`, or keeps skipping a sequence, `AdeStreamError` is raised.
+Event streams (`events` for a run, `build_events` for a build: one code path) reconnect on network errors,
+server restarts and 5xx answers, resuming with `Last-Event-ID` = the last sequence they yielded. They yield
+each event exactly once and in order: a duplicate is dropped, a jump (`sequence > last + 1`) closes the
+connection and resumes from the last yielded event. A stream ends at the server's `event: end`. When the
+server cannot be reached for `reconnect_timeout_s`, or keeps skipping a sequence, `AdeStreamError` is raised.
 
-Both clients share the request building and the stream bookkeeping below; they differ only in I/O.
+Both clients share the request building, the paging and the stream bookkeeping below; they differ only in
+I/O.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
@@ -339,7 +341,8 @@ def _list_runs_call(
     if workspace_id is not None:
         path = f"/workspaces/{_seg(workspace_id)}/runs"
     else:
-        path = f"/configurations/{_seg(configuration_id or '')}/runs"
+        assert configuration_id is not None  # _list_runs_pages checked
+        path = f"/configurations/{_seg(configuration_id)}/runs"
     params: _Params = [("limit", page_size)]
     params += [("status", status) for status in statuses]
     if workspace_id is not None and configuration_id is not None:
@@ -406,6 +409,7 @@ def _list_runs_pages(
 
 # Builds: the requests, shared by both clients
 
+
 def _build_path(build_id: str, tail: str = "") -> str:
     return f"/builds/{_seg(build_id)}{tail}"
 
@@ -415,7 +419,9 @@ def _create_build_call(workspace_id: str, configuration_id: str, force: bool) ->
     return _json_call("POST", path, BuildResource, BuildCreate(options=BuildOptions(force=force)))
 
 
-def _list_builds_call(configuration_id: str, page_size: int, before: str | None) -> _Call[list[BuildResource]]:
+def _list_builds_call(
+    configuration_id: str, page_size: int, before: str | None
+) -> _Call[list[BuildResource]]:
     path = f"/configurations/{_seg(configuration_id)}/builds"
     return _json_call("GET", path, list[BuildResource], limit=page_size, before=before)
 
@@ -486,6 +492,21 @@ def _console_message(event: Event, stream: ConsoleStream | None) -> str | None:
     if stream is not None and event.payload.get("stream") != stream:
         return None
     return str(event.payload.get("message", ""))
+
+
+def _console_lines(events: Iterator[Event], stream: ConsoleStream | None = None) -> Iterator[str]:
+    """The console lines among a run's or a build's events (for the `follow=True` logs)."""
+    for event in events:
+        if (message := _console_message(event, stream)) is not None:
+            yield message
+
+
+async def _aconsole_lines(
+    events: AsyncIterator[Event], stream: ConsoleStream | None = None
+) -> AsyncIterator[str]:
+    async for event in events:
+        if (message := _console_message(event, stream)) is not None:
+            yield message
 
 
 # Event streams: the bookkeeping that makes them exact -------------------------------------------------
@@ -758,21 +779,11 @@ class AdeClient:
         page_size: int = 100,
     ) -> Iterator[RunResource]:
         """Runs, newest first, fetched a page at a time (following `next_cursor`), at most `limit`."""
-        statuses = _statuses(status)
-        before: str | None = None
-        count = 0
-        while True:
-            size = page_size if limit is None else min(page_size, limit - count)
-            if size <= 0:
-                return
-            call = _list_runs_call(workspace_id, configuration_id, statuses, branch, size, before)
-            page = self._send(call)
-            for run in page.items:
-                yield run
-                count += 1
-            if page.next_cursor is None or not page.items:
-                return
-            before = page.next_cursor
+        return self._paged(_list_runs_pages(workspace_id, configuration_id, status, branch, limit, page_size))
+
+    def _paged(self, pages: _Pages[P, T]) -> Iterator[T]:
+        while (call := pages.next_call()) is not None:
+            yield from pages.take(self._send(call))
 
     def wait_for_run(self, run_id: str) -> RunResource:
         """Wait for a run (id or unique prefix) to end, following its events from where it stands now."""
@@ -829,9 +840,7 @@ class AdeClient:
         follow survives reconnects exactly like `events()` does.
         """
         if follow:
-            for event in self.events(run_id):
-                if (message := _console_message(event, stream)) is not None:
-                    yield message
+            yield from _console_lines(self.events(run_id), stream)
             return
         after = 0
         while True:
@@ -865,9 +874,74 @@ class AdeClient:
                 delay = resume.failed(exc)
             time.sleep(delay)
 
-    # Builds: the subject of a later issue. They will follow the run methods' shape here
-    # (create_build / get_build / cancel_build, and build_events(build_id) = self._follow on
-    # `/builds/{id}/events`, which gives builds the same exact, resumable stream for free).
+    # Builds
+
+    def create_build(
+        self, workspace_id: str, configuration_id: str, *, force: bool = False, wait: bool = False
+    ) -> BuildResource:
+        """Build a configuration's environment: a ready build with the same fingerprint is reused (a new
+        record with `reused_from`), one being prepared is joined, else one starts; `force` rebuilds.
+
+        `wait=True` returns once the build has ended, followed on its event stream (reconnecting like
+        `build_events`) rather than by holding the request open.
+        """
+        build = self._send(_create_build_call(workspace_id, configuration_id, force))
+        return self.wait_for_build(build.id) if wait else build
+
+    def list_builds(
+        self, configuration_id: str, *, limit: int | None = None, page_size: int = 100
+    ) -> Iterator[BuildResource]:
+        """A configuration's builds, newest first, a page at a time (`before` = the last one's id), at most
+        `limit`."""
+        return self._paged(_list_builds_pages(configuration_id, limit, page_size))
+
+    def get_build(self, build_id: str) -> BuildResource:
+        """A build, by id or by a unique prefix of its id."""
+        return self._send(_json_call("GET", _build_path(build_id), BuildResource))
+
+    def inspect_build(self, build_id: str) -> BuildInspection:
+        """Constructor, owner, fingerprint, flags, reused from, interpreter, spec (without secrets)."""
+        return self._send(_json_call("GET", _build_path(build_id, "/inspect"), BuildInspection))
+
+    def cancel_build(self, build_id: str) -> BuildResource:
+        """Cancel a queued (at once) or building build; `ConflictError` (`build_finished`) once it ended."""
+        return self._send(_json_call("POST", _build_path(build_id, "/cancel"), BuildResource))
+
+    def wait_for_build(self, build_id: str) -> BuildResource:
+        """Wait for a build (id or unique prefix) to end (`ready`, `failed`, `cancelled`)."""
+        build = self.get_build(build_id)
+        if build.status not in TERMINAL_BUILD_STATUSES:
+            for _ in self.build_events(build.id):
+                pass
+            build = self.get_build(build.id)
+        return build
+
+    def build_events(self, build_id: str, *, after_sequence: int = 0) -> Iterator[Event]:
+        """A build's events after `after_sequence`, exactly like `events()` for a run: live, each once and in
+        order, resumed with `Last-Event-ID` across reconnects, until `build.completed`. `GoneError`
+        (`build_expired`) once retention removed the build's logs."""
+        return self._follow(_build_path(build_id, "/events"), after_sequence)
+
+    def build_logs(self, build_id: str, *, follow: bool = False) -> Iterator[str]:
+        """A build's console lines, without their line ends; nothing once the build expired.
+
+        `follow=False`: the lines logged so far (`GET /builds/{id}/logs`, text). `follow=True`: all of them
+        and then new ones until the build ends, read from `build_events()` like `logs(follow=True)` for a
+        run: the text stream has no sequence to resume from, and sends nothing while a phase is silent.
+        """
+        if follow:
+            with contextlib.suppress(GoneError):  # expired: no lines, like the text endpoint's 204
+                yield from _console_lines(self.build_events(build_id))
+            return
+        path, headers = _build_logs_request(build_id)
+        with self._http.stream("GET", path, headers=headers) as response:
+            if not response.is_success:
+                response.read()
+                raise api_error(response)
+            lines = _Lines()
+            for text in response.iter_text():
+                yield from lines.feed(text)
+            yield from lines.end()
 
 
 def _console_page_call(run_id: str, after: int, stream: ConsoleStream | None) -> _Call[ConsolePage]:
@@ -1016,7 +1090,7 @@ class AsyncAdeClient:
     async def rerun(self, run_id: str) -> RunResource:
         return await self._send(_json_call("POST", f"/runs/{_seg(run_id)}/rerun", RunResource))
 
-    async def list_runs(
+    def list_runs(
         self,
         *,
         workspace_id: str | None = None,
@@ -1026,21 +1100,12 @@ class AsyncAdeClient:
         limit: int | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[RunResource]:
-        statuses = _statuses(status)
-        before: str | None = None
-        count = 0
-        while True:
-            size = page_size if limit is None else min(page_size, limit - count)
-            if size <= 0:
-                return
-            call = _list_runs_call(workspace_id, configuration_id, statuses, branch, size, before)
-            page = await self._send(call)
-            for run in page.items:
-                yield run
-                count += 1
-            if page.next_cursor is None or not page.items:
-                return
-            before = page.next_cursor
+        return self._paged(_list_runs_pages(workspace_id, configuration_id, status, branch, limit, page_size))
+
+    async def _paged(self, pages: _Pages[P, T]) -> AsyncIterator[T]:
+        while (call := pages.next_call()) is not None:
+            for item in pages.take(await self._send(call)):
+                yield item
 
     async def wait_for_run(self, run_id: str) -> RunResource:
         run = await self.get_run(run_id)
@@ -1087,9 +1152,8 @@ class AsyncAdeClient:
     ) -> AsyncIterator[str]:
         """See `AdeClient.logs`."""
         if follow:
-            async for event in self.events(run_id):
-                if (message := _console_message(event, stream)) is not None:
-                    yield message
+            async for line in _aconsole_lines(self.events(run_id), stream):
+                yield line
             return
         after = 0
         while True:
@@ -1123,4 +1187,53 @@ class AsyncAdeClient:
                 delay = resume.failed(exc)
             await anyio.sleep(delay)
 
-    # Builds: see AdeClient.
+    # Builds (see AdeClient)
+
+    async def create_build(
+        self, workspace_id: str, configuration_id: str, *, force: bool = False, wait: bool = False
+    ) -> BuildResource:
+        build = await self._send(_create_build_call(workspace_id, configuration_id, force))
+        return await self.wait_for_build(build.id) if wait else build
+
+    def list_builds(
+        self, configuration_id: str, *, limit: int | None = None, page_size: int = 100
+    ) -> AsyncIterator[BuildResource]:
+        return self._paged(_list_builds_pages(configuration_id, limit, page_size))
+
+    async def get_build(self, build_id: str) -> BuildResource:
+        return await self._send(_json_call("GET", _build_path(build_id), BuildResource))
+
+    async def inspect_build(self, build_id: str) -> BuildInspection:
+        return await self._send(_json_call("GET", _build_path(build_id, "/inspect"), BuildInspection))
+
+    async def cancel_build(self, build_id: str) -> BuildResource:
+        return await self._send(_json_call("POST", _build_path(build_id, "/cancel"), BuildResource))
+
+    async def wait_for_build(self, build_id: str) -> BuildResource:
+        build = await self.get_build(build_id)
+        if build.status not in TERMINAL_BUILD_STATUSES:
+            async for _ in self.build_events(build.id):
+                pass
+            build = await self.get_build(build.id)
+        return build
+
+    def build_events(self, build_id: str, *, after_sequence: int = 0) -> AsyncIterator[Event]:
+        return self._follow(_build_path(build_id, "/events"), after_sequence)
+
+    async def build_logs(self, build_id: str, *, follow: bool = False) -> AsyncIterator[str]:
+        if follow:
+            with contextlib.suppress(GoneError):
+                async for line in _aconsole_lines(self.build_events(build_id)):
+                    yield line
+            return
+        path, headers = _build_logs_request(build_id)
+        async with self._http.stream("GET", path, headers=headers) as response:
+            if not response.is_success:
+                await response.aread()
+                raise api_error(response)
+            lines = _Lines()
+            async for text in response.aiter_text():
+                for line in lines.feed(text):
+                    yield line
+            for line in lines.end():
+                yield line

@@ -121,6 +121,12 @@ async def rerun(settings: Settings, redis: Redis, arq: ArqRedis, store: Store, s
     return await submit_run(settings, redis, arq, store, run)
 
 
+async def signal_cancel(redis: Redis, stream_id: str, actor: str) -> None:
+    """Tell whichever worker runs a run or build to stop: a durable flag plus a pub/sub message."""
+    await redis.set(keys.run_cancel(stream_id), actor, ex=keys.RUN_CANCEL_TTL_S)
+    await redis.publish(keys.CANCEL_CHANNEL, stream_id)
+
+
 async def cancel(settings: Settings, redis: Redis, store: Store, run: Run, actor: str) -> Run:
     """Cancel a queued run at once (it never starts), or ask the worker running it to stop.
 
@@ -145,8 +151,7 @@ async def cancel(settings: Settings, redis: Redis, store: Store, run: Run, actor
         except Conflict as exc:
             if exc.code != "stream_busy":
                 raise
-    await redis.set(keys.run_cancel(run.id), actor, ex=keys.RUN_CANCEL_TTL_S)
-    await redis.publish(keys.CANCEL_CHANNEL, run.id)
+    await signal_cancel(redis, run.id, actor)
     current = await store.get_run(run.id)
     current.cancel_requested_by = current.cancel_requested_by or actor  # the worker records it too
     return current

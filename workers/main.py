@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import func
@@ -80,10 +81,17 @@ class WakeableWorker(Worker):
                         next_heartbeat = loop.time() + HEARTBEAT_EVERY_S
                     if loop.time() >= next_reap and (reaping is None or reaping.done()):
                         next_reap = loop.time() + max(deps.settings.lease_ttl_s / 2, 0.5)
-                        reaping = asyncio.create_task(_reap_if_first(deps), name="reaper")
+                        reaping = asyncio.create_task(
+                            _once_per_interval(
+                                deps, keys.REAPER_LOCK, deps.settings.lease_ttl_s / 2, reaper.reap
+                            )
+                        )
                     if loop.time() >= next_sweep and (sweeping is None or sweeping.done()):
                         next_sweep = loop.time() + deps.settings.build_sweep_interval_s
-                        sweeping = asyncio.create_task(_sweep_if_first(deps), name="build-retention")
+                        interval_s = deps.settings.build_sweep_interval_s
+                        sweeping = asyncio.create_task(
+                            _once_per_interval(deps, keys.BUILD_SWEEP_LOCK, interval_s, retention.sweep)
+                        )
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:
                         continue
@@ -99,24 +107,15 @@ class WakeableWorker(Worker):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-async def _reap_if_first(deps: WorkerDeps) -> None:
-    """One worker per interval ends the runs and builds whose worker died."""
-    interval_ms = max(int(deps.settings.lease_ttl_s * 500), 500)
+async def _once_per_interval(
+    deps: WorkerDeps, lock: str, interval_s: float, job: Callable[[WorkerDeps], Awaitable[object]]
+) -> None:
+    """Run `job` if this worker wins the interval's lock (one worker per interval does it)."""
     try:
-        if await deps.redis.set(keys.REAPER_LOCK, deps.name, nx=True, px=interval_ms):
-            await reaper.reap(deps)
+        if await deps.redis.set(lock, deps.name, nx=True, px=max(int(interval_s * 1000), 100)):
+            await job(deps)
     except Exception:
-        log.exception("reaper failed")
-
-
-async def _sweep_if_first(deps: WorkerDeps) -> None:
-    """One worker per interval sweeps build retention (a Redis lock decides which)."""
-    interval_ms = max(int(deps.settings.build_sweep_interval_s * 1000), 100)
-    try:
-        if await deps.redis.set(keys.BUILD_SWEEP_LOCK, deps.name, nx=True, px=interval_ms):
-            await retention.sweep(deps)
-    except Exception:
-        log.exception("build retention sweep failed")
+        log.exception("%s failed", getattr(job, "__qualname__", job))
 
 
 async def _recheck_cancels(deps: WorkerDeps) -> None:

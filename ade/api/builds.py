@@ -22,6 +22,7 @@ from ade.api.streams import (
     logs_response,
     resume_point,
     sse_response,
+    stream_token,
     wants_stream,
 )
 from ade.auth import Principal
@@ -211,10 +212,6 @@ class BuildController(Controller):
     )
     async def stream_token(self, build_id: str, services: Services, principal: Principal) -> StreamToken:
         build = await auth.build(services, principal, build_id)
-        token, expires_at = services.stream_tokens.issue(principal, build.workspace_id, build.id)
-        return StreamToken(
-            token=token,
-            stream_id=build.id,
-            expires_at=expires_at,
-            events_url=f"{API_PREFIX}/builds/{build.id}/events?stream=true&token={token}",
+        return stream_token(
+            services, principal, build.workspace_id, build_stream(services.settings, build.id)
         )

@@ -15,7 +15,7 @@ from litestar.response import Stream
 from ade import ids, keys, runs
 from ade.api import auth
 from ade.api.deps import API_PREFIX, Services
-from ade.api.streams import sse_response, wants_stream
+from ade.api.streams import sse_response, stream_token, wants_stream
 from ade.artifacts import safe_input_name
 from ade.auth import Principal
 from ade.builds import request_build
@@ -222,10 +222,6 @@ class RunController(Controller):
     @post("/runs/{run_id:str}/stream-token", status_code=201, summary="A short-lived token for EventSource")
     async def stream_token(self, run_id: str, services: Services, principal: Principal) -> StreamToken:
         run = await auth.run(services, principal, run_id)
-        token, expires_at = services.stream_tokens.issue(principal, run.workspace_id, run.id)
-        return StreamToken(
-            token=token,
-            stream_id=run.id,
-            expires_at=expires_at,
-            events_url=f"{API_PREFIX}/runs/{run.id}/events?stream=true&token={token}",
+        return stream_token(
+            services, principal, run.workspace_id, StreamRef.for_run(services.settings.data_dir, run.id)
         )

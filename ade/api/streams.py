@@ -14,10 +14,11 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from ade import eventlog, keys
-from ade.api.deps import Services
+from ade.api.deps import API_PREFIX, Services
 from ade.auth import Principal
 from ade.errors import Invalid, TooManyRequests
 from ade.events import EVENT_DECODER, Event, StreamRef
+from ade.models import StreamToken
 from ade.sse import follow, stream_frames
 from ade.summary import ConsolePage, console_line, console_page
 
@@ -198,3 +199,12 @@ async def _followed_text(
     ):
         if chunk := b"".join(text for _, line in batch if (text := _text_of(line, console_stream))):
             yield chunk
+
+
+def stream_token(
+    services: Services, principal: Principal, workspace_id: str, stream: StreamRef
+) -> StreamToken:
+    """A short-lived token that opens one stream's read-only streaming endpoints (for EventSource)."""
+    token, expires_at = services.stream_tokens.issue(principal, workspace_id, stream.id)
+    events_url = f"{API_PREFIX}/{stream.kind}s/{stream.id}/events?stream=true&token={token}"
+    return StreamToken(token=token, stream_id=stream.id, expires_at=expires_at, events_url=events_url)

@@ -120,7 +120,7 @@ async def test_python_build_installs_a_local_wheel_and_runs_use_its_interpreter(
     own = await build_events(client, build_id)
     assert [e["sequence"] for e in own] == list(range(1, len(own) + 1))
     assert own[-1]["type"] == "build.completed" and own[-1]["payload"]["status"] == "ready"
-    inspect = (await client.get(f"/builds/{build_id[:14]}/inspect")).json()  # a unique prefix works too
+    inspect = (await client.get(f"/builds/{build_id[:-4]}/inspect")).json()  # a unique prefix works too
     assert inspect["constructor"] == "python" and inspect["owner"] == "bootstrap"
     assert inspect["fingerprint"] == resource["fingerprint"] and inspect["flags"] == {
         "force": False,

@@ -148,3 +148,8 @@ REAPER_LOCK = f"{PREFIX}:reaper-lock"
 def step_process(stream_id: str) -> str:
     """`<host> <pgid>` of the step process group a run or build is running now."""
     return f"{PREFIX}:pgid:{stream_id}"
+
+
+def idempotency(scope_sha256: str) -> str:
+    """The resource an Idempotency-Key created (TTL 24 h)."""
+    return f"{PREFIX}:idempotency:{scope_sha256}"

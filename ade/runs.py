@@ -3,6 +3,7 @@ and cancel. Plain functions over the store, the dispatcher and the queue."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import cast
@@ -92,8 +93,12 @@ def new_run(
 
 async def submit_run(settings: Settings, redis: Redis, arq: ArqRedis, store: Store, run: Run) -> Run:
     """Persist a new run, write `run.queued` as its sequence 1, then enqueue it."""
+    try:
+        await store.put_run(run)
+    except BaseException:
+        shutil.rmtree(store.run_dir(run.id), ignore_errors=True)  # nothing half-created
+        raise
     prepare_run_dir(store.run_dir(run.id))
-    await store.put_run(run)
     async with run_writer(settings, redis, run) as writer:
         payload = {"status": "queued", "attempt": run.attempt, "rerun_of": run.rerun_of}
         await writer.emit(RUN_QUEUED, payload, source="api")

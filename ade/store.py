@@ -9,14 +9,17 @@ Every write goes to disk first (atomically: temp file + rename), then to Redis. 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ade import keys
 from ade.errors import Conflict, not_found
@@ -52,6 +55,17 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _read_if_present(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+def _put_back(path: Path, previous: bytes | None) -> None:
+    if previous is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic(path, previous)
+
+
 def _track_activity(pipe: Any, stream_id: str, ended: bool) -> None:
     """`keys.ACTIVE_STREAMS` holds what has not ended, for the reaper."""
     if ended:
@@ -82,8 +96,14 @@ class Store:
         return self.data_dir / "runs" / run_id
 
     # Generic -----------------------------------------------------------------------------------
-    async def _get(self, cls: type[T], key: str, what: str, ident: str) -> T:
-        raw = await self.redis.get(key)
+    async def _get(self, cls: type[T], key: str, what: str, ident: str, path: Path | None = None) -> T:
+        """From Redis; while Redis is unreachable, from the data directory (the durable copy)."""
+        try:
+            raw = await self.redis.get(key)
+        except (RedisConnectionError, RedisTimeoutError):
+            raw = _read_if_present(path) if path is not None and "/" not in ident else None
+            if raw is None:
+                raise
         if raw is None:
             raise not_found(what, ident)
         decoded: T = _decoders[cls].decode(raw)
@@ -91,19 +111,30 @@ class Store:
 
     async def _put(self, key: str, path: Path, value: object, index: tuple[str, str] | None = None) -> None:
         data = _encoder.encode(value)
-        write_atomic(path, data)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self._written(path, data), self.redis.pipeline(transaction=True) as pipe:
             pipe.set(key, data)
             if index is not None:
                 pipe.zadd(index[0], {index[1]: 0})
             await pipe.execute()
+
+    @contextlib.asynccontextmanager
+    async def _written(self, path: Path, data: bytes) -> AsyncIterator[None]:
+        """Write the durable copy first; if indexing it fails, put the old copy back (nothing half-way)."""
+        previous = _read_if_present(path)
+        write_atomic(path, data)
+        try:
+            yield
+        except BaseException:
+            _put_back(path, previous)
+            raise
 
     # Workspaces --------------------------------------------------------------------------------
     async def put_workspace(self, workspace: Workspace) -> None:
         await self._put(keys.workspace(workspace.id), self.workspace_path(workspace.id), workspace)
 
     async def get_workspace(self, workspace_id: str) -> Workspace:
-        return await self._get(Workspace, keys.workspace(workspace_id), "workspace", workspace_id)
+        path = self.workspace_path(workspace_id)
+        return await self._get(Workspace, keys.workspace(workspace_id), "workspace", workspace_id, path)
 
     # Configurations ----------------------------------------------------------------------------
     async def put_configuration(self, cfg: Configuration) -> None:
@@ -116,7 +147,11 @@ class Store:
 
     async def get_configuration(self, configuration_id: str) -> Configuration:
         return await self._get(
-            Configuration, keys.configuration(configuration_id), "configuration", configuration_id
+            Configuration,
+            keys.configuration(configuration_id),
+            "configuration",
+            configuration_id,
+            self.configuration_path(configuration_id),
         )
 
     async def list_configurations(self, workspace_id: str) -> list[Configuration]:
@@ -158,8 +193,7 @@ class Store:
     async def put_run(self, run: Run) -> None:
         """Persist a run (run.json first, atomically), then index it."""
         data = _encoder.encode(run)
-        write_atomic(self.run_dir(run.id) / "run.json", data)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self._written(self.run_dir(run.id) / "run.json", data), self.redis.pipeline() as pipe:
             pipe.set(keys.run(run.id), data)
             _track_activity(pipe, run.id, run.status in TERMINAL_RUN_STATUSES)
             pipe.zadd(keys.workspace_runs(run.workspace_id), {run.id: 0})
@@ -168,7 +202,7 @@ class Store:
             await pipe.execute()
 
     async def get_run(self, run_id: str) -> Run:
-        return await self._get(Run, keys.run(run_id), "run", run_id)
+        return await self._get(Run, keys.run(run_id), "run", run_id, self.run_dir(run_id) / "run.json")
 
     async def resolve_run_id(self, ident: str, workspace_id: str | None) -> str:
         index = keys.workspace_runs(workspace_id) if workspace_id else keys.ALL_RUNS
@@ -181,8 +215,11 @@ class Store:
     async def _resolve_id(self, kind: str, key_of: Callable[[str], str], index: str, ident: str) -> str:
         """An exact id, or a unique prefix of one (at least 8 characters after `<kind>_`) among the ids the
         caller can see (`index`). An ambiguous prefix is a 409 naming the candidates."""
-        if await self.redis.exists(key_of(ident)):
-            return ident
+        try:
+            if await self.redis.exists(key_of(ident)):
+                return ident
+        except (RedisConnectionError, RedisTimeoutError):
+            return ident  # exact ids only while Redis is unreachable (reads fall back to the disk)
         head = f"{kind}_"
         prefix = head + ident.removeprefix(head).upper()
         if not ident.startswith(head) or len(prefix) < len(head) + 8:
@@ -256,8 +293,10 @@ class Store:
     async def put_build(self, build: Build) -> None:
         """Persist a build (build.json first, atomically), then index it."""
         data = _encoder.encode(build)
-        write_atomic(self.build_dir(build.id) / "build.json", data)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with (
+            self._written(self.build_dir(build.id) / "build.json", data),
+            self.redis.pipeline() as pipe,
+        ):
             pipe.set(keys.build(build.id), data)
             _track_activity(pipe, build.id, build.status in TERMINAL_BUILD_STATUSES)
             pipe.zadd(keys.configuration_builds(build.configuration_id), {build.id: 0})
@@ -266,7 +305,9 @@ class Store:
             await pipe.execute()
 
     async def get_build(self, build_id: str) -> Build:
-        return await self._get(Build, keys.build(build_id), "build", build_id)
+        return await self._get(
+            Build, keys.build(build_id), "build", build_id, self.build_dir(build_id) / "build.json"
+        )
 
     async def list_builds(self, index: str, *, limit: int, before: str | None = None) -> list[Build]:
         """Newest first."""

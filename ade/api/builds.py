@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from ade import keys
+from ade import idempotency, keys
 from ade.api import auth
 from ade.api.configurations import public_build
 from ade.api.deps import API_PREFIX, Services
 from ade.api.openapi import ErrorBody
+from ade.api.runs import IdempotencyKey
 from ade.api.streams import (
     EventsFormat,
     EventsPage,
@@ -58,6 +60,7 @@ class BuildController(Controller):
         services: Services,
         principal: Principal,
         data: BuildCreate | None = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[BuildResource] | Stream:
         """A ready build with the same fingerprint is reused (a new build record whose `build.completed` says
         `reused`), unless `options.force`; a build of that fingerprint in progress is joined. `stream=true`
@@ -71,22 +74,29 @@ class BuildController(Controller):
             raise Invalid(
                 "this configuration has no build spec", code="no_build_spec", details=[{"key": "build"}]
             )
-        build, mode = await request_build(
-            services.settings,
-            services.redis,
-            services.arq,
-            services.store,
-            cfg,
-            actor=principal.actor,
-            force=body.options.force,
-            record_reuse=True,
-        )
-        await services.audit.record(
-            principal.actor,
-            cfg.workspace_id,
-            "build.create",
-            build.id,
-            {"mode": mode, "force": body.options.force},
+
+        async def create() -> Build:
+            assert cfg is not None
+            build, mode = await request_build(
+                services.settings,
+                services.redis,
+                services.arq,
+                services.store,
+                cfg,
+                actor=principal.actor,
+                force=body.options.force,
+                record_reuse=True,
+            )
+            details = {"mode": mode, "force": body.options.force}
+            await services.audit.record(principal.actor, cfg.workspace_id, "build.create", build.id, details)
+            return build
+
+        scope = None
+        if idempotency_key is not None:
+            scope = idempotency.scope_of(principal.actor, f"builds:{cfg.id}", idempotency_key)
+        body_bytes = msgspec.json.encode(body)
+        build = await idempotency.once(
+            services.redis, scope, body_bytes, create, services.store.get_build, lambda made: made.id
         )
         stream = build_stream(services.settings, build.id)
         if body.stream or wants_stream(request, None):

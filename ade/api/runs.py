@@ -8,11 +8,12 @@ from datetime import datetime
 from typing import Annotated, Any, cast
 from urllib.parse import urlencode
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from ade import ids, keys, runs
+from ade import idempotency, ids, keys, runs
 from ade.api import auth
 from ade.api.deps import API_PREFIX, Services
 from ade.api.streams import sse_response, stream_token, wants_stream
@@ -20,11 +21,14 @@ from ade.artifacts import safe_input_name
 from ade.auth import Principal
 from ade.builds import request_build
 from ade.events import StreamRef
-from ade.models import Page, Run, RunCreate, RunResource, RunStatus, StreamToken
+from ade.models import Configuration, Page, Run, RunCreate, RunResource, RunStatus, StreamToken
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="runs per page")]
 Before = Annotated[str | None, Parameter(description="cursor: runs older than this run id (`next_cursor`)")]
 After = Annotated[str | None, Parameter(description="cursor: runs newer than this run id (`prev_cursor`)")]
+IdempotencyKey = Annotated[
+    str | None, Parameter(header="Idempotency-Key", description="repeat-safe creation within 24 h")
+]
 Statuses = Annotated[list[RunStatus] | None, Parameter(description="repeatable")]
 
 
@@ -79,6 +83,36 @@ async def list_page(
     return Response(page, headers={"Link": ", ".join(links)} if links else {})
 
 
+async def _create_run(services: Services, principal: Principal, cfg: Configuration, body: RunCreate) -> Run:
+    for item in body.options.input_artifacts:
+        safe_input_name(item.name)
+        await services.artifacts.get(cfg.workspace_id, item.key)
+    run = runs.new_run(
+        cfg,
+        workspace_id=cfg.workspace_id,
+        commit=body.commit,
+        input_artifacts=body.options.input_artifacts,
+    )
+    if cfg.build is not None:  # start (or join, or reuse) the build its steps will run in
+        build, _ = await request_build(
+            services.settings,
+            services.redis,
+            services.arq,
+            services.store,
+            cfg,
+            actor=principal.actor,
+            force=False,
+            record_reuse=False,
+        )
+        run.build_id = build.environment_build_id
+        await cast(Awaitable[int], services.redis.sadd(keys.build_users(run.build_id), run.id))
+    await runs.submit_run(services.settings, services.redis, services.arq, services.store, run)
+    await services.audit.record(
+        principal.actor, run.workspace_id, "run.create", run.id, {"configuration_id": cfg.id}
+    )
+    return run
+
+
 class RunController(Controller):
     tags = ["runs"]
 
@@ -90,35 +124,22 @@ class RunController(Controller):
         services: Services,
         principal: Principal,
         data: RunCreate | None = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[RunResource] | Stream:
-        """`stream=true` (or `Accept: text/event-stream`) answers with the SSE stream from sequence 1."""
+        """`stream=true` (or `Accept: text/event-stream`) answers with the SSE stream from sequence 1.
+        With `Idempotency-Key`, the same key and body within 24 h answer with the same run."""
         body = data or RunCreate()
         cfg = await auth.configuration(services, principal, configuration_id, "operator")
-        for item in body.options.input_artifacts:
-            safe_input_name(item.name)
-            await services.artifacts.get(cfg.workspace_id, item.key)
-        run = runs.new_run(
-            cfg,
-            workspace_id=cfg.workspace_id,
-            commit=body.commit,
-            input_artifacts=body.options.input_artifacts,
-        )
-        if cfg.build is not None:  # start (or join, or reuse) the build its steps will run in
-            build, _ = await request_build(
-                services.settings,
-                services.redis,
-                services.arq,
-                services.store,
-                cfg,
-                actor=principal.actor,
-                force=False,
-                record_reuse=False,
-            )
-            run.build_id = build.environment_build_id
-            await cast(Awaitable[int], services.redis.sadd(keys.build_users(run.build_id), run.id))
-        await runs.submit_run(services.settings, services.redis, services.arq, services.store, run)
-        await services.audit.record(
-            principal.actor, run.workspace_id, "run.create", run.id, {"configuration_id": cfg.id}
+        scope = None
+        if idempotency_key is not None:
+            scope = idempotency.scope_of(principal.actor, f"runs:{cfg.id}", idempotency_key)
+        run = await idempotency.once(
+            services.redis,
+            scope,
+            msgspec.json.encode(body),
+            lambda: _create_run(services, principal, cfg, body),
+            services.store.get_run,
+            lambda made: made.id,
         )
         if body.stream or wants_stream(request, None):
             return await sse_response(

@@ -212,3 +212,86 @@ def test_runs_list_and_rerun(env: dict[str, str], ade: AdeClient) -> None:
     assert [run["id"] for run in json.loads(by_config.stdout)] == [third.id, first.id]
     neither = cli(env, "runs", "list")
     assert neither.returncode == 2 and "--workspace or --config" in neither.stderr
+
+
+# builds create / watch / list, and builds inside `runs watch` ------------------------------------------
+
+
+def build_config(ade: AdeClient, ws: str, *steps: tuple[str, str], script: str = "true") -> str:
+    spec = {"constructor": "shell", "steps": [{"name": name, "script": body} for name, body in steps]}
+    cfg = ade.create_configuration(
+        ws, {"name": "cfg", "steps": [{"name": "main", "script": script}], "build": spec}
+    )
+    return cfg.id
+
+
+def test_builds_create_watch_and_list(env: dict[str, str], ade: AdeClient) -> None:
+    ws = ade.create_workspace("cli-builds").id
+    cfg = build_config(ade, ws, ("compile", "echo compiled; echo careful >&2"))
+    broken = build_config(ade, ws, ("broken", "echo half-done; exit 3"))
+    failing = start(env, "builds", "create", broken, "--watch")
+
+    code, out, err = finish(start(env, "builds", "create", cfg, "--watch"))  # the configuration's workspace
+    assert code == 0, err
+    build_id, *lines = out.splitlines()
+    assert ade.get_build(build_id).status == "ready"
+    assert lines[0].startswith(f"build {build_id} queued (fingerprint ")
+    assert "▶ build: step:compile" in lines
+    assert "  compiled" in lines and "  ! careful" in lines  # stderr told apart
+    assert any(line.startswith("✓ build: step:compile succeeded in ") for line in lines)
+    assert lines[-1].startswith(f"build {build_id} ready in ")
+
+    code, out, err = finish(failing)
+    assert code == 1, err
+    failed_id = out.splitlines()[0]
+    assert "  half-done" in out.splitlines() and "✗ build: step:broken failed in " in out
+    assert f"build {failed_id} failed in " in out and "(exit_nonzero)" in out
+
+    reused = cli(env, "builds", "create", cfg, "--workspace", ws, "--watch")
+    assert reused.returncode == 0, reused.stderr
+    reused_id = reused.stdout.splitlines()[0]
+    assert f"reuses the environment of {build_id}" in reused.stderr
+    assert reused.stdout.splitlines()[-1] == f"build {reused_id} ready (reused {build_id})"
+    forced = cli(env, "builds", "create", cfg, "--force")
+    assert forced.returncode == 0, forced.stderr
+    forced_id = forced.stdout.strip()
+    assert cli(env, "builds", "watch", forced_id[:-6].lower()).returncode == 0  # a unique prefix
+
+    listed = cli(env, "builds", "list", cfg)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.strip().splitlines()
+    assert header.split() == ["BUILD", "STATUS", "FINGERPRINT", "REUSED", "FROM", "CREATED"]
+    fingerprint = ade.get_build(build_id).fingerprint[:12]
+    assert [row.split()[:4] for row in rows] == [
+        [forced_id, "ready", fingerprint, rows[0].split()[3]],  # no reuse: the time follows
+        [reused_id, "ready", fingerprint, build_id],
+        [build_id, "ready", fingerprint, rows[2].split()[3]],
+    ]
+    limited = cli(env, "builds", "list", cfg, "--limit", "2", "--json")
+    assert [b["id"] for b in json.loads(limited.stdout)] == [forced_id, reused_id]
+    no_spec = cli(env, "builds", "create", run_of(ade, ws, "true").configuration_id)
+    assert no_spec.returncode == 3 and "no_build_spec" in no_spec.stderr
+
+
+def test_builds_watch_a_cancelled_build_and_runs_watch_shows_the_build(
+    env: dict[str, str], ade: AdeClient
+) -> None:
+    ws = ade.create_workspace("cli-builds-watch").id
+    slow = build_config(ade, ws, ("slow", "sleep 30"))
+    build = ade.create_build(ws, slow)
+    ade.cancel_build(build.id)
+    code, out, _ = finish(start(env, "builds", "watch", build.id))
+    assert code == 2 and f"build {build.id} cancelled" in out and "build cancel requested by bootstrap" in out
+
+    # The build outlasts the run's pick-up, so the run waits for it (a build ready by then is `reused`).
+    cfg = build_config(ade, ws, ("prep", "echo preparing; sleep 0.5"), script="echo running")
+    run = ade.create_run(cfg)
+    code, out, err = finish(start(env, "runs", "watch", run.id))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert f"waiting for build {run.build_id}" in lines
+    assert "▶ build: step:prep" in lines and "  preparing" in lines
+    assert any(line.startswith("✓ build: step:prep succeeded in ") for line in lines)
+    assert any(line.startswith(f"build {run.build_id} ready in ") for line in lines)
+    assert lines.index("  preparing") < lines.index("▶ main") < lines.index("  running")
+    assert lines[-1].startswith(f"run {run.id} succeeded in ")

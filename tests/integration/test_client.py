@@ -18,12 +18,16 @@ from ade.client import (
     AdeClient,
     AdeStreamError,
     AsyncAdeClient,
+    ConflictError,
+    GoneError,
     InvalidRequestError,
     NotFoundError,
     UnauthorizedError,
 )
 from ade.events import Event
 from ade.models import (
+    BuildInspection,
+    BuildResource,
     Commit,
     Configuration,
     ConfigurationCreate,
@@ -448,3 +452,153 @@ def test_mirrored_response_shapes_match_the_server() -> None:
             msgspec.json.schema(mirror)["$defs"][mirror.__name__]["properties"]
             == (msgspec.json.schema(original)["$defs"][original.__name__]["properties"])
         ), original.__name__
+
+
+# Builds ---------------------------------------------------------------------------------------------
+
+
+def shell_build(*steps: tuple[str, str]) -> dict[str, Any]:
+    return {"constructor": "shell", "steps": [{"name": name, "script": script} for name, script in steps]}
+
+
+def test_sync_client_builds_reuses_lists_inspects_and_streams(ade: AdeClient) -> None:
+    ws = ade.create_workspace("client-builds")
+    spec = shell_build(("compile", "echo compiled; printf 'half\\rdone\\n'; echo careful >&2"))
+    cfg = ade.create_configuration(ws.id, config("true", build=spec))
+
+    first = ade.create_build(ws.id, cfg.id, wait=True)
+    assert isinstance(first, BuildResource)
+    assert (first.status, first.reused_from, first.configuration_id) == ("ready", None, cfg.id)
+    assert first.completed_at is not None
+    reused = ade.create_build(ws.id, cfg.id)  # a ready build of that fingerprint: reused at once
+    assert (reused.status, reused.reused_from, reused.fingerprint) == ("ready", first.id, first.fingerprint)
+    forced = ade.create_build(ws.id, cfg.id, force=True, wait=True)
+    assert forced.status == "ready" and forced.reused_from is None and forced.id != first.id
+
+    newest_first = [forced.id, reused.id, first.id]
+    assert [b.id for b in ade.list_builds(cfg.id)] == newest_first
+    assert [b.id for b in ade.list_builds(cfg.id, page_size=1)] == newest_first  # `before` pages
+    assert [b.id for b in ade.list_builds(cfg.id, page_size=2, limit=2)] == newest_first[:2]
+    assert ade.get_build(first.id[:-6].lower()).id == first.id  # a unique prefix
+
+    inspection = ade.inspect_build(forced.id)
+    assert isinstance(inspection, BuildInspection)
+    assert (inspection.constructor, inspection.owner, inspection.fingerprint) == (
+        "shell",
+        "bootstrap",
+        first.fingerprint,
+    )
+    assert inspection.flags == {"force": True, "reused": False}
+    assert ade.inspect_build(reused.id).reused_from == first.id
+
+    events = list(ade.build_events(first.id))
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[0].type == "build.queued" and events[-1].type == "build.completed"
+    assert events[-1].payload["status"] == "ready"
+    phases = [(e.type, e.payload["phase"]) for e in events if e.type.startswith("build.phase.")]
+    assert phases == [("build.phase.started", "step:compile"), ("build.phase.completed", "step:compile")]
+    resumed = list(ade.build_events(first.id, after_sequence=2))
+    assert [e.sequence for e in resumed] == [e.sequence for e in events[2:]]
+    assert [e.type for e in ade.build_events(reused.id)] == ["build.queued", "build.completed"]
+
+    expected = ["compiled", "half\rdone", "careful"]  # split at "\n" only
+    assert sorted(ade.build_logs(first.id)) == sorted(expected)
+    assert sorted(ade.build_logs(first.id, follow=True)) == sorted(expected)
+    assert list(ade.build_logs(reused.id)) == []
+
+    with pytest.raises(NotFoundError) as missing:
+        ade.get_build("build_01J0000000000000000000000")
+    assert missing.value.code == "build_not_found"
+
+
+def test_sync_client_cancels_a_build(ade: AdeClient) -> None:
+    ws = ade.create_workspace("client-build-cancel")
+    cfg = ade.create_configuration(ws.id, config("true", build=shell_build(("slow", "echo busy; sleep 30"))))
+    build = ade.create_build(ws.id, cfg.id)
+    seen = []
+    for event in ade.build_events(build.id):
+        seen.append(event.type)
+        if event.type == "console.line":  # building, inside its step
+            assert ade.cancel_build(build.id).id == build.id
+    assert "build.cancel_requested" in seen and seen[-1] == "build.completed"
+    ended = ade.wait_for_build(build.id)
+    assert ended.status == "cancelled"
+    with pytest.raises(ConflictError) as finished:
+        ade.cancel_build(build.id)
+    assert finished.value.code == "build_finished"
+
+
+@pytest.mark.anyio
+async def test_async_client_builds_and_follows_build_logs(aade: AsyncAdeClient, system: AdeSystem) -> None:
+    ws = await aade.create_workspace("client-builds-async")
+    script = "echo first; while [ ! -e go ]; do sleep 0.02; done; echo second >&2"
+    cfg = await aade.create_configuration(ws.id, config("true", build=shell_build(("gate", script))))
+    build = await aade.create_build(ws.id, cfg.id)
+    assert build.status in ("queued", "building")
+    lines = []
+    async for line in aade.build_logs(build.id, follow=True):
+        lines.append(line)
+        if line == "first":  # the step now waits for us: the build cannot have ended
+            assert (await aade.get_build(build.id)).status == "building"
+            (system.data_dir / "builds" / build.id / "source" / "go").touch()
+    assert lines == ["first", "second"]
+    assert [line async for line in aade.build_logs(build.id)] == ["first", "second"]
+    assert (await aade.wait_for_build(build.id)).status == "ready"
+
+    again = await aade.create_build(ws.id, cfg.id, wait=True)
+    assert again.reused_from == build.id
+    assert [b.id async for b in aade.list_builds(cfg.id, page_size=1)] == [again.id, build.id]
+    assert [b.id async for b in aade.list_builds(cfg.id, limit=1)] == [again.id]
+    assert (await aade.inspect_build(build.id[:-6])).flags == {"force": False, "reused": False}
+    events = [e async for e in aade.build_events(build.id, after_sequence=1)]
+    assert events[0].sequence == 2 and events[-1].payload["status"] == "ready"
+    stopped = await aade.create_build(ws.id, cfg.id, force=True)
+    await aade.cancel_build(stopped.id)
+    assert (await aade.wait_for_build(stopped.id)).status == "cancelled"
+
+
+def test_build_listing_logs_and_expiry_against_a_scripted_server() -> None:
+    """`before` paging over the plain-list endpoint, text logs cut mid-line, 204 and 410 once expired."""
+    seen: list[str] = []
+
+    def build(n: int) -> dict[str, Any]:
+        return {
+            "id": f"build_{n}", "workspace_id": "ws_x", "configuration_id": "cfg_x", "status": "ready",
+            "fingerprint": "f" * 64, "reused_from": None, "created_at": "2026-01-01T00:00:00Z",
+            "started_at": None, "completed_at": None, "failure": None,
+            "links": dict.fromkeys(["self", "inspect", "events", "events_stream", "logs", "cancel"], "/x"),
+        }  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.url.path.removeprefix('/api/v1')}?{request.url.query.decode()}")
+        path = request.url.path
+        if path.endswith("/configurations/cfg_x/builds"):
+            older = [n for n in (5, 4, 3, 2, 1) if f"build_{n}" < request.url.params.get("before", "~")]
+            return httpx.Response(200, json=[build(n) for n in older[: int(request.url.params["limit"])]])
+        if path.endswith("/build_live/logs"):
+            chunks = [b"one\ntw", b"o\r\nthr", b"ee"]
+            return httpx.Response(200, headers={"content-type": "text/plain"}, content=iter(chunks))
+        if path.endswith("/logs"):
+            return httpx.Response(204, headers={"content-type": "text/plain"})
+        return httpx.Response(410, json={"error": "expired", "code": "build_expired", "details": []})
+
+    with AdeClient("http://ade.test", "t", transport=httpx.MockTransport(handler)) as ade:
+        assert [b.id for b in ade.list_builds("cfg_x", page_size=2)] == [
+            f"build_{n}" for n in (5, 4, 3, 2, 1)
+        ]
+        assert seen == [
+            "/configurations/cfg_x/builds?limit=2",
+            "/configurations/cfg_x/builds?limit=2&before=build_4",
+            "/configurations/cfg_x/builds?limit=2&before=build_2",  # a short page is the last
+        ]
+        assert [b.id for b in ade.list_builds("cfg_x", limit=3, page_size=2)] == [
+            "build_5",
+            "build_4",
+            "build_3",
+        ]
+        assert list(ade.build_logs("build_live")) == ["one", "two\r", "three"]
+        assert list(ade.build_logs("build_old")) == []  # 204: expired
+        assert list(ade.build_logs("build_old", follow=True)) == []
+        with pytest.raises(GoneError) as gone:
+            next(ade.build_events("build_old"))
+        assert (gone.value.status, gone.value.code) == (410, "build_expired")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -39,13 +41,27 @@ def serve(host: str | None, port: int | None) -> None:
 
     _configure_logging()
     settings = get_settings()
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, end every SSE stream at once (clients resume with Last-Event-ID elsewhere)
+        instead of holding them until the graceful-shutdown timeout cuts them mid-frame."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            services = getattr(app.state, "services", None)
+            if services is not None:
+                with contextlib.suppress(RuntimeError):  # no loop yet: nothing to drain
+                    asyncio.get_running_loop().call_soon_threadsafe(services.hub.drain)
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    config = uvicorn.Config(
+        app,
         host=host or settings.host,
         port=port or settings.port,
         log_level=os.environ.get("ADE_LOG_LEVEL", "info").lower(),
         timeout_graceful_shutdown=5,
     )
+    DrainingServer(config).run()
 
 
 @main.command()

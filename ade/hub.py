@@ -97,6 +97,7 @@ class Hub:
         self._reader: asyncio.Task[None] | None = None
         self.connected = False
         self.lag_s = 0.0  # age of the newest event received, when it arrived
+        self.draining = False  # shutting down: streams end without `end`, so clients resume elsewhere
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
@@ -114,6 +115,13 @@ class Hub:
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def drain(self) -> None:
+        """Wake every subscriber so its stream ends now (the process is shutting down)."""
+        self.draining = True
+        for channel in self._channels.values():
+            for sub in channel.subscribers:
+                sub.mark_resync()
 
     @property
     def subscriber_count(self) -> int:

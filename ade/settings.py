@@ -36,6 +36,7 @@ class Settings:
     poll_delay_s: float = 0.5
     console_line_max_bytes: int = 16384
     kill_grace_s: float = 5.0
+    worker_shutdown_grace_s: float = 30.0
     default_run_timeout_s: float = 3600.0
     log_fsync: bool = False
     # Security and limits
@@ -69,6 +70,7 @@ class Settings:
             poll_delay_s=_float("ADE_POLL_DELAY_S", 0.5),
             console_line_max_bytes=_int("ADE_CONSOLE_LINE_MAX_BYTES", 16384),
             kill_grace_s=_float("ADE_KILL_GRACE_S", 5.0),
+            worker_shutdown_grace_s=_float("ADE_WORKER_SHUTDOWN_GRACE_S", 30.0),
             default_run_timeout_s=_float("ADE_DEFAULT_RUN_TIMEOUT_S", 3600.0),
             log_fsync=os.environ.get("ADE_LOG_FSYNC", "") in ("1", "true", "yes"),
             stream_token_ttl_s=_float("ADE_STREAM_TOKEN_TTL_S", 300.0),

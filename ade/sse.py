@@ -90,6 +90,8 @@ async def follow(
                 yield []
                 need_log = True  # cheap insurance against a lost last message
                 continue
+            if hub.draining:
+                return
             items = sub.drain()
             if sub.resync:
                 sub.resync = False
@@ -126,4 +128,5 @@ async def stream_frames(
     yield b"retry: %d\n\n" % retry_ms
     async for batch in follow(hub, stream, after_sequence, idle_s=keepalive_s, page_events=page_events):
         yield b"".join(event_frame(head.sequence, line) for head, line in batch) if batch else KEEPALIVE_FRAME
-    yield END_FRAME
+    if not hub.draining:  # a stream cut by shutdown ends without `end`: the client resumes elsewhere
+        yield END_FRAME

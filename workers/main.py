@@ -166,4 +166,7 @@ def build_worker(
         on_startup=startup,
         on_shutdown=shutdown,
         handle_signals=handle_signals,
+        # SIGTERM: stop taking jobs, let running steps finish this long, then cancel them (they end
+        # `failed` / `worker_lost`, their process groups killed).
+        job_completion_wait=max(int(settings.worker_shutdown_grace_s), 1),
     )

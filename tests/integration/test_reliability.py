@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.api import configuration, wait_for_end, workspace
+from tests.api import ade_events, collect_sse, configuration, wait_for_end, workspace
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 pytestmark = pytest.mark.anyio
@@ -101,3 +101,91 @@ async def test_redis_down_answers_503_creates_nothing_and_disk_reads_still_work(
         with anyio.fail_after(20):
             while (await api.post(f"/configurations/{cfg}/runs", json={})).status_code != 201:  # noqa: ASYNC110
                 await anyio.sleep(0.1)  # the API reconnects on its own schedule
+
+
+async def test_redis_restart_mid_stream_loses_no_event(own_system: AdeSystem) -> None:
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+    async with httpx.AsyncClient(
+        base_url=f"{own_system.base_url}/api/v1", headers=headers, timeout=60
+    ) as api:
+        ws = await workspace(api)
+        script = "for i in $(seq 1 400); do echo line$i; sleep 0.005; done"
+        cfg = await configuration(api, ws, [{"name": "s", "script": script}])
+        run_id = (await api.post(f"/configurations/{cfg}/runs", json={})).json()["id"]
+        queued = (await api.post(f"/configurations/{cfg}/runs", json={})).json()["id"]
+        received: list[int] = []
+
+        async def subscriber() -> None:
+            frames = await collect_sse(api, f"/runs/{run_id}/events", params={"stream": "true"})
+            assert frames[-1].event == "end"
+            received.extend(f.id for f in ade_events(frames) if f.id is not None)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(subscriber)
+            await collect_sse(api, f"/runs/{run_id}/events", params={"stream": "true"}, stop_after=60)
+            await anyio.to_thread.run_sync(own_system.redis.restart)  # AOF on: same data, same port
+        log = (own_system.data_dir / "runs" / run_id / "logs" / "events.ndjson").read_bytes().splitlines()
+        assert received == list(range(1, len(log) + 1))  # every sequence exactly once
+        assert len([1 for line in log if b'"console.line"' in line]) == 400
+        assert (await api.get(f"/runs/{run_id}")).json()["status"] == "succeeded"
+        # The run queued before the restart survived it (AOF) and still runs.
+        assert (await wait_for_end(api, queued))[-1].data.count('"status":"succeeded"') == 1
+
+
+async def test_api_restart_mid_stream_resumes_exactly_with_last_event_id(own_system: AdeSystem) -> None:
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+    async with httpx.AsyncClient(
+        base_url=f"{own_system.base_url}/api/v1", headers=headers, timeout=60
+    ) as api:
+        ws = await workspace(api)
+        cfg = await configuration(
+            api, ws, [{"name": "s", "script": "for i in $(seq 1 200); do echo $i; sleep 0.01; done"}]
+        )
+        run_id = (await api.post(f"/configurations/{cfg}/runs", json={})).json()["id"]
+        first: list[int] = []
+        with anyio.fail_after(15):  # SIGTERM ends the stream at once, without `end`
+            async with api.stream("GET", f"/runs/{run_id}/events", params={"stream": "true"}) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("id: "):
+                        first.append(int(line[4:]))
+                        if len(first) == 30:
+                            assert own_system.api is not None
+                            own_system.api.terminate()
+                    assert line != "event: end"
+        assert own_system.api is not None and own_system.api.wait(15) in (0, -15)  # uvicorn re-raises SIGTERM
+        own_system.start_api()
+        await anyio.to_thread.run_sync(own_system.wait_ready)
+        rest = await collect_sse(
+            api,
+            f"/runs/{run_id}/events",
+            params={"stream": "true"},
+            headers={"Last-Event-ID": str(first[-1])},
+        )
+        ids = first + [f.id for f in ade_events(rest) if f.id is not None]
+        assert ids == list(range(1, len(ids) + 1)) and rest[-1].event == "end"
+
+
+async def test_worker_sigterm_lets_short_steps_finish_and_fails_long_ones(tmp_path: Path) -> None:
+    system = AdeSystem(tmp_path, extra_env={"ADE_WORKER_SHUTDOWN_GRACE_S": "2"})
+    await anyio.to_thread.run_sync(system.start)
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"{system.base_url}/api/v1", headers=headers, timeout=60
+        ) as api:
+            ws = await workspace(api)
+            short = await configuration(api, ws, [{"name": "s", "script": "echo go; sleep 0.5; echo done"}])
+            long = await configuration(api, ws, [{"name": "l", "script": "echo go; sleep 60"}])
+            short_run = (await api.post(f"/configurations/{short}/runs", json={})).json()["id"]
+            long_run = (await api.post(f"/configurations/{long}/runs", json={})).json()["id"]
+            for run_id in (short_run, long_run):
+                await collect_sse(api, f"/runs/{run_id}/events", params={"stream": "true"}, stop_after=4)
+            system.workers[0].terminate()  # SIGTERM
+            assert await anyio.to_thread.run_sync(system.workers[0].wait, 20) is not None
+            short_end = (await api.get(f"/runs/{short_run}")).json()
+            long_end = (await api.get(f"/runs/{long_run}")).json()
+            assert short_end["status"] == "succeeded"  # finished within the grace period
+            assert long_end["status"] == "failed" and long_end["failure"]["code"] == "worker_lost"
+            assert "shut down" in long_end["failure"]["message"]
+    finally:
+        await anyio.to_thread.run_sync(system.stop)

@@ -75,6 +75,33 @@ def worker(concurrency: int | None) -> None:
 
 
 @main.command()
+def reindex() -> None:
+    """Rebuild all Redis metadata from the data directory (after a FLUSHALL or a lost Redis)."""
+    from redis.asyncio import Redis
+
+    from ade.reindex import reindex as rebuild
+
+    _configure_logging()
+    settings = get_settings()
+
+    async def go() -> None:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            counts = await rebuild(redis, settings.data_dir)
+        finally:
+            await redis.aclose()
+        click.echo(
+            f"reindexed {counts.workspaces} workspaces, {counts.configurations} configurations, "
+            f"{counts.api_keys} API keys, {counts.runs} runs, {counts.builds} builds, "
+            f"{counts.audit_entries} audit entries, {counts.artifacts} artifacts"
+        )
+        for path in counts.unreadable:
+            click.echo(f"skipped unreadable {path}", err=True)
+
+    asyncio.run(go())
+
+
+@main.command()
 @click.option("--host", default=None, help="Bind address for the API.")
 @click.option("--port", default=None, type=int, help="Port for the API.")
 def dev(host: str | None, port: int | None) -> None:

@@ -74,6 +74,24 @@ def _track_activity(pipe: Any, stream_id: str, ended: bool) -> None:
         pipe.zadd(keys.ACTIVE_STREAMS, {stream_id: 0})
 
 
+def index_run(pipe: Any, run: Run, data: bytes) -> None:
+    """A run's Redis record and index entries (also used by `ade reindex`)."""
+    pipe.set(keys.run(run.id), data)
+    _track_activity(pipe, run.id, run.status in TERMINAL_RUN_STATUSES)
+    pipe.zadd(keys.workspace_runs(run.workspace_id), {run.id: 0})
+    pipe.zadd(keys.configuration_runs(run.configuration_id), {run.id: 0})
+    pipe.zadd(keys.ALL_RUNS, {run.id: 0})
+
+
+def index_build(pipe: Any, build: Build, data: bytes) -> None:
+    """A build's Redis record and index entries (also used by `ade reindex`)."""
+    pipe.set(keys.build(build.id), data)
+    _track_activity(pipe, build.id, build.status in TERMINAL_BUILD_STATUSES)
+    pipe.zadd(keys.configuration_builds(build.configuration_id), {build.id: 0})
+    pipe.zadd(keys.workspace_builds(build.workspace_id), {build.id: 0})
+    pipe.zadd(keys.ALL_BUILDS, {build.id: 0})
+
+
 class Store:
     def __init__(self, redis: Redis, data_dir: Path) -> None:
         self.redis = redis
@@ -194,11 +212,7 @@ class Store:
         """Persist a run (run.json first, atomically), then index it."""
         data = _encoder.encode(run)
         async with self._written(self.run_dir(run.id) / "run.json", data), self.redis.pipeline() as pipe:
-            pipe.set(keys.run(run.id), data)
-            _track_activity(pipe, run.id, run.status in TERMINAL_RUN_STATUSES)
-            pipe.zadd(keys.workspace_runs(run.workspace_id), {run.id: 0})
-            pipe.zadd(keys.configuration_runs(run.configuration_id), {run.id: 0})
-            pipe.zadd(keys.ALL_RUNS, {run.id: 0})
+            index_run(pipe, run, data)
             await pipe.execute()
 
     async def get_run(self, run_id: str) -> Run:
@@ -297,11 +311,7 @@ class Store:
             self._written(self.build_dir(build.id) / "build.json", data),
             self.redis.pipeline() as pipe,
         ):
-            pipe.set(keys.build(build.id), data)
-            _track_activity(pipe, build.id, build.status in TERMINAL_BUILD_STATUSES)
-            pipe.zadd(keys.configuration_builds(build.configuration_id), {build.id: 0})
-            pipe.zadd(keys.workspace_builds(build.workspace_id), {build.id: 0})
-            pipe.zadd(keys.ALL_BUILDS, {build.id: 0})
+            index_build(pipe, build, data)
             await pipe.execute()
 
     async def get_build(self, build_id: str) -> Build:

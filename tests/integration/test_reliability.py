@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from tests.api import ade_events, collect_sse, configuration, wait_for_end, workspace
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
@@ -189,3 +192,54 @@ async def test_worker_sigterm_lets_short_steps_finish_and_fails_long_ones(tmp_pa
             assert "shut down" in long_end["failure"]["message"]
     finally:
         await anyio.to_thread.run_sync(system.stop)
+
+
+async def test_reindex_rebuilds_everything_after_flushall(own_system: AdeSystem) -> None:
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+    async with httpx.AsyncClient(
+        base_url=f"{own_system.base_url}/api/v1", headers=headers, timeout=60
+    ) as api:
+        ws = await workspace(api)
+        key = (await api.post(f"/workspaces/{ws}/api-keys", json={"name": "k", "role": "admin"})).json()
+        artifact = (await api.post(f"/workspaces/{ws}/artifacts", content=b"input")).json()["key"]
+        spec = {"constructor": "shell", "steps": [{"name": "b", "script": "echo built"}]}
+        cfg = await configuration(
+            api, ws, [{"name": "s", "script": "cat $ADE_INPUT_DIR/in; exit 2"}], build=spec
+        )
+        body = {"options": {"input_artifacts": [{"key": artifact, "name": "in"}]}}
+        first = (await api.post(f"/configurations/{cfg}/runs", json=body)).json()["id"]
+        await wait_for_end(api, first)
+        second = (await api.post(f"/runs/{first}/rerun")).json()["id"]
+        await wait_for_end(api, second)
+
+        async def snapshot() -> dict[str, object]:
+            return {
+                "runs": (await api.get(f"/workspaces/{ws}/runs")).json(),
+                "run": (await api.get(f"/runs/{first}")).json(),
+                "events": (await api.get(f"/runs/{first}/events")).json(),
+                "cfg": (await api.get(f"/configurations/{cfg}")).json(),
+                "cfg_runs": (await api.get(f"/configurations/{cfg}/runs")).json(),
+                "builds": (await api.get(f"/configurations/{cfg}/builds")).json(),
+                "keys": (await api.get(f"/workspaces/{ws}/api-keys")).json(),
+                "audit": (await api.get("/audit-logs", params={"workspace_id": ws})).json(),
+                "artifact": (await api.get(f"/artifacts/{artifact}", params={"workspace_id": ws})).content,
+                "prefix": (await api.get(f"/runs/{first[:-4]}")).json()["id"],
+            }
+
+        before = await snapshot()
+        redis = Redis.from_url(own_system.redis.url)
+        await redis.flushall()
+        await redis.aclose()
+        assert (await api.get(f"/workspaces/{ws}/runs")).status_code == 404  # Redis lost it all
+        env = {**own_system.env(), "ADE_LOG_LEVEL": "WARNING"}
+        done = await anyio.run_process([sys.executable, "-m", "ade.cli", "reindex"], env=env)
+        assert b"reindexed 1 workspaces, 1 configurations, 1 API keys, 2 runs, 1 builds" in done.stdout
+        assert await snapshot() == before
+        async with httpx.AsyncClient(base_url=f"{own_system.base_url}/api/v1", timeout=30) as as_key:
+            me = await as_key.get("/whoami", headers={"Authorization": f"Bearer {key['secret']}"})
+            assert me.status_code == 200  # the key works again
+        third = (await api.post(f"/configurations/{cfg}/runs", json=body)).json()["id"]
+        events = [json.loads(f.data) for f in await wait_for_end(api, third)]
+        reuse = next(e for e in events if e["type"] == "build.completed")
+        assert reuse["payload"]["reused"] is True  # the ready build is found again
+        assert (await api.post(f"/runs/{third}/rerun")).json()["attempt"] == 2

@@ -1,0 +1,119 @@
+"""`ade reindex`: rebuild every Redis record and index from the data directory, which is the durable copy
+(DESIGN.md invariant 6) — after a FLUSHALL, or a Redis that lost its data."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+from redis.asyncio import Redis
+
+from ade import keys
+from ade.artifacts import ArtifactStore
+from ade.models import TERMINAL_RUN_STATUSES, ApiKey, AuditEntry, Build, Configuration, Run, Workspace
+from ade.store import index_build, index_run
+
+T = TypeVar("T")
+_BATCH = 500
+
+
+@dataclass
+class Counts:
+    workspaces: int = 0
+    configurations: int = 0
+    api_keys: int = 0
+    runs: int = 0
+    builds: int = 0
+    audit_entries: int = 0
+    artifacts: int = 0
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _records(paths: Iterator[Path], cls: type[T], counts: Counts) -> Iterator[tuple[T, bytes]]:
+    decoder = msgspec.json.Decoder(cls)
+    for path in sorted(paths):
+        try:
+            data = path.read_bytes()
+            yield decoder.decode(data), data
+        except (OSError, msgspec.DecodeError):
+            counts.unreadable.append(str(path))
+
+
+async def reindex(redis: Redis, data_dir: Path) -> Counts:
+    counts = Counts()
+    pipe: Any = redis.pipeline(transaction=False)
+    pending = 0
+
+    async def flush(force: bool = False) -> None:
+        nonlocal pending, pipe
+        if pending and (force or pending >= _BATCH):
+            await pipe.execute()
+            pipe = redis.pipeline(transaction=False)
+            pending = 0
+
+    for workspace, data in _records((data_dir / "workspaces").glob("*.json"), Workspace, counts):
+        pipe.set(keys.workspace(workspace.id), data)
+        counts.workspaces += 1
+        pending += 1
+    for cfg, data in _records((data_dir / "configurations").glob("*.json"), Configuration, counts):
+        pipe.set(keys.configuration(cfg.id), data)
+        pipe.zadd(keys.workspace_configurations(cfg.workspace_id), {cfg.id: 0})
+        counts.configurations += 1
+        pending += 1
+    for key, data in _records((data_dir / "api_keys").glob("*.json"), ApiKey, counts):
+        pipe.set(keys.api_key(key.id), data)
+        pipe.zadd(keys.workspace_api_keys(key.workspace_id), {key.id: 0})
+        counts.api_keys += 1
+        pending += 1
+    await flush(force=True)
+
+    attempts: dict[str, int] = defaultdict(int)
+    for run, data in _records((data_dir / "runs").glob("*/run.json"), Run, counts):
+        index_run(pipe, run, data)
+        attempts[run.original_run_id or run.id] = max(attempts[run.original_run_id or run.id], run.attempt)
+        if run.build_id and run.status not in TERMINAL_RUN_STATUSES:
+            pipe.sadd(keys.build_users(run.build_id), run.id)
+        counts.runs += 1
+        pending += 1
+        await flush()
+    for original, attempt in attempts.items():
+        if attempt > 1:
+            pipe.set(keys.run_attempts(original), attempt)
+    ready: dict[str, Build] = {}
+    for build, data in _records((data_dir / "builds").glob("*/build.json"), Build, counts):
+        index_build(pipe, build, data)
+        if (
+            build.status == "ready"
+            and build.reused_from is None
+            and (data_dir / "builds" / build.id / "READY").exists()
+        ):
+            newest = ready.get(build.fingerprint)
+            if newest is None or build.id > newest.id:
+                ready[build.fingerprint] = build
+        counts.builds += 1
+        pending += 1
+        await flush()
+    for fingerprint, build in ready.items():
+        pipe.set(keys.build_ready(fingerprint), build.id)
+    await flush(force=True)
+
+    everything: list[tuple[str, bytes]] = []
+    for path in sorted((data_dir / "audit").glob("*.ndjson")):
+        workspace_id = path.stem
+        lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+        await redis.delete(keys.audit(workspace_id))
+        for start in range(0, len(lines), _BATCH):
+            await redis.rpush(keys.audit(workspace_id), *lines[start : start + _BATCH])  # type: ignore[misc]
+        decoder = msgspec.json.Decoder(AuditEntry)
+        everything += [(decoder.decode(line).id, line) for line in lines]
+        counts.audit_entries += len(lines)
+    await redis.delete(keys.audit(None))
+    everything.sort()  # ids are ULIDs: time order across workspaces
+    for start in range(0, len(everything), _BATCH):
+        await redis.rpush(keys.audit(None), *[line for _, line in everything[start : start + _BATCH]])  # type: ignore[misc]
+    counts.artifacts = await ArtifactStore(redis, data_dir).reindex()
+    return counts

@@ -243,3 +243,37 @@ async def test_reindex_rebuilds_everything_after_flushall(own_system: AdeSystem)
         reuse = next(e for e in events if e["type"] == "build.completed")
         assert reuse["payload"]["reused"] is True  # the ready build is found again
         assert (await api.post(f"/runs/{third}/rerun")).json()["attempt"] == 2
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_stalled_subscriber_stays_bounded_and_does_not_delay_others(own_system: AdeSystem) -> None:
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+    assert own_system.api is not None
+    async with httpx.AsyncClient(
+        base_url=f"{own_system.base_url}/api/v1", headers=headers, timeout=120
+    ) as api:
+        ws = await workspace(api)
+        cfg = await configuration(api, ws, [{"name": "s", "script": "sleep 0.5; seq 1 200000"}])
+        run_id = (await api.post(f"/configurations/{cfg}/runs", json={})).json()["id"]
+        rss_before = rss_bytes(own_system.api.pid)
+        url = f"/runs/{run_id}/events"
+        async with api.stream("GET", url, params={"stream": "true"}) as stalled:  # reads nothing for now
+            assert stalled.status_code == 200
+            fast = await collect_sse(api, url, params={"stream": "true"})  # a reader that keeps up
+            fast_ids = [f.id for f in ade_events(fast)]
+            assert fast_ids == list(range(1, len(fast_ids) + 1)) and fast[-1].event == "end"
+            rss_peak = rss_bytes(own_system.api.pid)
+            # ~80 MB of events went by; the stalled reader holds a bounded queue, not a copy of them.
+            print(f"API RSS before {rss_before / 2**20:.1f} MiB, with a stalled reader {rss_peak / 2**20:.1f} MiB")
+            assert rss_peak - rss_before < 40 * 1024 * 1024, (rss_before, rss_peak)
+            stalled_ids = []
+            async for line in stalled.aiter_lines():  # it reads again: catches up from the log, exactly
+                if line.startswith("id: "):
+                    stalled_ids.append(int(line[4:]))
+            assert stalled_ids == fast_ids

@@ -8,6 +8,7 @@ O(log n) line reads, and the last line gives the next sequence in O(1).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,9 @@ class LogWriter:
         self.last_sequence = HEAD_DECODER.decode(line).sequence if line else 0
 
     def append(self, data: bytes) -> None:
-        """Write complete lines (each ending in a newline) in one go; raise LogWriteFailed on error."""
+        """Write complete lines (each ending in a newline) in one go; raise LogWriteFailed on error, after
+        cutting off whatever part of them did get written (the log only ever holds complete events)."""
+        size_before = os.lseek(self._fd, 0, os.SEEK_END)
         try:
             view = memoryview(data)
             while view:
@@ -186,6 +189,8 @@ class LogWriter:
             if self._fsync:
                 os.fsync(self._fd)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size_before)
             raise LogWriteFailed(f"cannot append to event log {self.path}: {exc.strerror}") from exc
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ log is always the source of truth, so Redis reconnects, slow readers and restart
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio.lowlevel
@@ -20,6 +20,7 @@ from ade.hub import Hub
 KEEPALIVE_FRAME = b": keepalive\n\n"
 END_FRAME = b"event: end\ndata: {}\n\n"
 _UNCONFIRMED_POLL_S = 0.5
+_RECORD_GRACE_POLLS = 20  # x 50 ms
 
 
 LogEvent = tuple[EventHead, bytes]
@@ -65,16 +66,25 @@ class _Cursor:
 
 
 async def follow(
-    hub: Hub, stream: StreamRef, after_sequence: int, *, idle_s: float, page_events: int
+    hub: Hub,
+    stream: StreamRef,
+    after_sequence: int,
+    *,
+    idle_s: float,
+    page_events: int,
+    ended: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[list[LogEvent]]:
     """The stream's events after `after_sequence`, in order, each exactly once, in batches; an empty batch
-    after every idle interval (for keepalives). Ends after the stream's terminal event."""
+    after every idle interval (for keepalives). Ends after the stream's terminal event — or, checked on
+    idle intervals, when `ended()` says its record ended although the log could not record it (a disk
+    fault: the log then never gets a terminal event, and nothing pretends it did)."""
     async with hub.subscribe(stream.channel) as sub:
         cursor = _Cursor(stream, after_sequence)
         tail = eventlog.tail(stream.log_path)
         if tail is not None and tail.type == stream.terminal_type and tail.sequence <= after_sequence:
             return
         need_log = True
+        idle = False  # the last wait timed out with nothing new
         while True:
             if need_log:  # catch up from the log until it has nothing newer
                 while batch := cursor.read_log(page_events):
@@ -84,11 +94,22 @@ async def follow(
                     # A fast client's sends never suspend: let the hub and other requests run.
                     await anyio.lowlevel.checkpoint()
                 need_log = False
+                if idle and ended is not None and await ended():
+                    # Writers record the end a moment before they log it: give the log that moment.
+                    for _ in range(_RECORD_GRACE_POLLS):
+                        await anyio.sleep(0.05)
+                        if batch := cursor.read_log(page_events):
+                            yield batch
+                            if cursor.ended:
+                                return
+                    return  # the record ended though its log could not say so
+                idle = False
             # Live: forward in-order events from the hub; any doubt sends us back to the log.
             timeout_s = idle_s if sub.confirmed else min(idle_s, _UNCONFIRMED_POLL_S)
             if not await sub.wait(timeout_s):
                 yield []
                 need_log = True  # cheap insurance against a lost last message
+                idle = True
                 continue
             if hub.draining:
                 return
@@ -123,10 +144,13 @@ async def stream_frames(
     keepalive_s: float,
     retry_ms: int,
     page_events: int,
+    ended: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[bytes]:
     """SSE bytes for `stream` after `after_sequence`, ending with `event: end` after the terminal event."""
     yield b"retry: %d\n\n" % retry_ms
-    async for batch in follow(hub, stream, after_sequence, idle_s=keepalive_s, page_events=page_events):
+    async for batch in follow(
+        hub, stream, after_sequence, idle_s=keepalive_s, page_events=page_events, ended=ended
+    ):
         yield b"".join(event_frame(head.sequence, line) for head, line in batch) if batch else KEEPALIVE_FRAME
     if not hub.draining:  # a stream cut by shutdown ends without `end`: the client resumes elsewhere
         yield END_FRAME

@@ -21,7 +21,7 @@ from ade import keys, metrics
 from ade.artifacts import safe_input_name
 from ade.builds import build_stream
 from ade.dispatcher import EventSpec, StreamWriter
-from ade.errors import AdeError, NotFound
+from ade.errors import AdeError, LogWriteFailed, NotFound
 from ade.events import EVENT_DECODER
 from ade.logs import current_build_id, current_run_id
 from ade.models import (
@@ -127,6 +127,9 @@ async def _execute(deps: WorkerDeps, run: Run, writer: StreamWriter, cancellatio
         )
         await asyncio.shield(_complete(deps, writer, run, started, cancelled=False))
         raise
+    except LogWriteFailed as exc:
+        run.exit_code = None
+        run.failure = Failure(stage="run", code="internal_error", message=exc.message)
     except Exception as exc:
         log.exception("run %s failed inside the worker", run.id)
         run.exit_code = None
@@ -218,7 +221,10 @@ async def _complete(
         payload["failure"] = msgspec.to_builtins(run.failure)
     if cancelled:
         payload["cancelled_by"] = run.cancel_requested_by
-    await writer.emit(ev.RUN_COMPLETED, payload)
+    try:
+        await writer.emit(ev.RUN_COMPLETED, payload)
+    except LogWriteFailed as exc:  # the record says how it ended; the log claims nothing it could not write
+        log.error("run %s ended but its log is not writable: %s", run.id, exc.message)
 
 
 async def _execute_steps(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -18,7 +18,7 @@ from ade.api.deps import API_PREFIX, Services
 from ade.auth import Principal
 from ade.errors import Invalid, TooManyRequests
 from ade.events import EVENT_DECODER, Event, StreamRef
-from ade.models import StreamToken
+from ade.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, StreamToken
 from ade.sse import follow, stream_frames
 from ade.summary import ConsolePage, console_line, console_page
 
@@ -113,6 +113,7 @@ async def sse_response(
         keepalive_s=settings.sse_keepalive_s,
         retry_ms=settings.sse_retry_ms,
         page_events=settings.replay_page_events,
+        ended=record_ended(services, stream),
     )
     return Stream(slot.hold(frames), media_type="text/event-stream", headers=SSE_HEADERS, status_code=200)
 
@@ -208,3 +209,14 @@ def stream_token(
     token, expires_at = services.stream_tokens.issue(principal, workspace_id, stream.id)
     events_url = f"{API_PREFIX}/{stream.kind}s/{stream.id}/events?stream=true&token={token}"
     return StreamToken(token=token, stream_id=stream.id, expires_at=expires_at, events_url=events_url)
+
+
+def record_ended(services: Services, stream: StreamRef) -> Callable[[], Awaitable[bool]]:
+    """Whether a stream's run or build record is terminal (consulted only when its log has gone quiet)."""
+
+    async def ended() -> bool:
+        if stream.kind == "run":
+            return (await services.store.get_run(stream.id)).status in TERMINAL_RUN_STATUSES
+        return (await services.store.get_build(stream.id)).status in TERMINAL_BUILD_STATUSES
+
+    return ended

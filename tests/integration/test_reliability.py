@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -270,10 +272,58 @@ async def test_stalled_subscriber_stays_bounded_and_does_not_delay_others(own_sy
             assert fast_ids == list(range(1, len(fast_ids) + 1)) and fast[-1].event == "end"
             rss_peak = rss_bytes(own_system.api.pid)
             # ~80 MB of events went by; the stalled reader holds a bounded queue, not a copy of them.
-            print(f"API RSS before {rss_before / 2**20:.1f} MiB, with a stalled reader {rss_peak / 2**20:.1f} MiB")
+            print(f"API RSS before {rss_before / 2**20:.1f} MiB, stalled reader: {rss_peak / 2**20:.1f} MiB")
             assert rss_peak - rss_before < 40 * 1024 * 1024, (rss_before, rss_peak)
             stalled_ids = []
             async for line in stalled.aiter_lines():  # it reads again: catches up from the log, exactly
                 if line.startswith("id: "):
                     stalled_ids.append(int(line[4:]))
             assert stalled_ids == fast_ids
+
+
+async def test_log_write_failure_fails_the_run_cleanly(tmp_path: Path) -> None:
+    """A worker whose files may not grow past 300 kB (RLIMIT_FSIZE: writes fail with EFBIG, as on a full
+    disk): the run fails `internal_error` with the OS's message, the API stays up, the log holds only
+    events that were written, and a subscriber's stream still ends."""
+    system = AdeSystem(tmp_path, extra_env={"ADE_SSE_KEEPALIVE_S": "0.5"})
+    await anyio.to_thread.run_sync(system.start)
+    limited: subprocess.Popen[bytes] | None = None
+    try:
+        system.workers[0].terminate()
+        system.workers[0].wait(20)
+
+        def small_files() -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+        limited = subprocess.Popen(  # noqa: ASYNC220 - started once, waited on in a thread
+            [sys.executable, "-m", "ade.cli", "worker"], env=system.env(), preexec_fn=small_files
+        )
+        headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+        async with httpx.AsyncClient(
+            base_url=f"{system.base_url}/api/v1", headers=headers, timeout=60
+        ) as api:
+            ws = await workspace(api)
+            cfg = await configuration(api, ws, [{"name": "s", "script": "seq 1 20000"}])
+            run_id = (await api.post(f"/configurations/{cfg}/runs", json={})).json()["id"]
+            frames = await collect_sse(api, f"/runs/{run_id}/events", params={"stream": "true"})
+            assert frames[-1].event == "end"
+            resource_ = (await api.get(f"/runs/{run_id}")).json()
+            assert resource_["status"] == "failed" and resource_["failure"]["code"] == "internal_error"
+            assert (
+                "event log" in resource_["failure"]["message"] and "large" in resource_["failure"]["message"]
+            )
+            log = (system.data_dir / "runs" / run_id / "logs" / "events.ndjson").read_bytes()
+            lines = log.splitlines()
+            assert log.endswith(b"\n")  # only complete events: the failed write was cut back
+            last = json.loads(lines[-1])  # once room was freed, the (small) end could still be written
+            if last["type"] == "run.completed":
+                assert last["payload"]["failure"]["code"] == "internal_error"
+            assert [json.loads(line)["sequence"] for line in lines] == list(range(1, len(lines) + 1))
+            assert [f.id for f in ade_events(frames)] == list(range(1, len(lines) + 1))
+            async with httpx.AsyncClient(base_url=system.base_url) as root:
+                assert (await root.get("/healthz")).status_code == 200
+    finally:
+        if limited is not None:
+            limited.terminate()
+            limited.wait(20)
+        await anyio.to_thread.run_sync(system.stop)

@@ -94,3 +94,25 @@ async def test_idle_stream_sends_keepalive_comments(hub: Hub, tmp_path: Path) ->
         assert await frames.__anext__() == b": keepalive\n\n"
         assert await frames.__anext__() == b": keepalive\n\n"
     await frames.aclose()
+
+
+async def test_stream_ends_when_its_record_ended_but_the_log_could_not_say_so(
+    hub: Hub, tmp_path: Path
+) -> None:
+    stream = StreamRef.for_run(tmp_path, "run_disk_full")
+    stream.log_path.parent.mkdir(parents=True)
+    stream.log_path.write_bytes(b'{"type":"run.queued","sequence":1}\n')
+    record_ended = False
+
+    async def ended() -> bool:
+        return record_ended
+
+    frames = stream_frames(hub, stream, 0, keepalive_s=0.05, retry_ms=1, page_events=10, ended=ended)
+    assert await frames.__anext__() == b"retry: 1\n\n"
+    assert ids_in(await frames.__anext__()) == [1]
+    assert await frames.__anext__() == b": keepalive\n\n"  # still running: the stream stays open
+    record_ended = True  # the worker recorded `failed` but could not append run.completed
+    with anyio.fail_after(5):
+        rest = [chunk async for chunk in frames]
+    assert rest[-1] == b"event: end\ndata: {}\n\n"
+    assert all(not ids_in(chunk) for chunk in rest)  # no event was invented

@@ -195,6 +195,7 @@ class Run(msgspec.Struct, kw_only=True):
     original_run_id: str | None = None  # the first attempt of the lineage (None: this is it)
     cancel_requested_by: str | None = None
     build_id: str | None = None
+    build_reused: bool = False  # the build was ready before this run asked for it
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None

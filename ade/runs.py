@@ -119,7 +119,12 @@ async def rerun(settings: Settings, redis: Redis, arq: ArqRedis, store: Store, s
         input_artifacts=source.input_artifacts,
     )
     run = msgspec.structs.replace(
-        run, attempt=attempt, rerun_of=source.id, original_run_id=original, build_id=source.build_id
+        run,
+        attempt=attempt,
+        rerun_of=source.id,
+        original_run_id=original,
+        build_id=source.build_id,
+        build_reused=source.build_id is not None,
     )
     if run.build_id:  # the same environment as the attempt it repeats
         await cast(Awaitable[int], redis.sadd(keys.build_users(run.build_id), run.id))

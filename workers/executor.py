@@ -144,7 +144,7 @@ async def _await_build(
     assert run.build_id is not None
     store, settings = deps.store, deps.settings
     build = await store.get_build(run.build_id)
-    if build.status in TERMINAL_BUILD_STATUSES:
+    if run.build_reused and build.status in TERMINAL_BUILD_STATUSES:
         if build.status == "ready":
             payload = {"status": "ready", "reused": True, "build_id": build.environment_build_id}
             await writer.emit(ev.BUILD_COMPLETED, payload)

@@ -94,7 +94,7 @@ async def _create_run(services: Services, principal: Principal, cfg: Configurati
         input_artifacts=body.options.input_artifacts,
     )
     if cfg.build is not None:  # start (or join, or reuse) the build its steps will run in
-        build, _ = await request_build(
+        build, mode = await request_build(
             services.settings,
             services.redis,
             services.arq,
@@ -104,7 +104,7 @@ async def _create_run(services: Services, principal: Principal, cfg: Configurati
             force=False,
             record_reuse=False,
         )
-        run.build_id = build.environment_build_id
+        run.build_id, run.build_reused = build.environment_build_id, mode == "reused"
         await cast(Awaitable[int], services.redis.sadd(keys.build_users(run.build_id), run.id))
     await runs.submit_run(services.settings, services.redis, services.arq, services.store, run)
     await services.audit.record(

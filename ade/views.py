@@ -1,0 +1,59 @@
+"""Response shapes of the run views (`ade.api.run_views`), shared by the server and the client.
+
+Light on purpose (msgspec and domain structs only): `ade.client` decodes into these without importing the
+server stack.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from ade.models import Failure, Step
+from ade.outputs import OutputFile
+
+__all__ = ["InputFile", "OutputListing", "RunDiagnostics", "Timings"]
+
+
+class InputFile(msgspec.Struct, kw_only=True):
+    """An input artifact of a run."""
+
+    name: str
+    key: str
+    size: int
+    content_type: str
+    download_url: str
+
+
+class OutputListing(msgspec.Struct, kw_only=True):
+    """A run's output files."""
+
+    items: list[OutputFile]
+    download_urls: dict[str, str]
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    queued_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    queue_wait_ms: int | None
+    run_ms: int | None
+
+
+class RunDiagnostics(msgspec.Struct, kw_only=True):
+    """Attempt, worker, timings, environment (no secrets), failure of a run."""
+
+    run_id: str
+    status: str
+    attempt: int
+    rerun_of: str | None
+    worker: str | None
+    timings: Timings
+    environment: dict[str, Any]
+    steps: list[Step]
+    failure: Failure | None
+    cancel_requested_by: str | None
+    log_bytes: int
+    last_sequence: int

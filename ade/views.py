@@ -2,6 +2,8 @@
 
 Light on purpose (msgspec and domain structs only): `ade.client` decodes into these without importing the
 server stack.
+
+The structs carry no docstrings on purpose: the OpenAPI schema would take them as descriptions.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from ade.outputs import OutputFile
 __all__ = ["InputFile", "OutputListing", "RunDiagnostics", "Timings"]
 
 
+# An input artifact of a run.
 class InputFile(msgspec.Struct, kw_only=True):
-    """An input artifact of a run."""
-
     name: str
     key: str
     size: int
@@ -27,9 +28,8 @@ class InputFile(msgspec.Struct, kw_only=True):
     download_url: str
 
 
+# A run's output files.
 class OutputListing(msgspec.Struct, kw_only=True):
-    """A run's output files."""
-
     items: list[OutputFile]
     download_urls: dict[str, str]
 
@@ -42,9 +42,8 @@ class Timings(msgspec.Struct, kw_only=True):
     run_ms: int | None
 
 
+# Attempt, worker, timings, environment (no secrets), failure of a run.
 class RunDiagnostics(msgspec.Struct, kw_only=True):
-    """Attempt, worker, timings, environment (no secrets), failure of a run."""
-
     run_id: str
     status: str
     attempt: int

@@ -30,47 +30,12 @@ from ade.api.streams import (
 from ade.auth import Principal
 from ade.errors import NotFound
 from ade.events import StreamRef
-from ade.models import Failure, InputArtifact, Plan, Run, Step
-from ade.outputs import OutputFile, content_type_of, list_outputs, parse_range, resolve_output
+from ade.models import InputArtifact, Plan, Run
+from ade.outputs import content_type_of, list_outputs, parse_range, resolve_output
 from ade.summary import ConsolePage, RunSummary
+from ade.views import InputFile, OutputListing, RunDiagnostics, Timings
 
 ConsoleStream = Literal["stdout", "stderr"]
-
-
-class InputFile(msgspec.Struct, kw_only=True):
-    name: str
-    key: str
-    size: int
-    content_type: str
-    download_url: str
-
-
-class OutputListing(msgspec.Struct, kw_only=True):
-    items: list[OutputFile]
-    download_urls: dict[str, str]
-
-
-class Timings(msgspec.Struct, kw_only=True):
-    queued_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    queue_wait_ms: int | None
-    run_ms: int | None
-
-
-class RunDiagnostics(msgspec.Struct, kw_only=True):
-    run_id: str
-    status: str
-    attempt: int
-    rerun_of: str | None
-    worker: str | None
-    timings: Timings
-    environment: dict[str, Any]
-    steps: list[Step]
-    failure: Failure | None
-    cancel_requested_by: str | None
-    log_bytes: int
-    last_sequence: int
 
 
 def _ms(start: datetime | None, end: datetime | None) -> int | None:

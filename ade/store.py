@@ -9,6 +9,7 @@ Every write goes to disk first (atomically: temp file + rename), then to Redis. 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -208,12 +209,42 @@ class Store:
         return [_decoders[ApiKey].decode(raw) for raw in raws if raw is not None]
 
     # Runs ----------------------------------------------------------------------------------------
-    async def put_run(self, run: Run) -> None:
-        """Persist a run (run.json first, atomically), then index it."""
+    async def put_run(self, run: Run, *, redis_retry_s: float = 0.0) -> None:
+        """Persist a run (run.json first, atomically), then index it.
+
+        By default a Redis failure puts the old run.json back and raises (an API request then changes
+        nothing). Workers recording what happened pass `redis_retry_s`: the file stays (it is the truth)
+        and indexing is retried through a Redis blip for that long.
+        """
         data = _encoder.encode(run)
-        async with self._written(self.run_dir(run.id) / "run.json", data), self.redis.pipeline() as pipe:
-            index_run(pipe, run, data)
-            await pipe.execute()
+        await self._persist(
+            self.run_dir(run.id) / "run.json", data, lambda pipe: index_run(pipe, run, data), redis_retry_s
+        )
+
+    async def _persist(
+        self, path: Path, data: bytes, index: Callable[[Any], None], redis_retry_s: float
+    ) -> None:
+        async def write_index() -> None:
+            async with self.redis.pipeline() as pipe:
+                index(pipe)
+                await pipe.execute()
+
+        if not redis_retry_s:
+            async with self._written(path, data):
+                await write_index()
+            return
+        write_atomic(path, data)
+        deadline = asyncio.get_running_loop().time() + redis_retry_s
+        backoff_s = 0.05
+        while True:
+            try:
+                await write_index()
+                return
+            except (RedisConnectionError, RedisTimeoutError):
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 1.0)
 
     async def get_run(self, run_id: str) -> Run:
         return await self._get(Run, keys.run(run_id), "run", run_id, self.run_dir(run_id) / "run.json")
@@ -304,15 +335,11 @@ class Store:
         return bool(ids)
 
     # Builds --------------------------------------------------------------------------------------
-    async def put_build(self, build: Build) -> None:
-        """Persist a build (build.json first, atomically), then index it."""
+    async def put_build(self, build: Build, *, redis_retry_s: float = 0.0) -> None:
+        """Persist a build (build.json first, atomically), then index it (see `put_run`)."""
         data = _encoder.encode(build)
-        async with (
-            self._written(self.build_dir(build.id) / "build.json", data),
-            self.redis.pipeline() as pipe,
-        ):
-            index_build(pipe, build, data)
-            await pipe.execute()
+        path = self.build_dir(build.id) / "build.json"
+        await self._persist(path, data, lambda pipe: index_build(pipe, build, data), redis_retry_s)
 
     async def get_build(self, build_id: str) -> Build:
         return await self._get(

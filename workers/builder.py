@@ -11,6 +11,7 @@ directories are removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
@@ -22,6 +23,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import msgspec
+from redis.exceptions import RedisError
 
 from ade import events as ev
 from ade import keys
@@ -31,7 +33,7 @@ from ade.errors import Conflict, Invalid, NotFound
 from ade.logs import current_build_id
 from ade.models import TERMINAL_BUILD_STATUSES, Build, Failure, Step, plain_environment, secret_values, utcnow
 from workers.console import StepSink
-from workers.deps import WorkerDeps, base_environment, process_recorder
+from workers.deps import REDIS_RETRY_S, WorkerDeps, base_environment, process_recorder
 from workers.process import run_step
 
 log = logging.getLogger(__name__)
@@ -116,8 +118,9 @@ async def execute_build(deps: WorkerDeps, build_id: str, *, wait_for_lease: bool
             build = await store.get_build(build_id)  # under the lease: it may have ended meanwhile
             if build.status in TERMINAL_BUILD_STATUSES:
                 return build
-            if await deps.redis.exists(keys.run_cancel(build.id)):
-                cancel_event.set()
+            with contextlib.suppress(RedisError, OSError):  # the pub/sub signal still reaches us
+                if await deps.redis.exists(keys.run_cancel(build.id)):
+                    cancel_event.set()
             await _prepare(deps, build, writer, cancel_event)
     except Conflict as exc:
         if exc.code != "stream_busy":
@@ -131,7 +134,7 @@ async def execute_build(deps: WorkerDeps, build_id: str, *, wait_for_lease: bool
 async def _prepare(deps: WorkerDeps, build: Build, writer: StreamWriter, cancel: asyncio.Event) -> None:
     store = deps.store
     build.status, build.started_at, build.worker = "building", utcnow(), deps.name
-    await store.put_build(build)
+    await store.put_build(build, redis_retry_s=REDIS_RETRY_S)
     await writer.emit(
         ev.BUILD_STARTED, {"status": "building", "worker": deps.name, "fingerprint": build.fingerprint}
     )
@@ -169,7 +172,7 @@ async def _finish(
         for part in ("env", "source"):
             await asyncio.to_thread(shutil.rmtree, directory / part, True)
     build.completed_at = utcnow()
-    await deps.store.put_build(build)
+    await deps.store.put_build(build, redis_retry_s=REDIS_RETRY_S)
     await release_fingerprint(deps.redis, build, ready=build.status == "ready")
     await deps.redis.delete(keys.step_process(build.id))
     payload: dict[str, object] = {

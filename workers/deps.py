@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from ade import keys
 from ade.artifacts import ArtifactStore
@@ -16,6 +18,7 @@ from ade.hub import Hub
 from ade.settings import Settings
 from ade.store import Store
 
+REDIS_RETRY_S = 120.0  # how long a worker keeps retrying to record a status through a Redis outage
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
 
 
@@ -62,6 +65,9 @@ def process_recorder(deps: WorkerDeps, stream_id: str) -> Callable[[int], Awaita
     """Records where a stream's step runs, so a reaper can kill it if this worker dies."""
 
     async def record(pgid: int) -> None:
-        await deps.redis.set(keys.step_process(stream_id), f"{socket.gethostname()} {pgid}", ex=7 * 24 * 3600)
+        with contextlib.suppress(RedisError, OSError):  # best effort: a Redis blip must not fail the step
+            await deps.redis.set(
+                keys.step_process(stream_id), f"{socket.gethostname()} {pgid}", ex=7 * 24 * 3600
+            )
 
     return record

@@ -6,6 +6,7 @@ Plain functions; nothing here knows arq or HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -15,6 +16,7 @@ from typing import Any, cast
 
 import anyio
 import msgspec
+from redis.exceptions import RedisError
 
 from ade import events as ev
 from ade import keys, metrics
@@ -38,7 +40,7 @@ from ade.runs import prepare_run_dir, run_writer
 from ade.sse import follow
 from workers.builder import environment_for, execute_build
 from workers.console import StepSink
-from workers.deps import WorkerDeps, base_environment, process_recorder
+from workers.deps import REDIS_RETRY_S, WorkerDeps, base_environment, process_recorder
 from workers.process import run_step
 
 log = logging.getLogger(__name__)
@@ -96,8 +98,9 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
             run = await store.get_run(run_id)  # under the lease: a cancel of the queued run may have won
             if run.status in TERMINAL_RUN_STATUSES:
                 return
-            if await deps.redis.exists(keys.run_cancel(run.id)):
-                cancel_event.set()
+            with contextlib.suppress(RedisError, OSError):  # the pub/sub signal still reaches us
+                if await deps.redis.exists(keys.run_cancel(run.id)):
+                    cancel_event.set()
             cancellation = _Cancellation(deps, run, writer, cancel_event)
             await _execute(deps, run, writer, cancellation)
     finally:
@@ -115,8 +118,9 @@ async def _execute(deps: WorkerDeps, run: Run, writer: StreamWriter, cancellatio
             await writer.emit(
                 ev.RUN_STARTED, {"status": "running", "attempt": run.attempt, "worker": deps.name}
             )
-            await store.put_run(run)
-            await metrics.record_pickup(deps.redis, (run.started_at - run.created_at).total_seconds())
+            await store.put_run(run, redis_retry_s=REDIS_RETRY_S)
+            with contextlib.suppress(RedisError, OSError):  # a metric must not fail a run
+                await metrics.record_pickup(deps.redis, (run.started_at - run.created_at).total_seconds())
             run.exit_code, run.failure = await _place_inputs(deps, run)
         if run.failure is None:
             run.exit_code, run.failure = await _execute_steps(deps, run, writer, cancellation, build_env)
@@ -150,7 +154,7 @@ async def _await_build(
             await writer.emit(ev.BUILD_COMPLETED, payload)
     else:
         run.status = "waiting_for_build"
-        await store.put_run(run)
+        await store.put_run(run, redis_retry_s=REDIS_RETRY_S)
         await writer.emit(ev.RUN_WAITING_FOR_BUILD, {"status": "waiting_for_build", "build_id": build.id})
         stream = build_stream(settings, build.id)
         try:
@@ -180,7 +184,7 @@ async def _await_build(
             stage="build", code="build_failed", message=f"build {build.id} {build.status}: {reason}"
         ), {}
     build.last_used_at = utcnow()
-    await store.put_build(build)
+    await store.put_build(build, redis_retry_s=REDIS_RETRY_S)
     return None, environment_for(deps, build)
 
 
@@ -207,11 +211,12 @@ async def _complete(
     else:
         run.status = "failed" if run.failure else "succeeded"
     run.completed_at = utcnow()
-    await store.put_run(run)
-    if run.build_id:
-        await cast(Awaitable[int], deps.redis.srem(keys.build_users(run.build_id), run.id))
-    await metrics.record_run_finished(deps.redis, run.status)
-    await deps.redis.delete(keys.step_process(run.id))
+    await store.put_run(run, redis_retry_s=REDIS_RETRY_S)
+    with contextlib.suppress(RedisError, OSError):  # bookkeeping: a Redis blip must not stop the run's end
+        if run.build_id:
+            await cast(Awaitable[int], deps.redis.srem(keys.build_users(run.build_id), run.id))
+        await metrics.record_run_finished(deps.redis, run.status)
+        await deps.redis.delete(keys.step_process(run.id))
     payload: dict[str, Any] = {
         "status": run.status,
         "exit_code": run.exit_code,

@@ -19,7 +19,7 @@ from ade.builds import build_writer, release_fingerprint
 from ade.errors import Conflict, NotFound
 from ade.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, Failure, utcnow
 from ade.runs import run_writer
-from workers.deps import WorkerDeps
+from workers.deps import REDIS_RETRY_S, WorkerDeps
 
 log = logging.getLogger(__name__)
 LOST = "the worker running it stopped (its lease lapsed)"
@@ -59,7 +59,7 @@ async def _reap_run(deps: WorkerDeps, run_id: str) -> bool:
             return False
         run.status, run.completed_at, run.exit_code = "failed", utcnow(), None
         run.failure = Failure(stage="run", code="worker_lost", message=LOST)
-        await deps.store.put_run(run)
+        await deps.store.put_run(run, redis_retry_s=REDIS_RETRY_S)
         if run.build_id:
             await deps.redis.srem(keys.build_users(run.build_id), run.id)  # type: ignore[misc]
         await metrics.record_run_finished(deps.redis, run.status)
@@ -85,7 +85,7 @@ async def _reap_build(deps: WorkerDeps, build_id: str) -> bool:
         directory = deps.store.build_dir(build.id)
         for part in ("env", "source"):
             await asyncio.to_thread(shutil.rmtree, directory / part, True)
-        await deps.store.put_build(build)
+        await deps.store.put_build(build, redis_retry_s=REDIS_RETRY_S)
         await release_fingerprint(deps.redis, build, ready=False)  # never reused
         payload = {"status": "failed", "failure": {"stage": "build", "code": "worker_lost", "message": LOST}}
         await writer.emit(ev.BUILD_COMPLETED, payload)

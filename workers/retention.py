@@ -13,7 +13,7 @@ from typing import cast
 from ade import keys
 from ade.errors import NotFound
 from ade.models import Build, utcnow
-from workers.deps import WorkerDeps
+from workers.deps import REDIS_RETRY_S, WorkerDeps
 
 log = logging.getLogger(__name__)
 EXPIRABLE = frozenset({"ready", "failed", "cancelled"})
@@ -52,7 +52,7 @@ async def sweep(deps: WorkerDeps) -> list[str]:
             Awaitable[int], redis.eval(_FORGET_READY, 1, keys.build_ready(build.fingerprint), build.id)
         )
         build.status = "expired"
-        await store.put_build(build)
+        await store.put_build(build, redis_retry_s=REDIS_RETRY_S)
         directory = store.build_dir(build.id)
         for part in ("logs", "env", "source"):
             await asyncio.to_thread(shutil.rmtree, directory / part, True)

@@ -258,17 +258,12 @@ class RunResource(msgspec.Struct, kw_only=True):
             cancel_requested_by=run.cancel_requested_by,
             links=RunLinks(
                 self=base,
-                events=f"{base}/events",
                 events_stream=f"{base}/events?stream=true",
-                logs=f"{base}/logs",
-                logfile=f"{base}/logfile",
-                summary=f"{base}/summary",
-                plan=f"{base}/plan",
-                inputs=f"{base}/inputs",
-                outputs=f"{base}/outputs",
-                diagnostics=f"{base}/diagnostics",
-                cancel=f"{base}/cancel",
-                rerun=f"{base}/rerun",
+                **{
+                    name: f"{base}/{name}"
+                    for name in RunLinks.__struct_fields__
+                    if name not in ("self", "events_stream")
+                },
             ),
         )
 
@@ -429,27 +424,11 @@ class BuildResource(msgspec.Struct, kw_only=True):
             failure=build.failure,
             links=BuildLinks(
                 self=base,
-                inspect=f"{base}/inspect",
-                events=f"{base}/events",
                 events_stream=f"{base}/events?stream=true",
-                logs=f"{base}/logs",
-                cancel=f"{base}/cancel",
+                **{
+                    name: f"{base}/{name}"
+                    for name in BuildLinks.__struct_fields__
+                    if name not in ("self", "events_stream")
+                },
             ),
         )
-
-
-class BuildInspection(msgspec.Struct, kw_only=True):
-    id: str
-    status: BuildStatus
-    constructor: str
-    owner: str
-    fingerprint: str
-    flags: dict[str, bool]
-    reused_from: str | None
-    interpreter: str | None
-    spec: BuildSpec
-    created_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    last_used_at: datetime | None
-    failure: Failure | None

@@ -1,4 +1,5 @@
-"""Response shapes of the run views (`ade.api.run_views`), shared by the server and the client.
+"""Response shapes of the run and build views (`ade.api.run_views`, `ade.api.builds`), shared by the server
+and the client.
 
 Light on purpose (msgspec and domain structs only): `ade.client` decodes into these without importing the
 server stack.
@@ -13,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-from ade.models import Failure, Step
+from ade.models import BuildSpec, BuildStatus, Failure, Step
 from ade.outputs import OutputFile
 
-__all__ = ["InputFile", "OutputListing", "RunDiagnostics", "Timings"]
+__all__ = ["BuildInspection", "InputFile", "OutputListing", "RunDiagnostics", "Timings"]
 
 
 # An input artifact of a run.
@@ -56,3 +57,20 @@ class RunDiagnostics(msgspec.Struct, kw_only=True):
     cancel_requested_by: str | None
     log_bytes: int
     last_sequence: int
+
+
+class BuildInspection(msgspec.Struct, kw_only=True):
+    id: str
+    status: BuildStatus
+    constructor: str
+    owner: str
+    fingerprint: str
+    flags: dict[str, bool]
+    reused_from: str | None
+    interpreter: str | None
+    spec: BuildSpec
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    last_used_at: datetime | None
+    failure: Failure | None

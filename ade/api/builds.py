@@ -30,8 +30,9 @@ from ade.api.streams import (
 from ade.auth import Principal
 from ade.builds import build_stream, cancel_build, request_build
 from ade.errors import AdeError, Invalid, not_found
-from ade.models import Build, BuildCreate, BuildInspection, BuildResource, StreamToken
+from ade.models import Build, BuildCreate, BuildResource, StreamToken
 from ade.sse import follow
+from ade.views import BuildInspection
 
 
 class BuildExpired(AdeError):

@@ -24,7 +24,6 @@ from ade.models import (
     TERMINAL_RUN_STATUSES,
     ApiKeyCreated,
     ApiKeyResource,
-    BuildInspection,
     BuildResource,
     Commit,
     Configuration,
@@ -39,7 +38,7 @@ from ade.models import (
 )
 from ade.outputs import OutputFile
 from ade.summary import RunSummary
-from ade.views import InputFile, RunDiagnostics
+from ade.views import BuildInspection, InputFile, RunDiagnostics
 
 T = TypeVar("T")
 P = TypeVar("P")

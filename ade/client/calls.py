@@ -21,7 +21,6 @@ from ade.models import (
     ApiKeyCreated,
     ApiKeyResource,
     BuildCreate,
-    BuildInspection,
     BuildOptions,
     BuildResource,
     Commit,
@@ -38,7 +37,7 @@ from ade.models import (
 )
 from ade.outputs import OutputFile
 from ade.summary import ConsolePage, RunSummary
-from ade.views import InputFile, OutputListing, RunDiagnostics
+from ade.views import BuildInspection, InputFile, OutputListing, RunDiagnostics
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"

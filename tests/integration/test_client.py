@@ -26,7 +26,6 @@ from ade.client import (
 )
 from ade.events import Event
 from ade.models import (
-    BuildInspection,
     BuildResource,
     Commit,
     Configuration,
@@ -36,6 +35,7 @@ from ade.models import (
     SecretValue,
     Step,
 )
+from ade.views import BuildInspection
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 

@@ -27,7 +27,10 @@ class Record(msgspec.Struct):
 _decoder = msgspec.json.Decoder(Record)
 
 
-def scope_of(actor: str, endpoint: str, key: str) -> str:
+def scope_of(actor: str, endpoint: str, key: str | None) -> str | None:
+    """Where a key's record lives (None without a key: the request is not idempotent)."""
+    if key is None:
+        return None
     if not 1 <= len(key) <= 200 or not key.isprintable():
         raise Invalid("Idempotency-Key must be 1-200 printable characters", code="invalid_idempotency_key")
     return keys.idempotency(hashlib.sha256(f"{actor}\n{endpoint}\n{key}".encode()).hexdigest())

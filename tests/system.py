@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import httpx
 
 from ade.redis_server import RedisServer, free_port
@@ -86,6 +89,11 @@ class AdeSystem:
             time.sleep(0.05)
         raise RuntimeError(f"ADE did not become ready: {last}")
 
+    def api_client(self, timeout_s: float = 60.0) -> httpx.AsyncClient:
+        """An HTTP client on this system's API with the bootstrap token."""
+        headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+        return httpx.AsyncClient(base_url=f"{self.base_url}/api/v1", headers=headers, timeout=timeout_s)
+
     def stop(self) -> None:
         for proc in [self.api, *self.workers]:
             if proc is not None and proc.poll() is None:
@@ -118,3 +126,14 @@ def live_processes_in_group(pgid: int) -> list[int]:
         if group == pgid and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+@contextlib.asynccontextmanager
+async def running(root: Path, **env: str) -> AsyncIterator[AdeSystem]:
+    """A private system for a test that breaks things on purpose; stopped however the test ends."""
+    system = AdeSystem(root, extra_env=env)
+    await anyio.to_thread.run_sync(system.start)
+    try:
+        yield system
+    finally:
+        await anyio.to_thread.run_sync(system.stop)

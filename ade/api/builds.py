@@ -92,9 +92,7 @@ class BuildController(Controller):
             await services.audit.record(principal.actor, cfg.workspace_id, "build.create", build.id, details)
             return build
 
-        scope = None
-        if idempotency_key is not None:
-            scope = idempotency.scope_of(principal.actor, f"builds:{cfg.id}", idempotency_key)
+        scope = idempotency.scope_of(principal.actor, f"builds:{cfg.id}", idempotency_key)
         body_bytes = msgspec.json.encode(body)
         build = await idempotency.once(
             services.redis, scope, body_bytes, create, services.store.get_build, lambda made: made.id

@@ -130,9 +130,7 @@ class RunController(Controller):
         With `Idempotency-Key`, the same key and body within 24 h answer with the same run."""
         body = data or RunCreate()
         cfg = await auth.configuration(services, principal, configuration_id, "operator")
-        scope = None
-        if idempotency_key is not None:
-            scope = idempotency.scope_of(principal.actor, f"runs:{cfg.id}", idempotency_key)
+        scope = idempotency.scope_of(principal.actor, f"runs:{cfg.id}", idempotency_key)
         run = await idempotency.once(
             services.redis,
             scope,

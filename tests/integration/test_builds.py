@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.api import ade_events, collect_sse, configuration, run, wait_for_end, workspace
-from tests.system import BOOTSTRAP_TOKEN, AdeSystem
+from tests.system import running
 
 pytestmark = pytest.mark.anyio
 
@@ -262,35 +262,28 @@ async def test_archive_member_escaping_the_source_is_rejected(
 
 
 async def test_retention_expires_old_builds_logs_204_events_410(tmp_path: Path) -> None:
-    system = AdeSystem(
-        tmp_path,
-        extra_env={
-            "ADE_BUILD_LOG_RETENTION_S": "1",
-            "ADE_BUILD_ENV_RETENTION_S": "1",
-            "ADE_BUILD_SWEEP_INTERVAL_S": "0.2",
-        },
-    )
-    await anyio.to_thread.run_sync(system.start)
-    try:
-        headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
-        async with httpx.AsyncClient(
-            base_url=f"{system.base_url}/api/v1", headers=headers, timeout=30
-        ) as api:
-            ws = await workspace(api)
-            spec = {"constructor": "shell", "steps": [{"name": "b", "script": "echo hi"}]}
-            cfg = await configuration(api, ws, [{"name": "s", "script": "true"}], build=spec)
-            build = await create_build(api, ws, cfg, wait=True)
-            assert build["status"] == "ready"
-            with anyio.fail_after(20):
-                while (await api.get(f"/builds/{build['id']}")).json()["status"] != "expired":  # noqa: ASYNC110
-                    await anyio.sleep(0.1)  # the sweep runs on its own schedule
-            logs = await api.get(f"/builds/{build['id']}/logs")
-            assert logs.status_code == 204 and logs.content == b""
-            gone = await api.get(f"/builds/{build['id']}/events")
-            assert gone.status_code == 410 and gone.json()["code"] == "build_expired"
-            assert not (system.data_dir / "builds" / build["id"] / "logs").exists()
-            # The next request builds afresh: an expired build is never reused.
-            fresh = await create_build(api, ws, cfg, wait=True)
-            assert fresh["reused_from"] is None and fresh["id"] != build["id"]
-    finally:
-        await anyio.to_thread.run_sync(system.stop)
+    async with (
+        running(
+            tmp_path,
+            ADE_BUILD_LOG_RETENTION_S="1",
+            ADE_BUILD_ENV_RETENTION_S="1",
+            ADE_BUILD_SWEEP_INTERVAL_S="0.2",
+        ) as system,
+        system.api_client(timeout_s=30) as api,
+    ):
+        ws = await workspace(api)
+        spec = {"constructor": "shell", "steps": [{"name": "b", "script": "echo hi"}]}
+        cfg = await configuration(api, ws, [{"name": "s", "script": "true"}], build=spec)
+        build = await create_build(api, ws, cfg, wait=True)
+        assert build["status"] == "ready"
+        with anyio.fail_after(20):
+            while (await api.get(f"/builds/{build['id']}")).json()["status"] != "expired":  # noqa: ASYNC110
+                await anyio.sleep(0.1)  # the sweep runs on its own schedule
+        logs = await api.get(f"/builds/{build['id']}/logs")
+        assert logs.status_code == 204 and logs.content == b""
+        gone = await api.get(f"/builds/{build['id']}/events")
+        assert gone.status_code == 410 and gone.json()["code"] == "build_expired"
+        assert not (system.data_dir / "builds" / build["id"] / "logs").exists()
+        # The next request builds afresh: an expired build is never reused.
+        fresh = await create_build(api, ws, cfg, wait=True)
+        assert fresh["reused_from"] is None and fresh["id"] != build["id"]

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.api import ade_events, collect_sse, configuration, wait_for_end, workspace
-from tests.system import BOOTSTRAP_TOKEN, AdeSystem
+from tests.system import AdeSystem, running
 
 pytestmark = pytest.mark.anyio
 
@@ -63,21 +63,14 @@ async def test_idempotency_key_on_builds(client: httpx.AsyncClient) -> None:
 
 @pytest.fixture
 async def own_system(tmp_path: Path) -> AsyncIterator[AdeSystem]:
-    system = AdeSystem(tmp_path)
-    await anyio.to_thread.run_sync(system.start)
-    try:
+    async with running(tmp_path) as system:
         yield system
-    finally:
-        await anyio.to_thread.run_sync(system.stop)
 
 
 async def test_redis_down_answers_503_creates_nothing_and_disk_reads_still_work(
     own_system: AdeSystem,
 ) -> None:
-    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
-    async with httpx.AsyncClient(
-        base_url=f"{own_system.base_url}/api/v1", headers=headers, timeout=30
-    ) as api:
+    async with own_system.api_client(timeout_s=30) as api:
         ws = await workspace(api)
         cfg = await configuration(api, ws, [{"name": "s", "script": "seq 1 5"}])
         done = (await api.post(f"/configurations/{cfg}/runs", json={})).json()["id"]
@@ -109,10 +102,7 @@ async def test_redis_down_answers_503_creates_nothing_and_disk_reads_still_work(
 
 
 async def test_redis_restart_mid_stream_loses_no_event(own_system: AdeSystem) -> None:
-    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
-    async with httpx.AsyncClient(
-        base_url=f"{own_system.base_url}/api/v1", headers=headers, timeout=60
-    ) as api:
+    async with own_system.api_client() as api:
         ws = await workspace(api)
         script = "for i in $(seq 1 400); do echo line$i; sleep 0.005; done"
         cfg = await configuration(api, ws, [{"name": "s", "script": script}])
@@ -138,10 +128,7 @@ async def test_redis_restart_mid_stream_loses_no_event(own_system: AdeSystem) ->
 
 
 async def test_api_restart_mid_stream_resumes_exactly_with_last_event_id(own_system: AdeSystem) -> None:
-    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
-    async with httpx.AsyncClient(
-        base_url=f"{own_system.base_url}/api/v1", headers=headers, timeout=60
-    ) as api:
+    async with own_system.api_client() as api:
         ws = await workspace(api)
         cfg = await configuration(
             api, ws, [{"name": "s", "script": "for i in $(seq 1 200); do echo $i; sleep 0.01; done"}]
@@ -171,36 +158,25 @@ async def test_api_restart_mid_stream_resumes_exactly_with_last_event_id(own_sys
 
 
 async def test_worker_sigterm_lets_short_steps_finish_and_fails_long_ones(tmp_path: Path) -> None:
-    system = AdeSystem(tmp_path, extra_env={"ADE_WORKER_SHUTDOWN_GRACE_S": "2"})
-    await anyio.to_thread.run_sync(system.start)
-    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"{system.base_url}/api/v1", headers=headers, timeout=60
-        ) as api:
-            ws = await workspace(api)
-            short = await configuration(api, ws, [{"name": "s", "script": "echo go; sleep 0.5; echo done"}])
-            long = await configuration(api, ws, [{"name": "l", "script": "echo go; sleep 60"}])
-            short_run = (await api.post(f"/configurations/{short}/runs", json={})).json()["id"]
-            long_run = (await api.post(f"/configurations/{long}/runs", json={})).json()["id"]
-            for run_id in (short_run, long_run):
-                await collect_sse(api, f"/runs/{run_id}/events", params={"stream": "true"}, stop_after=4)
-            system.workers[0].terminate()  # SIGTERM
-            assert await anyio.to_thread.run_sync(system.workers[0].wait, 20) is not None
-            short_end = (await api.get(f"/runs/{short_run}")).json()
-            long_end = (await api.get(f"/runs/{long_run}")).json()
-            assert short_end["status"] == "succeeded"  # finished within the grace period
-            assert long_end["status"] == "failed" and long_end["failure"]["code"] == "worker_lost"
-            assert "shut down" in long_end["failure"]["message"]
-    finally:
-        await anyio.to_thread.run_sync(system.stop)
+    async with running(tmp_path, ADE_WORKER_SHUTDOWN_GRACE_S="2") as system, system.api_client() as api:
+        ws = await workspace(api)
+        short = await configuration(api, ws, [{"name": "s", "script": "echo go; sleep 0.5; echo done"}])
+        long = await configuration(api, ws, [{"name": "l", "script": "echo go; sleep 60"}])
+        short_run = (await api.post(f"/configurations/{short}/runs", json={})).json()["id"]
+        long_run = (await api.post(f"/configurations/{long}/runs", json={})).json()["id"]
+        for run_id in (short_run, long_run):
+            await collect_sse(api, f"/runs/{run_id}/events", params={"stream": "true"}, stop_after=4)
+        system.workers[0].terminate()  # SIGTERM
+        assert await anyio.to_thread.run_sync(system.workers[0].wait, 20) is not None
+        short_end = (await api.get(f"/runs/{short_run}")).json()
+        long_end = (await api.get(f"/runs/{long_run}")).json()
+        assert short_end["status"] == "succeeded"  # finished within the grace period
+        assert long_end["status"] == "failed" and long_end["failure"]["code"] == "worker_lost"
+        assert "shut down" in long_end["failure"]["message"]
 
 
 async def test_reindex_rebuilds_everything_after_flushall(own_system: AdeSystem) -> None:
-    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
-    async with httpx.AsyncClient(
-        base_url=f"{own_system.base_url}/api/v1", headers=headers, timeout=60
-    ) as api:
+    async with own_system.api_client() as api:
         ws = await workspace(api)
         key = (await api.post(f"/workspaces/{ws}/api-keys", json={"name": "k", "role": "admin"})).json()
         artifact = (await api.post(f"/workspaces/{ws}/artifacts", content=b"input")).json()["key"]
@@ -255,11 +231,8 @@ def rss_bytes(pid: int) -> int:
 
 
 async def test_stalled_subscriber_stays_bounded_and_does_not_delay_others(own_system: AdeSystem) -> None:
-    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
     assert own_system.api is not None
-    async with httpx.AsyncClient(
-        base_url=f"{own_system.base_url}/api/v1", headers=headers, timeout=120
-    ) as api:
+    async with own_system.api_client(timeout_s=120) as api:
         ws = await workspace(api)
         cfg = await configuration(api, ws, [{"name": "s", "script": "sleep 0.5; seq 1 200000"}])
         run_id = (await api.post(f"/configurations/{cfg}/runs", json={})).json()["id"]
@@ -298,10 +271,7 @@ async def test_log_write_failure_fails_the_run_cleanly(tmp_path: Path) -> None:
         limited = subprocess.Popen(  # noqa: ASYNC220 - started once, waited on in a thread
             [sys.executable, "-m", "ade.cli", "worker"], env=system.env(), preexec_fn=small_files
         )
-        headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
-        async with httpx.AsyncClient(
-            base_url=f"{system.base_url}/api/v1", headers=headers, timeout=60
-        ) as api:
+        async with system.api_client() as api:
             ws = await workspace(api)
             cfg = await configuration(api, ws, [{"name": "s", "script": "seq 1 20000"}])
             run_id = (await api.post(f"/configurations/{cfg}/runs", json={})).json()["id"]

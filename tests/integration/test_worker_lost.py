@@ -8,29 +8,22 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
-import httpx
 import pytest
 
 from tests.api import ade_events, collect_sse, configuration, run, workspace
-from tests.system import BOOTSTRAP_TOKEN, AdeSystem, live_processes_in_group
+from tests.system import AdeSystem, live_processes_in_group, running
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 async def fragile(tmp_path: Path) -> AsyncIterator[AdeSystem]:
-    system = AdeSystem(tmp_path, extra_env={"ADE_LEASE_TTL_S": "1"})
-    await anyio.to_thread.run_sync(system.start)
-    try:
+    async with running(tmp_path, ADE_LEASE_TTL_S="1") as system:
         yield system
-    finally:
-        await anyio.to_thread.run_sync(system.stop)
 
 
 async def test_killed_worker_fails_its_run_and_build_as_worker_lost(fragile: AdeSystem) -> None:
-    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
-    async with httpx.AsyncClient(base_url=f"{fragile.base_url}/api/v1", headers=headers, timeout=60) as api:
+    async with fragile.api_client() as api:
         ws = await workspace(api)
         script = "echo pgid=$(ps -o pgid= $$ | tr -d ' '); sleep 300"
         cfg = await configuration(api, ws, [{"name": "long", "script": script}])

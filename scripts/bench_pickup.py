@@ -39,7 +39,7 @@ from arq.worker import Worker
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
 
-from ade.redis_server import RedisServer, free_port  # noqa: E402
+from ade.cli.redis_server import RedisServer, free_port  # noqa: E402
 
 API = "/api/v1"
 READY_TIMEOUT_S = 60.0

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ade.redis_server import RedisServer
+from ade.cli.redis_server import RedisServer
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 

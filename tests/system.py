@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from ade.redis_server import RedisServer, free_port
+from ade.cli.redis_server import RedisServer, free_port
 
 BOOTSTRAP_TOKEN = "test-bootstrap-token"
 ARTIFACT_LIMIT_BYTES = 2 * 1024 * 1024

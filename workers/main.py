@@ -21,13 +21,14 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ade import keys, queue
-from ade.artifacts import ArtifactStore
-from ade.hub import Hub
-from ade.settings import Settings
-from ade.store import Store
+from ade.core import keys
+from ade.core.settings import Settings
+from ade.events.hub import Hub
+from ade.execution.deps import CancelSignals, WorkerDeps
+from ade.lifecycle import queue
+from ade.records.artifacts import ArtifactStore
+from ade.records.store import Store
 from workers import reaper, retention, tasks
-from workers.deps import CancelSignals, WorkerDeps
 
 log = logging.getLogger(__name__)
 

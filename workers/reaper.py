@@ -13,13 +13,14 @@ import shutil
 import signal
 import socket
 
-from ade import events as ev
-from ade import keys, metrics
-from ade.builds import build_writer, release_fingerprint
-from ade.errors import Conflict, NotFound
-from ade.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, Failure, utcnow
-from ade.runs import run_writer
-from workers.deps import REDIS_RETRY_S, WorkerDeps
+from ade.core import keys
+from ade.core.errors import Conflict, NotFound
+from ade.core.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, Failure, utcnow
+from ade.events import envelope as ev
+from ade.execution.deps import REDIS_RETRY_S, WorkerDeps
+from ade.lifecycle.builds import build_writer, release_fingerprint
+from ade.lifecycle.runs import run_writer
+from ade.records import metrics
 
 log = logging.getLogger(__name__)
 LOST = "the worker running it stopped (its lease lapsed)"

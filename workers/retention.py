@@ -10,10 +10,10 @@ import shutil
 from collections.abc import Awaitable
 from typing import cast
 
-from ade import keys
-from ade.errors import NotFound
-from ade.models import Build, utcnow
-from workers.deps import REDIS_RETRY_S, WorkerDeps
+from ade.core import keys
+from ade.core.errors import NotFound
+from ade.core.models import Build, utcnow
+from ade.execution.deps import REDIS_RETRY_S, WorkerDeps
 
 log = logging.getLogger(__name__)
 EXPIRABLE = frozenset({"ready", "failed", "cancelled"})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.builder import execute_build as _execute_build
-from workers.deps import WorkerDeps
-from workers.executor import execute_run as _execute_run
+from ade.execution.builder import execute_build as _execute_build
+from ade.execution.deps import WorkerDeps
+from ade.execution.executor import execute_run as _execute_run
 
 
 async def execute_run(ctx: dict[str, Any], run_id: str) -> None:

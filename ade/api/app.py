@@ -32,14 +32,14 @@ from ade.api.openapi import make_exact
 from ade.api.run_views import RunViewController
 from ade.api.runs import RunController
 from ade.api.workspaces import WorkspaceController
-from ade.artifacts import ArtifactStore
-from ade.audit import AuditLog
-from ade.auth import StreamTokens, load_signing_key
-from ade.errors import AdeError
-from ade.hub import Hub
-from ade.settings import Settings, get_settings
-from ade.store import Store
-from ade.summary import Summaries
+from ade.core.errors import AdeError
+from ade.core.settings import Settings, get_settings
+from ade.events.hub import Hub
+from ade.records.artifacts import ArtifactStore
+from ade.records.audit import AuditLog
+from ade.records.auth import StreamTokens, load_signing_key
+from ade.records.store import Store
+from ade.records.summary import Summaries
 from ade.web import route_handlers as web_console
 
 log = logging.getLogger(__name__)

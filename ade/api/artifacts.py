@@ -11,9 +11,9 @@ from litestar.response import File
 
 from ade.api import auth
 from ade.api.deps import Services
-from ade.artifacts import Artifact
-from ade.auth import Principal
-from ade.errors import Invalid, TooLarge, not_found
+from ade.core.errors import Invalid, TooLarge, not_found
+from ade.records.artifacts import Artifact
+from ade.records.auth import Principal
 
 _CHUNK_BYTES = 64 * 1024
 

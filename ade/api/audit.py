@@ -9,8 +9,8 @@ from litestar.params import Parameter
 
 from ade.api import auth
 from ade.api.deps import Services
-from ade.auth import Principal
-from ade.models import AuditPage
+from ade.core.models import AuditPage
+from ade.records.auth import Principal
 
 
 class AuditController(Controller):

@@ -11,9 +11,9 @@ from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from ade.api.deps import API_PREFIX, Services
-from ade.auth import SUPERUSER, Principal, check_bootstrap, check_key, key_id_of
-from ade.errors import Unauthorized, not_found
-from ade.models import Build, Configuration, Role, Run, Workspace, utcnow
+from ade.core.errors import Unauthorized, not_found
+from ade.core.models import Build, Configuration, Role, Run, Workspace, utcnow
+from ade.records.auth import SUPERUSER, Principal, check_bootstrap, check_key, key_id_of
 
 # The web console's page and files are public; all its data comes from the authenticated API.
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema", "^/$", "^/static/"]

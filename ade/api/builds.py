@@ -11,7 +11,6 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from ade import idempotency, keys
 from ade.api import auth
 from ade.api.configurations import public_build
 from ade.api.deps import API_PREFIX, Services
@@ -27,12 +26,14 @@ from ade.api.streams import (
     stream_token,
     wants_stream,
 )
-from ade.auth import Principal
-from ade.builds import build_stream, cancel_build, request_build
-from ade.errors import AdeError, Invalid, not_found
-from ade.models import Build, BuildCreate, BuildResource, StreamToken
-from ade.sse import follow
-from ade.views import BuildInspection
+from ade.core import keys
+from ade.core.errors import AdeError, Invalid, not_found
+from ade.core.models import Build, BuildCreate, BuildResource, StreamToken
+from ade.core.views import BuildInspection
+from ade.events.follow import follow
+from ade.lifecycle.builds import build_stream, cancel_build, request_build
+from ade.records import idempotency
+from ade.records.auth import Principal
 
 
 class BuildExpired(AdeError):

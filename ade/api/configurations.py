@@ -7,12 +7,11 @@ from typing import Any
 import msgspec
 from litestar import Controller, delete, get, post, put
 
-from ade import ids
 from ade.api import auth
 from ade.api.deps import Services
-from ade.auth import Principal
-from ade.errors import Invalid
-from ade.models import (
+from ade.core import ids
+from ade.core.errors import Invalid
+from ade.core.models import (
     BuildSpec,
     Configuration,
     ConfigurationCreate,
@@ -22,7 +21,8 @@ from ade.models import (
     redact_environment,
     utcnow,
 )
-from ade.settings import Settings
+from ade.core.settings import Settings
+from ade.records.auth import Principal
 
 public_environment = redact_environment
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from ade.artifacts import ArtifactStore
-from ade.audit import AuditLog
-from ade.auth import StreamTokens
-from ade.hub import Hub
-from ade.settings import Settings
-from ade.store import Store
-from ade.summary import Summaries
+from ade.core.settings import Settings
+from ade.events.hub import Hub
+from ade.records.artifacts import ArtifactStore
+from ade.records.audit import AuditLog
+from ade.records.auth import StreamTokens
+from ade.records.store import Store
+from ade.records.summary import Summaries
 
 API_PREFIX = "/api/v1"
 

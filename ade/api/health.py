@@ -8,10 +8,11 @@ import msgspec
 from litestar import Controller, Response, get
 from redis.exceptions import RedisError
 
-from ade import keys, metrics
 from ade.api.deps import Services
-from ade.auth import Principal
-from ade.errors import Forbidden
+from ade.core import keys
+from ade.core.errors import Forbidden
+from ade.records import metrics
+from ade.records.auth import Principal
 
 
 class Readiness(msgspec.Struct, kw_only=True):

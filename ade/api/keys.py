@@ -5,12 +5,12 @@ from __future__ import annotations
 import msgspec
 from litestar import Controller, delete, get, post
 
-from ade import ids
 from ade.api import auth
 from ade.api.deps import Services
-from ade.auth import Principal, new_key_secret, secret_sha256
-from ade.errors import Invalid, not_found
-from ade.models import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyResource, utcnow
+from ade.core import ids
+from ade.core.errors import Invalid, not_found
+from ade.core.models import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyResource, utcnow
+from ade.records.auth import Principal, new_key_secret, secret_sha256
 
 
 class WhoAmI(msgspec.Struct, kw_only=True):

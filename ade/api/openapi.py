@@ -20,7 +20,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Reference, Schema
 from litestar.routes import HTTPRoute
 
-from ade.models import Struct as RequestStruct
+from ade.core.models import Struct as RequestStruct
 
 COMPONENTS = "#/components/schemas/"
 

@@ -14,7 +14,6 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import File, Stream
 
-from ade import eventlog
 from ade.api import auth
 from ade.api.configurations import public_environment, public_steps
 from ade.api.deps import API_PREFIX, Services
@@ -27,13 +26,14 @@ from ade.api.streams import (
     resume_point,
     wants_stream,
 )
-from ade.auth import Principal
-from ade.errors import NotFound
-from ade.events import StreamRef
-from ade.models import InputArtifact, Plan, Run
-from ade.outputs import content_type_of, list_outputs, parse_range, resolve_output
-from ade.summary import ConsolePage, RunSummary
-from ade.views import InputFile, OutputListing, RunDiagnostics, Timings
+from ade.core.errors import NotFound
+from ade.core.models import InputArtifact, Plan, Run
+from ade.core.views import InputFile, OutputListing, RunDiagnostics, Timings
+from ade.events import eventlog
+from ade.events.envelope import StreamRef
+from ade.records.auth import Principal
+from ade.records.outputs import content_type_of, list_outputs, parse_range, resolve_output
+from ade.records.summary import ConsolePage, RunSummary
 
 ConsoleStream = Literal["stdout", "stderr"]
 

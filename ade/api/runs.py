@@ -13,15 +13,17 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from ade import idempotency, ids, keys, runs
 from ade.api import auth
 from ade.api.deps import API_PREFIX, Services
 from ade.api.streams import sse_response, stream_token, wants_stream
-from ade.artifacts import safe_input_name
-from ade.auth import Principal
-from ade.builds import request_build
-from ade.events import StreamRef
-from ade.models import Configuration, Page, Run, RunCreate, RunResource, RunStatus, StreamToken
+from ade.core import ids, keys
+from ade.core.models import Configuration, Page, Run, RunCreate, RunResource, RunStatus, StreamToken
+from ade.events.envelope import StreamRef
+from ade.lifecycle import runs
+from ade.lifecycle.builds import request_build
+from ade.records import idempotency
+from ade.records.artifacts import safe_input_name
+from ade.records.auth import Principal
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="runs per page")]
 Before = Annotated[str | None, Parameter(description="cursor: runs older than this run id (`next_cursor`)")]

@@ -13,14 +13,15 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
-from ade import eventlog, keys
 from ade.api.deps import API_PREFIX, Services
-from ade.auth import Principal
-from ade.errors import Invalid, TooManyRequests
-from ade.events import EVENT_DECODER, Event, StreamRef
-from ade.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, StreamToken
-from ade.sse import follow, stream_frames
-from ade.summary import ConsolePage, console_line, console_page
+from ade.core import keys
+from ade.core.errors import Invalid, TooManyRequests
+from ade.core.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, StreamToken
+from ade.events import eventlog
+from ade.events.envelope import EVENT_DECODER, Event, StreamRef
+from ade.events.follow import follow, stream_frames
+from ade.records.auth import Principal
+from ade.records.summary import ConsolePage, console_line, console_page
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 EventsFormat = Literal["json", "ndjson"]

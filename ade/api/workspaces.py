@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from litestar import Controller, get, post
 
-from ade import ids
 from ade.api import auth
 from ade.api.deps import Services
-from ade.auth import Principal
-from ade.errors import Forbidden
-from ade.models import Workspace, WorkspaceCreate, utcnow
+from ade.core import ids
+from ade.core.errors import Forbidden
+from ade.core.models import Workspace, WorkspaceCreate, utcnow
+from ade.records.auth import Principal
 
 
 class WorkspaceController(Controller):

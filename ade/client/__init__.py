@@ -56,7 +56,7 @@ from ade.client.errors import (
 )
 from ade.client.errors import api_error as api_error
 from ade.client.sync import AdeClient
-from ade.views import InputFile, OutputListing, RunDiagnostics, Timings
+from ade.core.views import InputFile, OutputListing, RunDiagnostics, Timings
 
 __all__ = [
     "AdeApiError",

@@ -18,8 +18,7 @@ from ade.client.calls import CHUNK_BYTES, Artifact, Call, ConsoleStream, EventsP
 from ade.client.errors import GoneError, api_error
 from ade.client.paging import ConsolePages, Pager, list_builds_pages, list_runs_pages
 from ade.client.streams import RECONNECT, Lines, Resume, Retry, aconsole_lines, sse_error
-from ade.events import Event
-from ade.models import (
+from ade.core.models import (
     TERMINAL_BUILD_STATUSES,
     TERMINAL_RUN_STATUSES,
     ApiKeyCreated,
@@ -36,9 +35,10 @@ from ade.models import (
     RunStatus,
     Workspace,
 )
-from ade.outputs import OutputFile
-from ade.summary import RunSummary
-from ade.views import BuildInspection, InputFile, RunDiagnostics
+from ade.core.views import BuildInspection, InputFile, RunDiagnostics
+from ade.events.envelope import Event
+from ade.records.outputs import OutputFile
+from ade.records.summary import RunSummary
 
 T = TypeVar("T")
 P = TypeVar("P")

@@ -16,8 +16,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from ade.events import Event
-from ade.models import (
+from ade.core.models import (
     ApiKeyCreated,
     ApiKeyResource,
     BuildCreate,
@@ -35,9 +34,10 @@ from ade.models import (
     Workspace,
     WorkspaceCreate,
 )
-from ade.outputs import OutputFile
-from ade.summary import ConsolePage, RunSummary
-from ade.views import BuildInspection, InputFile, OutputListing, RunDiagnostics
+from ade.core.views import BuildInspection, InputFile, OutputListing, RunDiagnostics
+from ade.events.envelope import Event
+from ade.records.outputs import OutputFile
+from ade.records.summary import ConsolePage, RunSummary
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"

@@ -9,8 +9,8 @@ from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 from ade.client.calls import Call, ConsoleStream, Params, console_page, decoder, json_call, seg
-from ade.models import BuildResource, Page, RunResource, RunStatus
-from ade.summary import ConsolePage
+from ade.core.models import BuildResource, Page, RunResource, RunStatus
+from ade.records.summary import ConsolePage
 
 T = TypeVar("T")
 P = TypeVar("P")

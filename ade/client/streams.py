@@ -17,7 +17,7 @@ from httpx_sse import ServerSentEvent, SSEError
 
 from ade.client.calls import ConsoleStream
 from ade.client.errors import AdeStreamError, api_error
-from ade.events import Event
+from ade.events.envelope import Event
 
 _EVENT_DECODER = msgspec.json.Decoder(Event)
 _FIRST_RETRY_S = 0.05

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ade.client import AdeClient
-from ade.models import RunResource
+from ade.core.models import RunResource
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 ADE = [sys.executable, "-m", "ade.cli"]

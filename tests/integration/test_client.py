@@ -24,8 +24,7 @@ from ade.client import (
     NotFoundError,
     UnauthorizedError,
 )
-from ade.events import Event
-from ade.models import (
+from ade.core.models import (
     BuildResource,
     Commit,
     Configuration,
@@ -35,7 +34,8 @@ from ade.models import (
     SecretValue,
     Step,
 )
-from ade.views import BuildInspection
+from ade.core.views import BuildInspection
+from ade.events.envelope import Event
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 
@@ -436,7 +436,7 @@ def test_a_stream_gives_up_when_the_server_stays_away_or_keeps_skipping() -> Non
 def test_mirrored_response_shapes_match_the_server() -> None:
     """The client mirrors a few server structs (to stay light to import); they must not drift."""
     from ade.api import run_views, streams
-    from ade.artifacts import Artifact
+    from ade.records.artifacts import Artifact
 
     pairs = [
         (client_module.Artifact, Artifact),

@@ -18,7 +18,7 @@ from schemathesis.checks import negative_data_rejection
 from schemathesis.config import SchemathesisConfig
 
 from ade.api.app import create_app
-from ade.settings import Settings
+from ade.core.settings import Settings
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 _document = json.loads(encode_json(create_app(Settings.from_env()).openapi_schema.to_schema()))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from ade.redis_server import free_port
+from ade.cli.redis_server import free_port
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 

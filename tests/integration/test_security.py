@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 
-from ade.auth import Principal, StreamTokens, load_signing_key
+from ade.records.auth import Principal, StreamTokens, load_signing_key
 from tests.api import ade_events, collect_sse, configuration, run, wait_for_end, workspace
 from tests.system import AdeSystem
 

@@ -11,10 +11,10 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from ade import keys
-from ade.artifacts import Artifact, ArtifactStore, safe_input_name, sanitize_filename
-from ade.errors import Invalid, NotFound, TooLarge
-from ade.redis_server import RedisServer
+from ade.cli.redis_server import RedisServer
+from ade.core import keys
+from ade.core.errors import Invalid, NotFound, TooLarge
+from ade.records.artifacts import Artifact, ArtifactStore, safe_input_name, sanitize_filename
 
 pytestmark = pytest.mark.anyio
 

@@ -9,11 +9,11 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from ade import eventlog
-from ade.dispatcher import Identity, StreamWriter
-from ade.errors import Conflict
-from ade.events import HEAD_DECODER, StreamRef
-from ade.redis_server import RedisServer
+from ade.cli.redis_server import RedisServer
+from ade.core.errors import Conflict
+from ade.events import eventlog
+from ade.events.envelope import HEAD_DECODER, StreamRef
+from ade.events.writer import Identity, StreamWriter
 
 pytestmark = pytest.mark.anyio
 IDENTITY = Identity(workspace_id="ws_test", run_id="run_test")

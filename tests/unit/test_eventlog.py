@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ade import eventlog
-from ade.events import Event, encode_event
+from ade.events import eventlog
+from ade.events.envelope import Event, encode_event
 
 
 def write_log(path: Path, count: int, *, message_bytes: int = 40) -> list[bytes]:

@@ -9,17 +9,17 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from ade.dispatcher import Identity, StreamWriter
-from ade.events import RUN_COMPLETED, StreamRef
-from ade.hub import Hub, Subscription
-from ade.redis_server import RedisServer
-from ade.sse import stream_frames
+from ade.cli.redis_server import RedisServer
+from ade.events.envelope import RUN_COMPLETED, StreamRef
+from ade.events.follow import stream_frames
+from ade.events.hub import Hub, Subscription
+from ade.events.writer import Identity, StreamWriter
 
 pytestmark = pytest.mark.anyio
 
 
 def test_subscription_queue_is_bounded_and_keeps_the_newest() -> None:
-    from ade.events import EventHead
+    from ade.events.envelope import EventHead
 
     sub = Subscription(max_events=10)
     for n in range(1, 101):

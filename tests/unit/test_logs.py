@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from ade import logs
+from ade.core import logs
 
 
 def test_json_logs_carry_run_and_build_ids(

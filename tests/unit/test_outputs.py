@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ade.errors import AdeError, Invalid, NotFound
-from ade.outputs import OutputFile, RangeNotSatisfiable, list_outputs, parse_range, resolve_output
+from ade.core.errors import AdeError, Invalid, NotFound
+from ade.records.outputs import OutputFile, RangeNotSatisfiable, list_outputs, parse_range, resolve_output
 
 
 @pytest.fixture

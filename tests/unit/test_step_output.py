@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.console import engine_event
-from workers.process import LineSplitter
+from ade.execution.console import engine_event
+from ade.execution.process import LineSplitter
 
 
 def split(chunks: list[bytes], max_bytes: int = 10) -> list[tuple[bytes, bool]]:

@@ -24,8 +24,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from ade import keys
-from ade.events import HEAD_DECODER, EventHead
+from ade.core import keys
+from ade.events.envelope import HEAD_DECODER, EventHead
 
 log = logging.getLogger(__name__)
 

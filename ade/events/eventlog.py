@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ade.errors import LogWriteFailed
-from ade.events import HEAD_DECODER, EventHead
+from ade.core.errors import LogWriteFailed
+from ade.events.envelope import HEAD_DECODER, EventHead
 
 _CHUNK_BYTES = 64 * 1024
 _PROBE_BYTES = 4096  # a binary-search probe reads about one line

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import click
 
-from ade.cli_client import COMMANDS
-from ade.settings import Settings, get_settings
+from ade.cli.commands import COMMANDS
+from ade.core.settings import Settings, get_settings
 
 
 def _configure_logging() -> None:
-    from ade import logs
+    from ade.core import logs
 
     logs.configure()
 
@@ -79,7 +79,7 @@ def reindex() -> None:
     """Rebuild all Redis metadata from the data directory (after a FLUSHALL or a lost Redis)."""
     from redis.asyncio import Redis
 
-    from ade.reindex import reindex as rebuild
+    from ade.records.reindex import reindex as rebuild
 
     _configure_logging()
     settings = get_settings()
@@ -109,7 +109,7 @@ def dev(host: str | None, port: int | None) -> None:
 
     Ctrl-C stops all of it.
     """
-    from ade.redis_server import RedisServer
+    from ade.cli.redis_server import RedisServer
 
     settings = Settings.from_env()
     env = dict(os.environ, ADE_DATA_DIR=str(settings.data_dir))

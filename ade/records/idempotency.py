@@ -11,8 +11,8 @@ from typing import TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from ade import keys
-from ade.errors import Conflict, Invalid
+from ade.core import keys
+from ade.core.errors import Conflict, Invalid
 
 T = TypeVar("T")
 TTL_S = 24 * 3600

@@ -13,8 +13,8 @@ from typing import Any, cast
 import msgspec
 from redis.asyncio import Redis
 
-from ade import ids, keys
-from ade.models import AuditEntry, AuditPage, Pagination, utcnow
+from ade.core import ids, keys
+from ade.core.models import AuditEntry, AuditPage, Pagination, utcnow
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AuditEntry)

@@ -22,9 +22,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ade import keys
-from ade.errors import Conflict, not_found
-from ade.models import (
+from ade.core import keys
+from ade.core.errors import Conflict, not_found
+from ade.core.models import (
     TERMINAL_BUILD_STATUSES,
     TERMINAL_RUN_STATUSES,
     ApiKey,

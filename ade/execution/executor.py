@@ -18,15 +18,10 @@ import anyio
 import msgspec
 from redis.exceptions import RedisError
 
-from ade import events as ev
-from ade import keys, metrics
-from ade.artifacts import safe_input_name
-from ade.builds import build_stream
-from ade.dispatcher import EventSpec, StreamWriter
-from ade.errors import AdeError, LogWriteFailed, NotFound
-from ade.events import EVENT_DECODER
-from ade.logs import current_build_id, current_run_id
-from ade.models import (
+from ade.core import keys
+from ade.core.errors import AdeError, LogWriteFailed, NotFound
+from ade.core.logs import current_build_id, current_run_id
+from ade.core.models import (
     TERMINAL_BUILD_STATUSES,
     TERMINAL_RUN_STATUSES,
     Failure,
@@ -36,12 +31,18 @@ from ade.models import (
     secret_values,
     utcnow,
 )
-from ade.runs import prepare_run_dir, run_writer
-from ade.sse import follow
-from workers.builder import environment_for, execute_build
-from workers.console import StepSink
-from workers.deps import REDIS_RETRY_S, WorkerDeps, base_environment, process_recorder
-from workers.process import run_step
+from ade.events import envelope as ev
+from ade.events.envelope import EVENT_DECODER
+from ade.events.follow import follow
+from ade.events.writer import EventSpec, StreamWriter
+from ade.execution.builder import environment_for, execute_build
+from ade.execution.console import StepSink
+from ade.execution.deps import REDIS_RETRY_S, WorkerDeps, base_environment, process_recorder
+from ade.execution.process import run_step
+from ade.lifecycle.builds import build_stream
+from ade.lifecycle.runs import prepare_run_dir, run_writer
+from ade.records import metrics
+from ade.records.artifacts import safe_input_name
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ade import keys
+from ade.core import keys
 
 Source = Literal["api", "worker", "engine"]
 

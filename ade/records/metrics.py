@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from ade import keys
+from ade.core import keys
 
 PICKUP_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RUN_STATUSES = ("queued", "waiting_for_build", "running", "succeeded", "failed", "cancelled")

@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from ade import eventlog
-from ade import events as ev
-from ade.events import EVENT_DECODER, Event
+from ade.events import envelope as ev
+from ade.events import eventlog
+from ade.events.envelope import EVENT_DECODER, Event
 
 _CACHE_STREAMS = 256
 _PAGE_EVENTS = 5000

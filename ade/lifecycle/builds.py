@@ -16,14 +16,15 @@ import msgspec
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from ade import ids, keys, queue
-from ade.dispatcher import Identity, StreamWriter
-from ade.errors import Conflict, NotFound
-from ade.events import BUILD_CANCEL_REQUESTED, BUILD_COMPLETED, BUILD_QUEUED, StreamRef
-from ade.models import TERMINAL_BUILD_STATUSES, Build, BuildSpec, Configuration, utcnow
-from ade.runs import signal_cancel
-from ade.settings import Settings
-from ade.store import Store
+from ade.core import ids, keys
+from ade.core.errors import Conflict, NotFound
+from ade.core.models import TERMINAL_BUILD_STATUSES, Build, BuildSpec, Configuration, utcnow
+from ade.core.settings import Settings
+from ade.events.envelope import BUILD_CANCEL_REQUESTED, BUILD_COMPLETED, BUILD_QUEUED, StreamRef
+from ade.events.writer import Identity, StreamWriter
+from ade.lifecycle import queue
+from ade.lifecycle.runs import signal_cancel
+from ade.records.store import Store
 
 CONSTRUCTOR_VERSIONS = {"python": "1", "shell": "1"}
 ACTIVE_TTL_S = 24 * 3600  # a build that is never finished stops blocking its fingerprint after this

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from arq.connections import ArqRedis
 
-from ade import keys
+from ade.core import keys
 
 EXECUTE_RUN = "execute_run"
 EXECUTE_BUILD = "execute_build"

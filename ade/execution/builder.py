@@ -25,16 +25,24 @@ from pathlib import Path, PurePosixPath
 import msgspec
 from redis.exceptions import RedisError
 
-from ade import events as ev
-from ade import keys
-from ade.builds import build_writer, interpreter, release_fingerprint
-from ade.dispatcher import StreamWriter
-from ade.errors import Conflict, Invalid, NotFound
-from ade.logs import current_build_id
-from ade.models import TERMINAL_BUILD_STATUSES, Build, Failure, Step, plain_environment, secret_values, utcnow
-from workers.console import StepSink
-from workers.deps import REDIS_RETRY_S, WorkerDeps, base_environment, process_recorder
-from workers.process import run_step
+from ade.core import keys
+from ade.core.errors import Conflict, Invalid, NotFound
+from ade.core.logs import current_build_id
+from ade.core.models import (
+    TERMINAL_BUILD_STATUSES,
+    Build,
+    Failure,
+    Step,
+    plain_environment,
+    secret_values,
+    utcnow,
+)
+from ade.events import envelope as ev
+from ade.events.writer import StreamWriter
+from ade.execution.console import StepSink
+from ade.execution.deps import REDIS_RETRY_S, WorkerDeps, base_environment, process_recorder
+from ade.execution.process import run_step
+from ade.lifecycle.builds import build_writer, interpreter, release_fingerprint
 
 log = logging.getLogger(__name__)
 READY_MARKER = "READY"

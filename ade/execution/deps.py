@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ade import keys
-from ade.artifacts import ArtifactStore
-from ade.hub import Hub
-from ade.settings import Settings
-from ade.store import Store
+from ade.core import keys
+from ade.core.settings import Settings
+from ade.events.hub import Hub
+from ade.records.artifacts import ArtifactStore
+from ade.records.store import Store
 
 REDIS_RETRY_S = 120.0  # how long a worker keeps retrying to record a status through a Redis outage
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")

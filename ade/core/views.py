@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from ade.models import BuildSpec, BuildStatus, Failure, Step
-from ade.outputs import OutputFile
+from ade.core.models import BuildSpec, BuildStatus, Failure, Step
+from ade.records.outputs import OutputFile
 
 __all__ = ["BuildInspection", "InputFile", "OutputListing", "RunDiagnostics", "Timings"]
 

@@ -30,9 +30,9 @@ import anyio.to_thread
 import msgspec
 from redis.asyncio import Redis
 
-from ade import keys
-from ade.errors import Invalid, TooLarge, not_found
-from ade.models import utcnow
+from ade.core import keys
+from ade.core.errors import Invalid, TooLarge, not_found
+from ade.core.models import utcnow
 
 KEY_PREFIX = "sha256:"
 _KEY = re.compile(r"sha256:[0-9a-f]{64}")

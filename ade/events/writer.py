@@ -19,11 +19,11 @@ from typing import Any, Self, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ade import ids
-from ade.errors import Conflict, LeaseLost
-from ade.eventlog import LogWriter
-from ade.events import Event, Source, StreamRef, encode_event
-from ade.metrics import count_dispatched
+from ade.core import ids
+from ade.core.errors import Conflict, LeaseLost
+from ade.events.envelope import Event, Source, StreamRef, encode_event
+from ade.events.eventlog import LogWriter
+from ade.records.metrics import count_dispatched
 
 log = logging.getLogger(__name__)
 

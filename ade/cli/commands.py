@@ -28,10 +28,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ade.cli_watch import EXIT_ERROR, Kind, StreamView, duration
+from ade.cli.watch import EXIT_ERROR, Kind, StreamView, duration
 from ade.client import DEFAULT_URL, AdeApiError, AdeClient, AdeStreamError
-from ade.events import Event
-from ade.models import ConfigurationCreate, InputArtifact, Role, RunResource, RunStatus
+from ade.core.models import ConfigurationCreate, InputArtifact, Role, RunResource, RunStatus
+from ade.events.envelope import Event
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 
-from ade import events as ev
-from ade.dispatcher import EventSpec, StreamWriter
-from workers.process import Line
+from ade.events import envelope as ev
+from ade.events.writer import EventSpec, StreamWriter
+from ade.execution.process import Line
 
 ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 _engine_decoder = msgspec.json.Decoder(dict[str, Any])

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 import msgspec
 
-from ade.errors import AdeError, Invalid, not_found
+from ade.core.errors import AdeError, Invalid, not_found
 
 _CHUNK = 1024 * 1024
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from ade import keys
-from ade.artifacts import ArtifactStore
-from ade.models import TERMINAL_RUN_STATUSES, ApiKey, AuditEntry, Build, Configuration, Run, Workspace
-from ade.store import index_build, index_run
+from ade.core import keys
+from ade.core.models import TERMINAL_RUN_STATUSES, ApiKey, AuditEntry, Build, Configuration, Run, Workspace
+from ade.records.artifacts import ArtifactStore
+from ade.records.store import index_build, index_run
 
 T = TypeVar("T")
 _BATCH = 500

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import anyio.lowlevel
 
-from ade import eventlog
-from ade.events import HEAD_DECODER, EventHead, StreamRef
-from ade.hub import Hub
+from ade.events import eventlog
+from ade.events.envelope import HEAD_DECODER, EventHead, StreamRef
+from ade.events.hub import Hub
 
 KEEPALIVE_FRAME = b": keepalive\n\n"
 END_FRAME = b"event: end\ndata: {}\n\n"

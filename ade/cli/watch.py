@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from ade.events import Event
+from ade.events.envelope import Event
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1

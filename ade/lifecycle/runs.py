@@ -12,11 +12,9 @@ import msgspec
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from ade import ids, keys, queue
-from ade.dispatcher import Identity, StreamWriter
-from ade.errors import Conflict
-from ade.events import RUN_CANCEL_REQUESTED, RUN_COMPLETED, RUN_QUEUED, StreamRef
-from ade.models import (
+from ade.core import ids, keys
+from ade.core.errors import Conflict
+from ade.core.models import (
     TERMINAL_RUN_STATUSES,
     Commit,
     Configuration,
@@ -25,8 +23,11 @@ from ade.models import (
     Run,
     utcnow,
 )
-from ade.settings import Settings
-from ade.store import Store
+from ade.core.settings import Settings
+from ade.events.envelope import RUN_CANCEL_REQUESTED, RUN_COMPLETED, RUN_QUEUED, StreamRef
+from ade.events.writer import Identity, StreamWriter
+from ade.lifecycle import queue
+from ade.records.store import Store
 
 RUN_SUBDIRS = ("logs", "work", "inputs", "outputs")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from ade.errors import Forbidden, Unauthorized
-from ade.models import ROLE_RANK, ApiKey, Role
+from ade.core.errors import Forbidden, Unauthorized
+from ade.core.models import ROLE_RANK, ApiKey, Role
 
 BOOTSTRAP_ACTOR = "bootstrap"
 KEY_PREFIX = "ade"

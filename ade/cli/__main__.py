@@ -1,0 +1,3 @@
+from ade.cli.main import main
+
+main()

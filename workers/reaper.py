@@ -1,104 +1,118 @@
-"""Runs and builds whose worker died: their stream lease lapses (nobody renews it), so a started run or
-build with no lease holder has lost its writer. The reaper ends it `failed` with `failure.code =
-worker_lost` (a build so ended is never reused), and kills its step's process group when that ran on this
-host. One worker per interval reaps (a Redis lock decides)."""
+"""Runs and builds nobody will finish, ended: one worker per interval looks at every stream not yet ended.
+
+- **Lost writer.** A started run or build whose stream lease is gone has lost its worker. It is ended
+  `failed` / `worker_lost` (a build so ended is never reused) once the lease has been missing for a whole
+  lease TTL — a writer that lived through a Redis outage takes its lease back well within that — and its
+  step's process group is killed when it ran on this host.
+- **Queued too long.** A run or build queued longer than `ADE_QUEUE_TIMEOUT_S` fails `queue_timeout`
+  without starting.
+- **Lost job.** A queued run or build whose arq job is gone (expired, or lost with Redis) is enqueued again.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
+import time
 
 from ade.core import keys
 from ade.core.errors import Conflict, NotFound
-from ade.core.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, Failure, utcnow
-from ade.events import envelope as ev
-from ade.execution.deps import REDIS_RETRY_S, WorkerDeps
-from ade.lifecycle.builds import build_writer, release_fingerprint
+from ade.core.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, Build, Failure, Run, utcnow
+from ade.execution.deps import WorkerDeps
+from ade.lifecycle import queue, transitions
+from ade.lifecycle.builds import build_writer
 from ade.lifecycle.runs import run_writer
-from ade.records import metrics
+from ade.lifecycle.transitions import Recorder
 
 log = logging.getLogger(__name__)
 LOST = "the worker running it stopped (its lease lapsed)"
 
 
 async def reap(deps: WorkerDeps) -> list[str]:
-    """End every started run or build whose writer is gone; return their ids."""
-    reaped = []
+    """End or re-enqueue every stream that needs it; return the ids of those ended."""
+    ended: list[str] = []
     for raw in await deps.redis.zrange(keys.ACTIVE_STREAMS, 0, -1):
         stream_id = raw.decode()
-        if await deps.redis.exists(keys.stream_lease(stream_id)):
-            continue  # its writer is alive
         try:
-            ended = await (
-                _reap_build(deps, stream_id) if stream_id.startswith("build_") else _reap_run(deps, stream_id)
+            if await deps.redis.exists(keys.stream_lease(stream_id)):
+                await deps.redis.hdel(keys.REAPER_SUSPECTS, stream_id)  # type: ignore[misc]
+                continue  # its writer is alive
+            record = await (
+                deps.store.get_build(stream_id)
+                if stream_id.startswith("build_")
+                else deps.store.get_run(stream_id)
             )
+            if await _tend(deps, record):
+                ended.append(stream_id)
         except NotFound:
             await deps.redis.zrem(keys.ACTIVE_STREAMS, stream_id)
-            continue
         except Conflict:
             continue  # a writer took the lease meanwhile
-        if ended:
-            await _kill_leftovers(deps, stream_id)
-            reaped.append(stream_id)
-    if reaped:
-        log.warning("reaped %d run(s)/build(s) whose worker died: %s", len(reaped), ", ".join(reaped))
-    return reaped
+    if ended:
+        log.warning("ended %d run(s)/build(s) nobody would finish: %s", len(ended), ", ".join(ended))
+    return ended
 
 
-async def _reap_run(deps: WorkerDeps, run_id: str) -> bool:
-    run = await deps.store.get_run(run_id)
-    if run.status == "queued" or run.status in TERMINAL_RUN_STATUSES:
+async def _tend(deps: WorkerDeps, record: Run | Build) -> bool:
+    terminal = TERMINAL_RUN_STATUSES if isinstance(record, Run) else TERMINAL_BUILD_STATUSES
+    if record.status in terminal:
         return False
-    async with run_writer(deps.settings, deps.redis, run, acquire_timeout_s=0.0) as writer:
-        run = await deps.store.get_run(run_id)
-        if run.status == "queued" or run.status in TERMINAL_RUN_STATUSES:
-            return False
-        run.status, run.completed_at, run.exit_code = "failed", utcnow(), None
-        run.failure = Failure(stage="run", code="worker_lost", message=LOST)
-        await deps.store.put_run(run, redis_retry_s=REDIS_RETRY_S)
-        if run.build_id:
-            await deps.redis.srem(keys.build_users(run.build_id), run.id)  # type: ignore[misc]
-        await metrics.record_run_finished(deps.redis, run.status)
-        payload = {
-            "status": "failed",
-            "exit_code": None,
-            "failure": {"stage": "run", "code": "worker_lost", "message": LOST},
-        }
-        await writer.emit(ev.RUN_COMPLETED, payload)
+    age_s = (utcnow() - record.created_at).total_seconds()
+    if record.status == "queued":
+        if age_s > deps.settings.queue_timeout_s:
+            message = f"it waited in the queue longer than {deps.settings.queue_timeout_s:g} s"
+            return await _end(deps, record, Failure(stage="queue", code="queue_timeout", message=message))
+        # The API enqueues right after writing the record: a lease TTL is plenty of grace for that.
+        if age_s > deps.settings.lease_ttl_s and not await queue.job_exists(deps.redis, record.id):
+            log.warning("%s was queued but its job was gone: enqueued again", record.id)
+            await queue.enqueue(deps.redis, record.id)
+        return False
+    if not await _missing_long_enough(deps, record.id):
+        return False
+    leftover = await deps.redis.get(keys.step_process(record.id))  # `<host> <pgid>` of its step, if any
+    if not await _end(deps, record, Failure(stage=_stage(record), code="worker_lost", message=LOST)):
+        return False
+    if leftover is not None:
+        _kill_group_here(leftover.decode())
     return True
 
 
-async def _reap_build(deps: WorkerDeps, build_id: str) -> bool:
-    build = await deps.store.get_build(build_id)
-    if build.status == "queued" or build.status in TERMINAL_BUILD_STATUSES:
-        return False
-    async with build_writer(deps.settings, deps.redis, build, acquire_timeout_s=0.0) as writer:
-        build = await deps.store.get_build(build_id)
-        if build.status == "queued" or build.status in TERMINAL_BUILD_STATUSES:
-            return False
-        build.status, build.completed_at = "failed", utcnow()
-        build.failure = Failure(stage="build", code="worker_lost", message=LOST)
-        directory = deps.store.build_dir(build.id)
-        for part in ("env", "source"):
-            await asyncio.to_thread(shutil.rmtree, directory / part, True)
-        await deps.store.put_build(build, redis_retry_s=REDIS_RETRY_S)
-        await release_fingerprint(deps.redis, build, ready=False)  # never reused
-        payload = {"status": "failed", "failure": {"stage": "build", "code": "worker_lost", "message": LOST}}
-        await writer.emit(ev.BUILD_COMPLETED, payload)
+def _stage(record: Run | Build) -> str:
+    return "run" if isinstance(record, Run) else "build"
+
+
+async def _missing_long_enough(deps: WorkerDeps, stream_id: str) -> bool:
+    """Whether this stream's lease has been seen missing for at least a lease TTL."""
+    now_s = time.time()
+    await deps.redis.hsetnx(keys.REAPER_SUSPECTS, stream_id, str(now_s))  # type: ignore[misc]
+    since = await deps.redis.hget(keys.REAPER_SUSPECTS, stream_id)  # type: ignore[misc]
+    return since is not None and now_s - float(since) >= deps.settings.lease_ttl_s
+
+
+async def _end(deps: WorkerDeps, record: Run | Build, failure: Failure) -> bool:
+    """End the run or build `failed` under its lease, unless it changed meanwhile."""
+    if isinstance(record, Run):
+        async with run_writer(deps.settings, deps.redis, record, acquire_timeout_s=0.0) as writer:
+            run = await deps.store.get_run(record.id)
+            if run.status != record.status:
+                return False
+            await transitions.finish_run(Recorder(deps.store, writer), run, "failed", failure=failure)
+    else:
+        async with build_writer(deps.settings, deps.redis, record, acquire_timeout_s=0.0) as writer:
+            build = await deps.store.get_build(record.id)
+            if build.status != record.status:
+                return False
+            await transitions.finish_build(Recorder(deps.store, writer), build, "failed", failure=failure)
+    await deps.redis.hdel(keys.REAPER_SUSPECTS, record.id)  # type: ignore[misc]
     return True
 
 
-async def _kill_leftovers(deps: WorkerDeps, stream_id: str) -> None:
-    raw = await deps.redis.get(keys.step_process(stream_id))
-    if raw is None:
-        return
-    host, _, pgid = raw.decode().partition(" ")
+def _kill_group_here(step_process: str) -> None:
+    """Kill a dead worker's step process group if it ran on this host."""
+    host, _, pgid = step_process.partition(" ")
     if host == socket.gethostname() and pgid.isdigit() and int(pgid) > 1 and int(pgid) != os.getpgid(0):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(int(pgid), signal.SIGKILL)
-    await deps.redis.delete(keys.step_process(stream_id))

@@ -4,22 +4,18 @@ queued or running run needs the environment (`keys.build_users`)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import shutil
 from collections.abc import Awaitable
 from typing import cast
 
 from ade.core import keys
 from ade.core.errors import NotFound
 from ade.core.models import Build, utcnow
-from ade.execution.deps import REDIS_RETRY_S, WorkerDeps
+from ade.execution.deps import WorkerDeps
+from ade.lifecycle import transitions
 
 log = logging.getLogger(__name__)
 EXPIRABLE = frozenset({"ready", "failed", "cancelled"})
-
-# Forget the fingerprint's ready build only if it is this one. KEYS: ready. ARGV: build id.
-_FORGET_READY = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def is_due(build: Build, *, log_retention_s: float, env_retention_s: float) -> bool:
@@ -48,15 +44,7 @@ async def sweep(deps: WorkerDeps) -> list[str]:
             continue
         if await cast(Awaitable[int], redis.scard(keys.build_users(build.id))):
             continue  # an unfinished run needs this environment
-        await cast(
-            Awaitable[int], redis.eval(_FORGET_READY, 1, keys.build_ready(build.fingerprint), build.id)
-        )
-        build.status = "expired"
-        await store.put_build(build, redis_retry_s=REDIS_RETRY_S)
-        directory = store.build_dir(build.id)
-        for part in ("logs", "env", "source"):
-            await asyncio.to_thread(shutil.rmtree, directory / part, True)
-        (directory / "READY").unlink(missing_ok=True)
+        await transitions.expire_build(store, build)
         expired.append(build.id)
     if expired:
         log.info("retention expired %d build(s): %s", len(expired), ", ".join(expired))

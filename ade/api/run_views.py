@@ -26,14 +26,16 @@ from ade.api.streams import (
     resume_point,
     wants_stream,
 )
+from ade.core import paths
 from ade.core.errors import NotFound
 from ade.core.models import InputArtifact, Plan, Run
 from ade.core.views import InputFile, OutputListing, RunDiagnostics, Timings
 from ade.events import eventlog
 from ade.events.envelope import StreamRef
+from ade.lifecycle import transitions
 from ade.records.auth import Principal
 from ade.records.outputs import content_type_of, list_outputs, parse_range, resolve_output
-from ade.records.summary import ConsolePage, RunSummary
+from ade.records.summary import ConsolePage, RunSummary, StepSummary
 
 ConsoleStream = Literal["stdout", "stderr"]
 
@@ -113,7 +115,7 @@ class RunViewController(Controller):
     async def summary(self, run_id: str, services: Services, principal: Principal) -> RunSummary:
         run = await auth.run(services, principal, run_id)
         fold = services.summaries.fold(stream_of(services, run).log_path)
-        outputs_dir = services.store.run_dir(run.id) / "outputs"
+        outputs_dir = paths.run_dir(services.settings.data_dir, run.id).outputs
         return RunSummary(
             run_id=run.id,
             status=run.status,
@@ -121,7 +123,7 @@ class RunViewController(Controller):
             duration_ms=_ms(run.started_at, run.completed_at),
             exit_code=run.exit_code,
             failure=msgspec.to_builtins(run.failure) if run.failure else None,
-            steps=list(fold.steps.values()),
+            steps=[StepSummary.of(state) for state in transitions.steps_of(run)],
             events=services.summaries.counts(fold),
             last_progress=fold.last_progress,
             summary=fold.summary,
@@ -145,7 +147,9 @@ class RunViewController(Controller):
     @get("/runs/{run_id:str}/outputs", summary="Files the run wrote to $ADE_OUTPUT_DIR")
     async def outputs(self, run_id: str, services: Services, principal: Principal) -> OutputListing:
         run = await auth.run(services, principal, run_id)
-        items = await anyio.to_thread.run_sync(list_outputs, services.store.run_dir(run.id) / "outputs")
+        items = await anyio.to_thread.run_sync(
+            list_outputs, paths.run_dir(services.settings.data_dir, run.id).outputs
+        )
         base = f"{API_PREFIX}/runs/{run.id}/outputs"
         urls = {item.path: f"{base}/{quote(item.path)}" for item in items}
         return OutputListing(items=items, download_urls=urls)
@@ -164,7 +168,7 @@ class RunViewController(Controller):
         range_header: Annotated[str | None, Parameter(header="Range")] = None,
     ) -> File | Stream:
         run = await auth.run(services, principal, run_id)
-        file = resolve_output(services.store.run_dir(run.id) / "outputs", path.lstrip("/"))
+        file = resolve_output(paths.run_dir(services.settings.data_dir, run.id).outputs, path.lstrip("/"))
         size = file.stat().st_size
         content_type = content_type_of(file.name)
         wanted = parse_range(range_header, size)

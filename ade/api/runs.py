@@ -3,6 +3,7 @@ cancel, re-run, stream tokens."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import Annotated, Any, cast
@@ -12,6 +13,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
+from redis.exceptions import RedisError
 
 from ade.api import auth
 from ade.api.deps import API_PREFIX, Services
@@ -19,7 +21,7 @@ from ade.api.streams import sse_response, stream_token, wants_stream
 from ade.core import ids, keys
 from ade.core.models import Configuration, Page, Run, RunCreate, RunResource, RunStatus, StreamToken
 from ade.events.envelope import StreamRef
-from ade.lifecycle import runs
+from ade.lifecycle import queue, runs
 from ade.lifecycle.builds import request_build
 from ade.records import idempotency
 from ade.records.artifacts import safe_input_name
@@ -149,7 +151,10 @@ class RunController(Controller):
 
     @get("/runs/{run_id:str}", summary="Get a run (by id or a unique id prefix)")
     async def read(self, run_id: str, services: Services, principal: Principal) -> RunResource:
-        return RunResource.of(await auth.run(services, principal, run_id), API_PREFIX)
+        run = await auth.run(services, principal, run_id)
+        with contextlib.suppress(RedisError, OSError):  # while Redis is down the record alone answers
+            return RunResource.of(run, API_PREFIX, await queue.waiting_for(services.redis, run))
+        return RunResource.of(run, API_PREFIX)
 
     @get("/workspaces/{workspace_id:str}/runs", summary="List a workspace's runs, newest first")
     async def list_workspace_runs(

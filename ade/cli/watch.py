@@ -23,6 +23,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.text import Text
 
 from ade.events.envelope import Event
+from ade.events.payloads import (
+    BuildCancelRequested,
+    BuildCompleted,
+    BuildQueued,
+    BuildStarted,
+    ConsoleLine,
+    PhaseCompleted,
+    PhaseStarted,
+    RunCancelRequested,
+    RunCompleted,
+    RunQueued,
+    RunStarted,
+    RunWaitingForBuild,
+    StepCompleted,
+    StepSkipped,
+    StepStarted,
+    payload_of,
+)
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -35,7 +53,7 @@ EXIT_CODES = {  # a run's final status, or a build's
     "cancelled": EXIT_CANCELLED,
 }
 
-_STEP_MARKS = {"succeeded": ("✓", "green"), "failed": ("✗", "red"), "timed_out": ("✗", "red")}
+_STEP_MARKS = {"succeeded": ("✓", "green"), "failed": ("✗", "red")}
 
 
 def duration(ms: object) -> str:
@@ -85,50 +103,44 @@ class StreamView:
         self.console.print(Text(text, style=style), soft_wrap=True)
 
     def handle(self, event: Event) -> None:
-        payload = event.payload
-        kind = event.type
-        if kind == "console.line":
-            self._console_line(payload)
-        elif kind == "engine.progress":
-            self._update_progress(payload)
-        elif kind in ("run.step.started", "build.phase.started"):
-            self._step = _step_name(payload)
-            self._line(f"▶ {self._step}", "bold")
-        elif kind in ("run.step.completed", "build.phase.completed"):
-            self._step_completed(payload)
-        elif kind == "run.queued":
-            self._line(f"{event.run_id} queued (attempt {payload.get('attempt', 1)})", "dim")
-        elif kind == "build.queued":
-            self._build_queued(event)
-        elif kind in ("run.started", "build.started"):
-            self._line(f"{_build_prefix(kind)}started on worker {payload.get('worker') or '?'}", "dim")
-        elif kind == "run.waiting_for_build":
-            self._line(f"waiting for build {payload.get('build_id') or '?'}", "dim")
-        elif kind in ("run.cancel_requested", "build.cancel_requested"):
-            who = payload.get("requested_by") or "someone"
-            self._line(f"{_build_prefix(kind)}cancel requested by {who}", "yellow")
-        elif kind in ("run.completed", "build.completed"):
-            self._completed(event)
-        else:
-            details = json.dumps(payload, separators=(",", ":"), default=str)
-            self._line(f"  · {kind} {details}", "dim cyan")
+        payload = payload_of(event.type, event.payload)
+        prefix = _build_prefix(event.type)
+        match payload:
+            case ConsoleLine():
+                self._console_line(payload)
+            case StepStarted() | PhaseStarted():
+                self._step = _step_name(payload)
+                self._line(f"▶ {self._step}", "bold")
+            case StepCompleted() | PhaseCompleted():
+                self._step_completed(payload)
+            case StepSkipped():
+                self._line(f"○ {payload.step} skipped: {payload.reason}", "dim")
+            case RunQueued():
+                self._line(f"{event.run_id} queued (attempt {payload.attempt})", "dim")
+            case BuildQueued():
+                text = f"build {_build_id(event)} queued (fingerprint {payload.fingerprint[:12]}"
+                self._line(text + (", forced)" if payload.force else ")"), "dim")
+            case RunStarted(worker=worker) | BuildStarted(worker=worker):
+                self._line(f"{prefix}started on worker {worker or '?'}", "dim")
+            case RunWaitingForBuild():
+                self._line(f"waiting for build {payload.build_id}", "dim")
+            case RunCancelRequested(requested_by=who) | BuildCancelRequested(requested_by=who):
+                self._line(f"{prefix}cancel requested by {who or 'someone'}", "yellow")
+            case RunCompleted() | BuildCompleted():
+                self._completed(event, payload)
+            case dict() if event.type == "engine.progress":
+                self._update_progress(payload)
+            case _:
+                details = json.dumps(event.payload, separators=(",", ":"), default=str)
+                self._line(f"  · {event.type} {details}", "dim cyan")
 
-    def _build_queued(self, event: Event) -> None:
-        payload = event.payload
-        text = f"build {_build_id(event)} queued"
-        if payload.get("fingerprint"):
-            text += f" (fingerprint {str(payload['fingerprint'])[:12]}"
-            text += ", forced)" if payload.get("force") else ")"
-        self._line(text, "dim")
-
-    def _console_line(self, payload: dict[str, Any]) -> None:
+    def _console_line(self, line: ConsoleLine) -> None:
         text = Text("  ")
-        message = str(payload.get("message", ""))
-        if payload.get("stream") == "stderr":
-            text.append(f"! {message}", style="red")
+        if line.stream == "stderr":
+            text.append(f"! {line.message}", style="red")
         else:
-            text.append(message)
-        if payload.get("truncated"):
+            text.append(line.message)
+        if line.truncated:
             text.append(" […truncated]", style="dim")
         self.console.print(text, soft_wrap=True)
 
@@ -155,34 +167,34 @@ class StreamView:
             self._progress = None
             self._tasks.clear()
 
-    def _step_completed(self, payload: dict[str, Any]) -> None:
+    def _step_completed(self, payload: StepCompleted | PhaseCompleted) -> None:
         self._stop_progress()
-        name, status = _step_name(payload), str(payload.get("status"))
+        name, status = _step_name(payload), payload.status
         mark, style = _STEP_MARKS.get(status, ("■", "yellow"))
-        exit_code = payload.get("exit_code")
-        what = status.replace("_", " ")
-        if status == "failed" and exit_code is not None:
-            what += f" (exit {exit_code})"
-        self._line(f"{mark} {name} {what} in {duration(payload.get('duration_ms'))}", style)
+        what: str = status
+        if isinstance(payload, StepCompleted):
+            if payload.failure is not None and payload.failure.code == "timeout":
+                what = "timed out"
+            elif status == "failed" and payload.exit_code is not None:
+                what += f" (exit {payload.exit_code})"
+        self._line(f"{mark} {name} {what} in {duration(payload.duration_ms)}", style)
         self._step = None
 
-    def _completed(self, event: Event) -> None:
+    def _completed(self, event: Event, payload: RunCompleted | BuildCompleted) -> None:
         """`run.completed` or `build.completed`: the outcome when it ends the watched stream, else (a run's
         build) a line of news."""
         self._stop_progress()
-        payload = event.payload
         of = event.type.split(".")[0]
-        status = str(payload.get("status"))
+        status = payload.status
         text = f"{of} {event.run_id if of == 'run' else _build_id(event)} {status}"
-        if payload.get("reused"):
-            text += f" (reused {payload['reused_from']})" if payload.get("reused_from") else " (reused)"
-        elif "duration_ms" in payload:
-            text += f" in {duration(payload.get('duration_ms'))}"
-        failure = payload.get("failure")
-        if isinstance(failure, dict):
-            text += f": {failure.get('message')} ({failure.get('code')})"
-        if status == "cancelled" and payload.get("cancelled_by"):
-            text += f" (by {payload['cancelled_by']})"
+        if isinstance(payload, BuildCompleted) and payload.reused:
+            text += f" (reused {payload.reused_from})" if payload.reused_from else " (reused)"
+        elif payload.duration_ms is not None:
+            text += f" in {duration(payload.duration_ms)}"
+        if payload.failure is not None:
+            text += f": {payload.failure.message} ({payload.failure.code})"
+        if status == "cancelled" and payload.cancelled_by:
+            text += f" (by {payload.cancelled_by})"
         style = "green" if status in ("succeeded", "ready") else "red" if status == "failed" else "yellow"
         if of == self.kind:
             self.outcome = status
@@ -190,9 +202,11 @@ class StreamView:
         self._line(text, style)
 
 
-def _step_name(payload: dict[str, Any]) -> str:
+def _step_name(payload: StepStarted | StepCompleted | PhaseStarted | PhaseCompleted) -> str:
     """A run step's name, or `build: <phase>` for a build phase."""
-    return f"build: {payload['phase']}" if "phase" in payload else str(payload.get("step"))
+    if isinstance(payload, PhaseStarted | PhaseCompleted):
+        return f"build: {payload.phase}"
+    return payload.step
 
 
 def _build_prefix(kind: str) -> str:
@@ -202,4 +216,5 @@ def _build_prefix(kind: str) -> str:
 
 def _build_id(event: Event) -> str:
     """The build an event is about: its own stream's, or the one a run's stream names in the payload."""
-    return str(event.payload.get("build_id") or event.build_id or "?")
+    named = event.payload.get("build_id") if isinstance(event.payload, dict) else None
+    return str(named or event.build_id or "?")

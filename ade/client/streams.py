@@ -17,7 +17,9 @@ from httpx_sse import ServerSentEvent, SSEError
 
 from ade.client.calls import ConsoleStream
 from ade.client.errors import AdeStreamError, api_error
+from ade.events import payloads
 from ade.events.envelope import Event
+from ade.events.payloads import ConsoleLine
 
 _EVENT_DECODER = msgspec.json.Decoder(Event)
 _FIRST_RETRY_S = 0.05
@@ -113,11 +115,10 @@ def sse_error(exc: SSEError) -> AdeStreamError:
 
 
 def _console_message(event: Event, stream: ConsoleStream | None) -> str | None:
-    if event.type != "console.line":
+    if event.type != ConsoleLine.TYPE:
         return None
-    if stream is not None and event.payload.get("stream") != stream:
-        return None
-    return str(event.payload.get("message", ""))
+    line = payloads.read(event.payload, ConsoleLine)
+    return line.message if stream is None or line.stream == stream else None
 
 
 def console_lines(events: Iterator[Event], stream: ConsoleStream | None = None) -> Iterator[str]:

@@ -58,11 +58,6 @@ class TooManyRequests(AdeError):
     code = "too_many_requests"
 
 
-class Unavailable(AdeError):
-    status_code = 503
-    code = "unavailable"
-
-
 class LeaseLost(AdeError):
     """Another writer holds (or took over) a stream's lease: this writer must stop writing."""
 

@@ -17,10 +17,6 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{ULID()}"
 
 
-def has_prefix(value: str, prefix: str) -> bool:
-    return value.startswith(prefix + "_") and len(value) == len(prefix) + 27
-
-
 def time_bound(prefix: str, moment: datetime, *, upper: bool) -> str:
     """The smallest (or largest) id of `prefix` created at `moment`: ULIDs start with their creation time,
     so a time range is a lexical range of ids."""

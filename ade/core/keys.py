@@ -143,6 +143,7 @@ METRICS_EVENTS = f"{PREFIX}:metrics:events"  # hash: "dispatched" -> count
 # Liveness of runs and builds: the ones not yet ended, and where their step processes run.
 ACTIVE_STREAMS = f"{PREFIX}:active"  # sorted set of run and build ids not in a terminal status
 REAPER_LOCK = f"{PREFIX}:reaper-lock"
+REAPER_SUSPECTS = f"{PREFIX}:reaper:suspects"  # hash: stream id -> when its lease was first seen missing (s)
 
 
 def step_process(stream_id: str) -> str:

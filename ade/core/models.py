@@ -9,6 +9,7 @@ import msgspec
 
 RunStatus = Literal["queued", "waiting_for_build", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_RUN_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+StepStatus = Literal["pending", "running", "succeeded", "failed", "cancelled", "skipped"]
 BuildStatus = Literal["queued", "building", "ready", "failed", "cancelled", "expired"]
 TERMINAL_BUILD_STATUSES: frozenset[str] = frozenset({"ready", "failed", "cancelled", "expired"})
 
@@ -171,6 +172,18 @@ class Failure(msgspec.Struct, kw_only=True):
     step: str | None = None
 
 
+class StepState(msgspec.Struct, kw_only=True):
+    """A step of a run as it stands: `pending → running → succeeded | failed | cancelled | skipped`."""
+
+    name: str
+    status: StepStatus = "pending"
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    exit_code: int | None = None
+    failure: Failure | None = None
+    skipped_reason: str | None = None
+
+
 class Plan(msgspec.Struct, kw_only=True):
     """The configuration as it was when the run was created; the run executes this, not later edits."""
 
@@ -202,6 +215,7 @@ class Run(msgspec.Struct, kw_only=True):
     exit_code: int | None = None
     failure: Failure | None = None
     worker: str | None = None
+    steps: list[StepState] = msgspec.field(default_factory=list)  # in plan order (`transitions.steps_of`)
 
 
 class RunLinks(msgspec.Struct, kw_only=True):
@@ -217,6 +231,15 @@ class RunLinks(msgspec.Struct, kw_only=True):
     diagnostics: str
     cancel: str
     rerun: str
+
+
+class Waiting(msgspec.Struct, kw_only=True):
+    """What a run that has not started waits for (like Concourse's build preparation)."""
+
+    reason: Literal["queue", "no_worker", "build"]
+    message: str
+    queue_position: int | None = None  # 1: the next job a worker takes
+    build_id: str | None = None
 
 
 class RunResource(msgspec.Struct, kw_only=True):
@@ -235,10 +258,12 @@ class RunResource(msgspec.Struct, kw_only=True):
     exit_code: int | None
     failure: Failure | None
     cancel_requested_by: str | None
+    steps: list[StepState]
     links: RunLinks
+    waiting: Waiting | None = None  # set by GET /runs/{id} while the run is queued or waits for its build
 
     @classmethod
-    def of(cls, run: Run, api_prefix: str) -> RunResource:
+    def of(cls, run: Run, api_prefix: str, waiting: Waiting | None = None) -> RunResource:
         base = f"{api_prefix}/runs/{run.id}"
         return cls(
             id=run.id,
@@ -256,6 +281,8 @@ class RunResource(msgspec.Struct, kw_only=True):
             exit_code=run.exit_code,
             failure=run.failure,
             cancel_requested_by=run.cancel_requested_by,
+            steps=run.steps or [StepState(name=step.name) for step in run.plan.steps],
+            waiting=waiting,
             links=RunLinks(
                 self=base,
                 events_stream=f"{base}/events?stream=true",

@@ -1,28 +1,28 @@
-"""Settings, read from the environment once (every variable has the ADE_ prefix)."""
+"""Settings, read from the environment once. Each is declared once, below: its environment variable is
+`ADE_` + its name in capitals (`lease_ttl_s` ← `ADE_LEASE_TTL_S`), its type says how it is read."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return default if raw in (None, "") else int(raw)
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return default if raw in (None, "") else float(raw)
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "bool": lambda raw: raw.lower() in ("1", "true", "yes"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    redis_url: str
-    data_dir: Path
-    bootstrap_token: str | None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path("./.ade")
+    bootstrap_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     # Streaming
@@ -38,6 +38,7 @@ class Settings:
     kill_grace_s: float = 5.0
     worker_shutdown_grace_s: float = 30.0
     default_run_timeout_s: float = 3600.0
+    queue_timeout_s: float = 24 * 3600.0  # a run queued longer fails `queue_timeout` without starting
     log_fsync: bool = False
     # Security and limits
     stream_token_ttl_s: float = 300.0
@@ -49,42 +50,26 @@ class Settings:
     # Builds
     build_python: str = ""  # the interpreter python builds use (default: the worker's own)
     pip_find_links: str = ""  # a wheel directory every python build may install from (offline builds)
-    build_log_retention_s: float = 30 * 24 * 3600
-    build_env_retention_s: float = 7 * 24 * 3600
+    build_log_retention_s: float = 30 * 24 * 3600.0
+    build_env_retention_s: float = 7 * 24 * 3600.0
     build_sweep_interval_s: float = 600.0
 
     @classmethod
     def from_env(cls) -> Settings:
-        return cls(
-            redis_url=os.environ.get("ADE_REDIS_URL", "redis://127.0.0.1:6379/0"),
-            data_dir=Path(os.environ.get("ADE_DATA_DIR", "./.ade")).resolve(),
-            bootstrap_token=os.environ.get("ADE_BOOTSTRAP_TOKEN") or None,
-            host=os.environ.get("ADE_HOST", "127.0.0.1"),
-            port=_int("ADE_PORT", 8000),
-            sse_keepalive_s=_float("ADE_SSE_KEEPALIVE_S", 15.0),
-            sse_retry_ms=_int("ADE_SSE_RETRY_MS", 2000),
-            subscriber_queue_events=_int("ADE_SUBSCRIBER_QUEUE_EVENTS", 1024),
-            replay_page_events=_int("ADE_REPLAY_PAGE_EVENTS", 1000),
-            worker_concurrency=_int("ADE_WORKER_CONCURRENCY", 4),
-            lease_ttl_s=_float("ADE_LEASE_TTL_S", 10.0),
-            poll_delay_s=_float("ADE_POLL_DELAY_S", 0.5),
-            console_line_max_bytes=_int("ADE_CONSOLE_LINE_MAX_BYTES", 16384),
-            kill_grace_s=_float("ADE_KILL_GRACE_S", 5.0),
-            worker_shutdown_grace_s=_float("ADE_WORKER_SHUTDOWN_GRACE_S", 30.0),
-            default_run_timeout_s=_float("ADE_DEFAULT_RUN_TIMEOUT_S", 3600.0),
-            log_fsync=os.environ.get("ADE_LOG_FSYNC", "") in ("1", "true", "yes"),
-            stream_token_ttl_s=_float("ADE_STREAM_TOKEN_TTL_S", 300.0),
-            max_request_bytes=_int("ADE_MAX_REQUEST_BYTES", 1024 * 1024),
-            max_steps=_int("ADE_MAX_STEPS", 100),
-            max_script_bytes=_int("ADE_MAX_SCRIPT_BYTES", 65536),
-            max_streams_per_key=_int("ADE_MAX_STREAMS_PER_KEY", 32),
-            max_artifact_bytes=_int("ADE_MAX_ARTIFACT_BYTES", 100 * 1024 * 1024),
-            build_python=os.environ.get("ADE_BUILD_PYTHON", ""),
-            pip_find_links=os.environ.get("ADE_PIP_FIND_LINKS", ""),
-            build_log_retention_s=_float("ADE_BUILD_LOG_RETENTION_S", 30 * 24 * 3600),
-            build_env_retention_s=_float("ADE_BUILD_ENV_RETENTION_S", 7 * 24 * 3600),
-            build_sweep_interval_s=_float("ADE_BUILD_SWEEP_INTERVAL_S", 600.0),
-        )
+        """Every `ADE_*` variable that is set and not empty; a malformed value names its variable."""
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = f"ADE_{field.name.upper()}"
+            raw = os.environ.get(name, "")
+            if raw == "":
+                continue
+            parse = _PARSERS.get(str(field.type), str)
+            try:
+                values[field.name] = parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{name}={raw!r} is not a valid {field.type}") from exc
+        settings = cls(**values)
+        return dataclasses.replace(settings, data_dir=Path(settings.data_dir).resolve())
 
 
 @cache

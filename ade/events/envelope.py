@@ -9,25 +9,12 @@ from typing import Any, Literal
 
 import msgspec
 
-from ade.core import keys
+from ade.core import keys, paths
+from ade.events.payloads import BuildCompleted, RunCompleted
 
-Source = Literal["api", "worker", "engine"]
+Source = Literal["api", "worker", "runner", "engine"]
 
-# Catalog (DESIGN.md §4). `engine.<name>` events come from steps through ADE_EVENTS_FD.
-RUN_QUEUED = "run.queued"
-RUN_WAITING_FOR_BUILD = "run.waiting_for_build"
-RUN_STARTED = "run.started"
-RUN_STEP_STARTED = "run.step.started"
-RUN_STEP_COMPLETED = "run.step.completed"
-RUN_CANCEL_REQUESTED = "run.cancel_requested"
-RUN_COMPLETED = "run.completed"
-BUILD_QUEUED = "build.queued"
-BUILD_STARTED = "build.started"
-BUILD_PHASE_STARTED = "build.phase.started"
-BUILD_PHASE_COMPLETED = "build.phase.completed"
-BUILD_CANCEL_REQUESTED = "build.cancel_requested"
-BUILD_COMPLETED = "build.completed"
-CONSOLE_LINE = "console.line"
+# The catalog's payloads are `ade.events.payloads`; `engine.<name>` events come from steps (ADE_EVENTS_FD).
 ENGINE_PREFIX = "engine."
 RESERVED_PREFIXES = ("run.", "build.", "console.", "ade.")
 
@@ -42,7 +29,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     configuration_id: str | None = None
     run_id: str | None = None
     build_id: str | None = None
-    payload: dict[str, Any] = {}
+    payload: Any = {}  # a catalog struct when emitted, a dict when decoded (`payloads.payload_of`)
 
 
 class EventHead(msgspec.Struct):
@@ -68,19 +55,15 @@ class StreamRef:
 
     kind: Literal["run", "build"]
     id: str
-    directory: Path
+    log_path: Path
 
     @classmethod
     def for_run(cls, data_dir: Path, run_id: str) -> StreamRef:
-        return cls("run", run_id, data_dir / "runs" / run_id)
+        return cls("run", run_id, paths.run_dir(data_dir, run_id).log)
 
     @classmethod
     def for_build(cls, data_dir: Path, build_id: str) -> StreamRef:
-        return cls("build", build_id, data_dir / "builds" / build_id)
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "logs" / "events.ndjson"
+        return cls("build", build_id, paths.build_dir(data_dir, build_id).log)
 
     @property
     def channel(self) -> str:
@@ -93,4 +76,4 @@ class StreamRef:
     @property
     def terminal_type(self) -> str:
         """The event after which this stream never grows again."""
-        return RUN_COMPLETED if self.kind == "run" else BUILD_COMPLETED
+        return RunCompleted.TYPE if self.kind == "run" else BuildCompleted.TYPE

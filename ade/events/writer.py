@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self, cast
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -23,6 +24,7 @@ from ade.core import ids
 from ade.core.errors import Conflict, LeaseLost
 from ade.events.envelope import Event, Source, StreamRef, encode_event
 from ade.events.eventlog import LogWriter
+from ade.events.payloads import Payload
 from ade.records.metrics import count_dispatched
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ class Identity:
     build_id: str | None = None
 
 
-EventSpec = tuple[str, dict[str, Any], Source]
+# An event to emit: its type, its payload (a catalog struct, or an `engine.*` event's dict), its source.
+EventSpec = tuple[str, Payload | dict[str, Any], Source]
 MAX_SLICE_EVENTS = 512
 MASK = "***"
 
@@ -101,8 +104,8 @@ class StreamWriter:
         assert self._log is not None, "StreamWriter used outside `async with`"
         return self._log.last_sequence
 
-    async def emit(self, type: str, payload: dict[str, Any], source: Source = "worker") -> Event:
-        return (await self.emit_many([(type, payload, source)]))[0]
+    async def emit(self, payload: Payload, source: Source = "worker") -> Event:
+        return (await self.emit_many([(payload.TYPE, payload, source)]))[0]
 
     async def emit_many(self, specs: Sequence[EventSpec]) -> list[Event]:
         """Sequence, append, then publish events in order, in slices of at most MAX_SLICE_EVENTS: each slice
@@ -136,7 +139,7 @@ class StreamWriter:
                     configuration_id=ident.configuration_id,
                     run_id=ident.run_id,
                     build_id=ident.build_id,
-                    payload=self._masked(payload) if self._redact else payload,
+                    payload=self._masked(msgspec.to_builtins(payload)) if self._redact else payload,
                 )
                 events.append(event)
                 encoded.append(encode_event(event))

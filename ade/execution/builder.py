@@ -15,17 +15,16 @@ import contextlib
 import logging
 import os
 import shlex
-import shutil
 import sys
 import tarfile
 import time
 import zipfile
+from functools import partial
 from pathlib import Path, PurePosixPath
 
-import msgspec
 from redis.exceptions import RedisError
 
-from ade.core import keys
+from ade.core import keys, paths
 from ade.core.errors import Conflict, Invalid, NotFound
 from ade.core.logs import current_build_id
 from ade.core.models import (
@@ -35,17 +34,17 @@ from ade.core.models import (
     Step,
     plain_environment,
     secret_values,
-    utcnow,
 )
-from ade.events import envelope as ev
+from ade.events.payloads import ConsoleLine, PhaseCompleted, PhaseStarted, StepEndStatus
 from ade.events.writer import StreamWriter
 from ade.execution.console import StepSink
-from ade.execution.deps import REDIS_RETRY_S, WorkerDeps, base_environment, process_recorder
+from ade.execution.deps import WorkerDeps, base_environment, process_recorder
 from ade.execution.process import run_step
-from ade.lifecycle.builds import build_writer, interpreter, release_fingerprint
+from ade.lifecycle import transitions
+from ade.lifecycle.builds import build_writer, interpreter
+from ade.lifecycle.transitions import Recorder
 
 log = logging.getLogger(__name__)
-READY_MARKER = "READY"
 
 
 class BuildStopped(Exception):
@@ -55,11 +54,11 @@ class BuildStopped(Exception):
 
 
 def env_dir(deps: WorkerDeps, build: Build) -> Path:
-    return deps.store.build_dir(build.environment_build_id) / "env"
+    return paths.build_dir(deps.settings.data_dir, build.environment_build_id).env
 
 
 def source_dir(deps: WorkerDeps, build: Build) -> Path:
-    return deps.store.build_dir(build.environment_build_id) / "source"
+    return paths.build_dir(deps.settings.data_dir, build.environment_build_id).source
 
 
 def environment_for(deps: WorkerDeps, build: Build) -> dict[str, str]:
@@ -129,7 +128,7 @@ async def execute_build(deps: WorkerDeps, build_id: str, *, wait_for_lease: bool
             with contextlib.suppress(RedisError, OSError):  # the pub/sub signal still reaches us
                 if await deps.redis.exists(keys.run_cancel(build.id)):
                     cancel_event.set()
-            await _prepare(deps, build, writer, cancel_event)
+            await _prepare(deps, build, Recorder(store, writer), cancel_event)
     except Conflict as exc:
         if exc.code != "stream_busy":
             raise
@@ -139,71 +138,37 @@ async def execute_build(deps: WorkerDeps, build_id: str, *, wait_for_lease: bool
     return await store.get_build(build_id)
 
 
-async def _prepare(deps: WorkerDeps, build: Build, writer: StreamWriter, cancel: asyncio.Event) -> None:
-    store = deps.store
-    build.status, build.started_at, build.worker = "building", utcnow(), deps.name
-    await store.put_build(build, redis_retry_s=REDIS_RETRY_S)
-    await writer.emit(
-        ev.BUILD_STARTED, {"status": "building", "worker": deps.name, "fingerprint": build.fingerprint}
-    )
-    started = time.monotonic()
-    deadline = started + (build.spec.timeout_s or deps.settings.default_run_timeout_s)
-    cancelled = False
+async def _prepare(deps: WorkerDeps, build: Build, rec: Recorder, cancel: asyncio.Event) -> None:
+    await transitions.start_build(rec, build, deps.name)
+    deadline = time.monotonic() + (build.spec.timeout_s or deps.settings.default_run_timeout_s)
     try:
-        await _phases(deps, build, writer, cancel, deadline)
-        build.status = "ready"
+        await _phases(deps, build, rec, cancel, deadline)
     except BuildStopped as stop:
-        build.status, build.failure, cancelled = (
-            ("failed", stop.failure, False) if stop.failure else ("cancelled", None, True)
-        )
+        if stop.failure is None:
+            await transitions.finish_build(rec, build, "cancelled")
+        else:
+            await transitions.finish_build(rec, build, "failed", failure=stop.failure)
     except asyncio.CancelledError:
-        build.status = "failed"
-        build.failure = Failure(
-            stage="build", code="worker_lost", message="the worker shut down during the build"
-        )
-        await asyncio.shield(_finish(deps, build, writer, started, cancelled=False))
+        lost = Failure(stage="build", code="worker_lost", message="the worker shut down during the build")
+        await asyncio.shield(transitions.finish_build(rec, build, "failed", failure=lost))
         raise
     except Exception as exc:
         log.exception("build %s failed inside the worker", build.id)
-        build.status = "failed"
-        build.failure = Failure(stage="build", code="internal_error", message=f"{type(exc).__name__}: {exc}")
-    await _finish(deps, build, writer, started, cancelled=cancelled)
-
-
-async def _finish(
-    deps: WorkerDeps, build: Build, writer: StreamWriter, started: float, *, cancelled: bool
-) -> None:
-    directory = deps.store.build_dir(build.id)
-    if build.status == "ready":
-        (directory / READY_MARKER).write_text(build.fingerprint)
+        failure = Failure(stage="build", code="internal_error", message=f"{type(exc).__name__}: {exc}")
+        await transitions.finish_build(rec, build, "failed", failure=failure)
     else:
-        for part in ("env", "source"):
-            await asyncio.to_thread(shutil.rmtree, directory / part, True)
-    build.completed_at = utcnow()
-    await deps.store.put_build(build, redis_retry_s=REDIS_RETRY_S)
-    await release_fingerprint(deps.redis, build, ready=build.status == "ready")
-    await deps.redis.delete(keys.step_process(build.id))
-    payload: dict[str, object] = {
-        "status": build.status,
-        "duration_ms": round((time.monotonic() - started) * 1000),
-    }
-    if build.failure:
-        payload["failure"] = msgspec.to_builtins(build.failure)
-    if cancelled:
-        raw = await deps.redis.get(keys.run_cancel(build.id))
-        payload["cancelled_by"] = raw.decode() if raw else None
-    await writer.emit(ev.BUILD_COMPLETED, payload)
+        await transitions.finish_build(rec, build, "ready")
 
 
 async def _phases(
-    deps: WorkerDeps, build: Build, writer: StreamWriter, cancel: asyncio.Event, deadline: float
+    deps: WorkerDeps, build: Build, rec: Recorder, cancel: asyncio.Event, deadline: float
 ) -> None:
     spec = build.spec
     source = source_dir(deps, build)
     source.mkdir(parents=True, exist_ok=True)
     if spec.source:
-        async with _phase(writer, "source"):
-            archive = source.parent / "source.archive"
+        async with _phase(rec.writer, "source"):
+            archive = paths.build_dir(deps.settings.data_dir, build.id).source_archive
             await deps.artifacts.copy_into(build.workspace_id, spec.source, archive)
             try:
                 count = await asyncio.to_thread(unpack, archive, source)
@@ -211,16 +176,20 @@ async def _phases(
                 raise BuildStopped(Failure(stage="source", code=exc.code, message=exc.message)) from exc
             finally:
                 archive.unlink(missing_ok=True)
-            await writer.emit(ev.CONSOLE_LINE, _line(f"unpacked {count} entries", "source"))
+            await rec.writer.emit(
+                ConsoleLine(
+                    scope="build", stream="stdout", step="source", message=f"unpacked {count} entries"
+                )
+            )
     environment = {**base_environment(), **plain_environment(spec.environment)}
     if spec.constructor == "python":
         venv = env_dir(deps, build)
         python = interpreter(deps.settings.build_python).rsplit(" ", 1)[0]
-        async with _phase(writer, "environment"):
+        async with _phase(rec.writer, "environment"):
             await _command(
                 deps,
                 build,
-                writer,
+                rec,
                 cancel,
                 deadline,
                 "environment",
@@ -229,7 +198,7 @@ async def _phases(
             )
         environment.update(environment_for(deps, build))
         if spec.requirements:
-            async with _phase(writer, "requirements"):
+            async with _phase(rec.writer, "requirements"):
                 # The venv has no pip of its own (no ensurepip: seconds saved): the worker's pip fills it.
                 pip = [
                     sys.executable,
@@ -251,7 +220,7 @@ async def _phases(
                 await _command(
                     deps,
                     build,
-                    writer,
+                    rec,
                     cancel,
                     deadline,
                     "requirements",
@@ -259,13 +228,9 @@ async def _phases(
                     environment,
                 )
     for step in spec.steps:
-        async with _phase(writer, f"step:{step.name}"):
+        async with _phase(rec.writer, f"step:{step.name}"):
             step_env = {**environment, **plain_environment(step.environment), "ADE_BUILD_ID": build.id}
-            await _run(deps, writer, cancel, deadline, step, step_env, source)
-
-
-def _line(message: str, step: str) -> dict[str, object]:
-    return {"scope": "build", "stream": "stdout", "step": step, "message": message}
+            await _run(deps, rec, build, cancel, deadline, step, step_env, source)
 
 
 class _phase:
@@ -276,31 +241,32 @@ class _phase:
 
     async def __aenter__(self) -> None:
         self._started = time.monotonic()
-        await self._writer.emit(ev.BUILD_PHASE_STARTED, {"phase": self._name})
+        await self._writer.emit(PhaseStarted(phase=self._name))
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
-        status = (
+        status: StepEndStatus = (
             "succeeded"
             if exc is None
             else ("cancelled" if isinstance(exc, BuildStopped) and exc.failure is None else "failed")
         )
         duration_ms = round((time.monotonic() - self._started) * 1000)
         await asyncio.shield(
-            self._writer.emit(
-                ev.BUILD_PHASE_COMPLETED, {"phase": self._name, "status": status, "duration_ms": duration_ms}
-            )
+            self._writer.emit(PhaseCompleted(phase=self._name, status=status, duration_ms=duration_ms))
         )
 
 
-async def _announce_cancel(deps: WorkerDeps, writer: StreamWriter) -> None:
-    raw = await deps.redis.get(keys.run_cancel(writer.stream.id))
-    await writer.emit(ev.BUILD_CANCEL_REQUESTED, {"requested_by": raw.decode() if raw else None})
+async def _announce_cancel(deps: WorkerDeps, rec: Recorder, build: Build) -> None:
+    requested_by = None
+    with contextlib.suppress(RedisError, OSError):
+        raw = await deps.redis.get(keys.run_cancel(build.id))
+        requested_by = raw.decode() if raw else None
+    await transitions.request_build_cancel(rec, build, requested_by)
 
 
 async def _command(
     deps: WorkerDeps,
     build: Build,
-    writer: StreamWriter,
+    rec: Recorder,
     cancel: asyncio.Event,
     deadline: float,
     phase: str,
@@ -308,12 +274,13 @@ async def _command(
     environment: dict[str, str],
 ) -> None:
     step = Step(name=phase, script=shlex.join(argv))
-    await _run(deps, writer, cancel, deadline, step, environment, source_dir(deps, build))
+    await _run(deps, rec, build, cancel, deadline, step, environment, source_dir(deps, build))
 
 
 async def _run(
     deps: WorkerDeps,
-    writer: StreamWriter,
+    rec: Recorder,
+    build: Build,
     cancel: asyncio.Event,
     deadline: float,
     step: Step,
@@ -328,10 +295,10 @@ async def _run(
         timeout_s=max(min(step.timeout_s or remaining_s, remaining_s), 0.0),
         grace_s=deps.settings.kill_grace_s,
         max_line_bytes=deps.settings.console_line_max_bytes,
-        on_lines=StepSink(writer, step.name, "build"),
+        on_lines=StepSink(rec.writer, step.name, "build"),
         cancel=cancel,
-        on_cancel=lambda: _announce_cancel(deps, writer),
-        on_spawn=process_recorder(deps, writer.stream.id),
+        on_cancel=partial(_announce_cancel, deps, rec, build),
+        on_spawn=process_recorder(deps, build.id),
     )
     if outcome.cancelled:
         raise BuildStopped(None)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from ade.events import envelope as ev
+from ade.events.payloads import ConsoleLine
 from ade.events.writer import EventSpec, StreamWriter
 from ade.execution.process import Line
 
@@ -33,8 +34,8 @@ def engine_event(line: bytes, step: str, scope: str = "run") -> EventSpec:
         reason = "expected a JSON object with a `type`" if isinstance(exc, KeyError) else str(exc)
         message = f"[ade] ignored an event written to ADE_EVENTS_FD: {reason}"
         return (
-            ev.CONSOLE_LINE,
-            {"scope": "run", "stream": "stderr", "step": step, "message": message},
+            ConsoleLine.TYPE,
+            ConsoleLine(scope="run", stream="stderr", step=step, message=message),
             "worker",
         )
     body.pop("sequence", None)
@@ -44,26 +45,20 @@ def engine_event(line: bytes, step: str, scope: str = "run") -> EventSpec:
 class StepSink:
     """Turns a step's line batches into dispatcher batches."""
 
-    def __init__(self, writer: StreamWriter, step: str, scope: str) -> None:
+    def __init__(self, writer: StreamWriter, step: str, scope: Literal["run", "build"]) -> None:
         self._writer = writer
         self._step = step
         self._scope = scope
 
     async def __call__(self, pipe: str, lines: list[Line]) -> None:
-        step = self._step
+        step, scope = self._step, self._scope
         specs: list[EventSpec] = []
         for text, truncated in lines:
             if pipe == "events":
                 if text.strip():
                     specs.append(engine_event(text, step, self._scope))
                 continue
-            payload: dict[str, Any] = {
-                "scope": self._scope,
-                "stream": pipe,
-                "step": step,
-                "message": text.decode("utf-8", "replace"),
-            }
-            if truncated:
-                payload["truncated"] = True
-            specs.append((ev.CONSOLE_LINE, payload, "worker"))
+            message = text.decode("utf-8", "replace")
+            line = ConsoleLine(scope=scope, stream=pipe, step=step, message=message, truncated=truncated)
+            specs.append((ConsoleLine.TYPE, line, "worker"))
         await self._writer.emit_many(specs)

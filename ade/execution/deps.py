@@ -18,7 +18,6 @@ from ade.events.hub import Hub
 from ade.records.artifacts import ArtifactStore
 from ade.records.store import Store
 
-REDIS_RETRY_S = 120.0  # how long a worker keeps retrying to record a status through a Redis outage
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
 
 

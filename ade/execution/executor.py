@@ -1,4 +1,5 @@
-"""Executing a run: its steps in order, every line and engine event through the run's dispatcher.
+"""Executing a run: its steps in order, every line and engine event through the run's dispatcher, every
+status change through `ade.lifecycle.transitions`.
 
 Plain functions; nothing here knows arq or HTTP.
 """
@@ -10,15 +11,12 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable
 from functools import partial
-from typing import Any, cast
 
 import anyio
-import msgspec
 from redis.exceptions import RedisError
 
-from ade.core import keys
+from ade.core import keys, paths
 from ade.core.errors import AdeError, LogWriteFailed, NotFound
 from ade.core.logs import current_build_id, current_run_id
 from ade.core.models import (
@@ -31,25 +29,25 @@ from ade.core.models import (
     secret_values,
     utcnow,
 )
-from ade.events import envelope as ev
 from ade.events.envelope import EVENT_DECODER
 from ade.events.follow import follow
-from ade.events.writer import EventSpec, StreamWriter
+from ade.events.payloads import BuildCompleted, RunEndStatus
+from ade.events.writer import EventSpec
 from ade.execution.builder import environment_for, execute_build
 from ade.execution.console import StepSink
-from ade.execution.deps import REDIS_RETRY_S, WorkerDeps, base_environment, process_recorder
+from ade.execution.deps import WorkerDeps, base_environment, process_recorder
 from ade.execution.process import run_step
+from ade.lifecycle import transitions
 from ade.lifecycle.builds import build_stream
-from ade.lifecycle.runs import prepare_run_dir, run_writer
-from ade.records import metrics
+from ade.lifecycle.runs import run_writer
+from ade.lifecycle.transitions import Recorder
 from ade.records.artifacts import safe_input_name
 
 log = logging.getLogger(__name__)
 
 
-def step_environment(run: Run, step: Step, run_dir: os.PathLike[str]) -> dict[str, str]:
+def step_environment(run: Run, step: Step, run_dir: paths.RunDir) -> dict[str, str]:
     """A clean environment: a few basics from the worker, never its own secrets or settings."""
-    root = os.fspath(run_dir)
     return {
         **base_environment(),
         **plain_environment(run.plan.environment),
@@ -57,26 +55,27 @@ def step_environment(run: Run, step: Step, run_dir: os.PathLike[str]) -> dict[st
         "ADE_RUN_ID": run.id,
         "ADE_WORKSPACE_ID": run.workspace_id,
         "ADE_STEP": step.name,
-        "ADE_INPUT_DIR": os.path.join(root, "inputs"),
-        "ADE_OUTPUT_DIR": os.path.join(root, "outputs"),
+        "ADE_INPUT_DIR": os.fspath(run_dir.inputs),
+        "ADE_OUTPUT_DIR": os.fspath(run_dir.outputs),
     }
 
 
 class _Cancellation:
     """Announces a run's cancel (`run.cancel_requested`) once, whoever notices it first."""
 
-    def __init__(self, deps: WorkerDeps, run: Run, writer: StreamWriter, event: asyncio.Event) -> None:
-        self._deps, self._run, self._writer, self.event = deps, run, writer, event
+    def __init__(self, deps: WorkerDeps, run: Run, rec: Recorder, event: asyncio.Event) -> None:
+        self._deps, self._run, self._rec, self.event = deps, run, rec, event
         self.announced = False
 
     async def announce(self) -> None:
         if self.announced:
             return
         self.announced = True
-        raw = await self._deps.redis.get(keys.run_cancel(self._run.id))
-        requested_by = raw.decode() if raw else None
-        self._run.cancel_requested_by = requested_by
-        await self._writer.emit(ev.RUN_CANCEL_REQUESTED, {"requested_by": requested_by})
+        requested_by = None
+        with contextlib.suppress(RedisError, OSError):
+            raw = await self._deps.redis.get(keys.run_cancel(self._run.id))
+            requested_by = raw.decode() if raw else None
+        await transitions.request_run_cancel(self._rec, self._run, requested_by)
 
 
 async def execute_run(deps: WorkerDeps, run_id: str) -> None:
@@ -102,61 +101,66 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
             with contextlib.suppress(RedisError, OSError):  # the pub/sub signal still reaches us
                 if await deps.redis.exists(keys.run_cancel(run.id)):
                     cancel_event.set()
-            cancellation = _Cancellation(deps, run, writer, cancel_event)
-            await _execute(deps, run, writer, cancellation)
+            rec = Recorder(store, writer)
+            waited_s = (utcnow() - run.created_at).total_seconds()
+            if run.status == "queued" and waited_s > settings.queue_timeout_s:
+                message = f"it waited in the queue longer than {settings.queue_timeout_s:g} s"
+                failure = Failure(stage="queue", code="queue_timeout", message=message)
+                await transitions.finish_run(rec, run, "failed", failure=failure)
+                return
+            await _execute(deps, run, rec, _Cancellation(deps, run, rec, cancel_event))
     finally:
         deps.cancels.unregister(run_id)
 
 
-async def _execute(deps: WorkerDeps, run: Run, writer: StreamWriter, cancellation: _Cancellation) -> None:
-    store = deps.store
-    prepare_run_dir(store.run_dir(run.id))
-    started = time.monotonic()
+async def _execute(deps: WorkerDeps, run: Run, rec: Recorder, cancellation: _Cancellation) -> None:
+    paths.run_dir(deps.settings.data_dir, run.id).create()
+    exit_code: int | None = None
     try:
-        run.failure, build_env = await _await_build(deps, run, writer) if run.build_id else (None, {})
-        if run.failure is None:
-            run.status, run.started_at, run.worker = "running", utcnow(), deps.name
-            await writer.emit(
-                ev.RUN_STARTED, {"status": "running", "attempt": run.attempt, "worker": deps.name}
-            )
-            await store.put_run(run, redis_retry_s=REDIS_RETRY_S)
-            with contextlib.suppress(RedisError, OSError):  # a metric must not fail a run
-                await metrics.record_pickup(deps.redis, (run.started_at - run.created_at).total_seconds())
-            run.exit_code, run.failure = await _place_inputs(deps, run)
-        if run.failure is None:
-            run.exit_code, run.failure = await _execute_steps(deps, run, writer, cancellation, build_env)
+        failure, build_env = await _await_build(deps, run, rec) if run.build_id else (None, {})
+        if failure is None:
+            await transitions.start_run(rec, run, deps.name)
+            failure = await _place_inputs(deps, run)
+        if failure is None:
+            exit_code, failure = await _execute_steps(deps, run, rec, cancellation, build_env)
     except asyncio.CancelledError:
-        run.exit_code, run.failure = (
-            None,
-            Failure(stage="run", code="worker_lost", message="the worker shut down during the run"),
-        )
-        await asyncio.shield(_complete(deps, writer, run, started, cancelled=False))
+        lost = Failure(stage="run", code="worker_lost", message="the worker shut down during the run")
+        await asyncio.shield(_finish(rec, run, None, lost, cancelled=False))
         raise
     except LogWriteFailed as exc:
-        run.exit_code = None
-        run.failure = Failure(stage="run", code="internal_error", message=exc.message)
+        exit_code, failure = None, Failure(stage="run", code="internal_error", message=exc.message)
     except Exception as exc:
         log.exception("run %s failed inside the worker", run.id)
-        run.exit_code = None
-        run.failure = Failure(stage="run", code="internal_error", message=f"{type(exc).__name__}: {exc}")
-    await _complete(deps, writer, run, started, cancelled=cancellation.announced)
+        message = f"{type(exc).__name__}: {exc}"
+        exit_code, failure = None, Failure(stage="run", code="internal_error", message=message)
+    await _finish(rec, run, exit_code, failure, cancelled=cancellation.announced)
 
 
-async def _await_build(
-    deps: WorkerDeps, run: Run, writer: StreamWriter
-) -> tuple[Failure | None, dict[str, str]]:
+async def _finish(
+    rec: Recorder, run: Run, exit_code: int | None, failure: Failure | None, *, cancelled: bool
+) -> None:
+    try:
+        if cancelled:
+            await transitions.finish_run(rec, run, "cancelled")
+        else:
+            status: RunEndStatus = "failed" if failure else "succeeded"
+            await transitions.finish_run(rec, run, status, exit_code=exit_code, failure=failure)
+    except LogWriteFailed as exc:  # the record says how it ended; the log claims nothing it could not write
+        log.error("run %s ended but its log is not writable: %s", run.id, exc.message)
+
+
+async def _await_build(deps: WorkerDeps, run: Run, rec: Recorder) -> tuple[Failure | None, dict[str, str]]:
     """Wait for the run's build (building it here if nobody is yet), with its events in the run's stream."""
     assert run.build_id is not None
-    store, settings = deps.store, deps.settings
+    store, settings, writer = deps.store, deps.settings, rec.writer
     build = await store.get_build(run.build_id)
     if run.build_reused and build.status in TERMINAL_BUILD_STATUSES:
         if build.status == "ready":
-            payload = {"status": "ready", "reused": True, "build_id": build.environment_build_id}
-            await writer.emit(ev.BUILD_COMPLETED, payload)
+            await writer.emit(
+                BuildCompleted(status="ready", reused=True, build_id=build.environment_build_id)
+            )
     else:
-        run.status = "waiting_for_build"
-        await store.put_run(run, redis_retry_s=REDIS_RETRY_S)
-        await writer.emit(ev.RUN_WAITING_FOR_BUILD, {"status": "waiting_for_build", "build_id": build.id})
+        await transitions.wait_for_build(rec, run, build.id)
         stream = build_stream(settings, build.id)
         try:
             with anyio.fail_after(run.plan.timeout_s or settings.default_run_timeout_s):
@@ -181,17 +185,16 @@ async def _await_build(
         build = await store.get_build(build.id)
     if build.status != "ready":
         reason = build.failure.message if build.failure else build.status
-        return Failure(
-            stage="build", code="build_failed", message=f"build {build.id} {build.status}: {reason}"
-        ), {}
+        message = f"build {build.id} {build.status}: {reason}"
+        return Failure(stage="build", code="build_failed", message=message), {}
     build.last_used_at = utcnow()
-    await store.put_build(build, redis_retry_s=REDIS_RETRY_S)
+    await store.put_build(build, durability="best_effort")
     return None, environment_for(deps, build)
 
 
-async def _place_inputs(deps: WorkerDeps, run: Run) -> tuple[int | None, Failure | None]:
+async def _place_inputs(deps: WorkerDeps, run: Run) -> Failure | None:
     """Copy the run's input artifacts into `inputs/` before the first step."""
-    inputs_dir = deps.store.run_dir(run.id) / "inputs"
+    inputs_dir = paths.run_dir(deps.settings.data_dir, run.id).inputs
     for item in run.input_artifacts:
         try:
             await deps.artifacts.copy_into(
@@ -199,46 +202,16 @@ async def _place_inputs(deps: WorkerDeps, run: Run) -> tuple[int | None, Failure
             )
         except AdeError as exc:
             message = f"input {item.name!r} ({item.key}): {exc.message}"
-            return None, Failure(stage="inputs", code="input_unavailable", message=message)
-    return 0, None
-
-
-async def _complete(
-    deps: WorkerDeps, writer: StreamWriter, run: Run, started: float, *, cancelled: bool
-) -> None:
-    store = deps.store
-    if cancelled:
-        run.status, run.failure, run.exit_code = "cancelled", None, None
-    else:
-        run.status = "failed" if run.failure else "succeeded"
-    run.completed_at = utcnow()
-    await store.put_run(run, redis_retry_s=REDIS_RETRY_S)
-    with contextlib.suppress(RedisError, OSError):  # bookkeeping: a Redis blip must not stop the run's end
-        if run.build_id:
-            await cast(Awaitable[int], deps.redis.srem(keys.build_users(run.build_id), run.id))
-        await metrics.record_run_finished(deps.redis, run.status)
-        await deps.redis.delete(keys.step_process(run.id))
-    payload: dict[str, Any] = {
-        "status": run.status,
-        "exit_code": run.exit_code,
-        "duration_ms": round((time.monotonic() - started) * 1000),
-    }
-    if run.failure:
-        payload["failure"] = msgspec.to_builtins(run.failure)
-    if cancelled:
-        payload["cancelled_by"] = run.cancel_requested_by
-    try:
-        await writer.emit(ev.RUN_COMPLETED, payload)
-    except LogWriteFailed as exc:  # the record says how it ended; the log claims nothing it could not write
-        log.error("run %s ended but its log is not writable: %s", run.id, exc.message)
+            return Failure(stage="inputs", code="input_unavailable", message=message)
+    return None
 
 
 async def _execute_steps(
-    deps: WorkerDeps, run: Run, writer: StreamWriter, cancellation: _Cancellation, build_env: dict[str, str]
+    deps: WorkerDeps, run: Run, rec: Recorder, cancellation: _Cancellation, build_env: dict[str, str]
 ) -> tuple[int | None, Failure | None]:
     """Run each step in order; the first failing step stops the run. Returns (exit code, failure)."""
     settings = deps.settings
-    run_dir = deps.store.run_dir(run.id)
+    run_dir = paths.run_dir(settings.data_dir, run.id)
     run_timeout_s = run.plan.timeout_s or settings.default_run_timeout_s
     run_deadline = time.monotonic() + run_timeout_s
     exit_code: int | None = 0
@@ -248,37 +221,22 @@ async def _execute_steps(
             return None, None
         remaining_s = run_deadline - time.monotonic()
         step_limit_s = min(step.timeout_s or remaining_s, remaining_s)
-        await writer.emit(ev.RUN_STEP_STARTED, {"step": step.name, "index": index})
+        await transitions.start_step(rec, run, index)
         outcome = await run_step(
             step.script,
-            cwd=run_dir / "work",
+            cwd=run_dir.work,
             env={**step_environment(run, step, run_dir), **build_env},
             timeout_s=max(step_limit_s, 0.0),
             grace_s=settings.kill_grace_s,
             max_line_bytes=settings.console_line_max_bytes,
-            on_lines=StepSink(writer, step.name, "run"),
+            on_lines=StepSink(rec.writer, step.name, "run"),
             cancel=cancellation.event,
             on_cancel=cancellation.announce,
             on_spawn=process_recorder(deps, run.id),
         )
         exit_code = outcome.exit_code
         if outcome.cancelled:
-            status = "cancelled"
-        elif outcome.timed_out:
-            status = "timed_out"
-        else:
-            status = "succeeded" if exit_code == 0 else "failed"
-        await writer.emit(
-            ev.RUN_STEP_COMPLETED,
-            {
-                "step": step.name,
-                "index": index,
-                "status": status,
-                "exit_code": exit_code,
-                "duration_ms": round(outcome.duration_s * 1000),
-            },
-        )
-        if outcome.cancelled:
+            await transitions.finish_step(rec, run, index, "cancelled", exit_code=exit_code)
             return None, None
         if outcome.timed_out:
             by_step = step.timeout_s is not None and step.timeout_s <= remaining_s
@@ -287,9 +245,15 @@ async def _execute_steps(
                 if by_step
                 else f"the run's timeout of {run_timeout_s:g} s"
             )
-            message = f"step {step.name!r} exceeded {limit}"
-            return None, Failure(stage="step", code="timeout", message=message, step=step.name)
+            failure = Failure(
+                stage="step", code="timeout", message=f"step {step.name!r} exceeded {limit}", step=step.name
+            )
+            await transitions.finish_step(rec, run, index, "failed", failure=failure)
+            return None, failure
         if exit_code != 0:
             message = f"step {step.name!r} exited with code {exit_code}"
-            return exit_code, Failure(stage="step", code="exit_nonzero", message=message, step=step.name)
+            failure = Failure(stage="step", code="exit_nonzero", message=message, step=step.name)
+            await transitions.finish_step(rec, run, index, "failed", exit_code=exit_code, failure=failure)
+            return exit_code, failure
+        await transitions.finish_step(rec, run, index, "succeeded", exit_code=exit_code)
     return exit_code, None

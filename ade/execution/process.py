@@ -60,7 +60,6 @@ class StepOutcome:
     timed_out: bool
     cancelled: bool
     duration_s: float
-    pgid: int
 
 
 def kill_group(pgid: int, sig: signal.Signals) -> None:
@@ -172,5 +171,4 @@ async def run_step(
         timed_out=timed_out,
         cancelled=cancelled,
         duration_s=time.monotonic() - started,
-        pgid=pgid,
     )

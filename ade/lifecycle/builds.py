@@ -8,7 +8,6 @@ import hashlib
 import platform
 import subprocess
 import sys
-from collections.abc import Awaitable
 from functools import cache
 from typing import Literal, cast
 
@@ -20,33 +19,16 @@ from ade.core import ids, keys
 from ade.core.errors import Conflict, NotFound
 from ade.core.models import TERMINAL_BUILD_STATUSES, Build, BuildSpec, Configuration, utcnow
 from ade.core.settings import Settings
-from ade.events.envelope import BUILD_CANCEL_REQUESTED, BUILD_COMPLETED, BUILD_QUEUED, StreamRef
+from ade.events.envelope import StreamRef
 from ade.events.writer import Identity, StreamWriter
-from ade.lifecycle import queue
+from ade.lifecycle import queue, transitions
 from ade.lifecycle.runs import signal_cancel
+from ade.lifecycle.transitions import Recorder
 from ade.records.store import Store
 
 CONSTRUCTOR_VERSIONS = {"python": "1", "shell": "1"}
 ACTIVE_TTL_S = 24 * 3600  # a build that is never finished stops blocking its fingerprint after this
 Mode = Literal["created", "joined", "reused"]
-
-# KEYS: ready, active. ARGV: new id, force ("1"/"0"), active TTL. Atomic across API processes and workers.
-_CLAIM = """
-if ARGV[2] == '0' then
-  local ready = redis.call('get', KEYS[1])
-  if ready then return {'reused', ready} end
-end
-local active = redis.call('get', KEYS[2])
-if active then return {'joined', active} end
-redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[3])
-return {'created', ARGV[1]}
-"""
-# KEYS: ready, active. ARGV: build id, ready ("1"/"0"). Ends a build's claim on its fingerprint.
-_RELEASE = """
-if redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
-if ARGV[2] == '1' then redis.call('set', KEYS[1], ARGV[1]) end
-return 1
-"""
 
 
 @cache
@@ -103,16 +85,6 @@ def build_writer(
     )
 
 
-async def release_fingerprint(redis: Redis, build: Build, *, ready: bool) -> None:
-    await cast(
-        Awaitable[int],
-        redis.eval(
-            _RELEASE, 2, keys.build_ready(build.fingerprint), keys.build_active(build.fingerprint),
-            build.id, "1" if ready else "0",
-        ),
-    )  # fmt: skip
-
-
 async def request_build(
     settings: Settings,
     redis: Redis,
@@ -130,21 +102,11 @@ async def request_build(
     interpreter_id = interpreter(settings.build_python)
     fp = fingerprint(cfg.workspace_id, cfg.build, interpreter_id)
     new_id = ids.new_id(ids.BUILD)
-    raw_mode, raw_id = await cast(
-        Awaitable[list[bytes]],
-        redis.eval(
-            _CLAIM,
-            2,
-            keys.build_ready(fp),
-            keys.build_active(fp),
-            new_id,
-            "1" if force else "0",
-            str(ACTIVE_TTL_S),
-        ),
+    raw_mode, raw_id = await store.scripts.claim_build(
+        keys=[keys.build_ready(fp), keys.build_active(fp)], args=[new_id, "1" if force else "0", ACTIVE_TTL_S]
     )
     mode = cast(Mode, raw_mode.decode())
     build_id = raw_id.decode()
-    now = utcnow()
     if mode == "created":
         build = Build(
             id=build_id,
@@ -158,26 +120,22 @@ async def request_build(
             interpreter=interpreter_id,
             created_at=ids.created_at(build_id),
         )
-        await store.put_build(build)
         async with build_writer(settings, redis, build) as writer:
-            await writer.emit(
-                BUILD_QUEUED, {"status": "queued", "fingerprint": fp, "force": force}, source="api"
-            )
-        await queue.enqueue_build(arq, build.id)
+            await transitions.queue_build(Recorder(store, writer, "api"), build)
+        await queue.enqueue(arq, build.id)
         return build, mode
     existing = await _get_build_soon(store, build_id)
     if mode == "joined" or not record_reuse:
         return existing, mode
     reuse = Build(
         id=new_id, workspace_id=cfg.workspace_id, configuration_id=cfg.id, fingerprint=fp, spec=cfg.build,
-        status="ready", owner=actor, reused_from=existing.environment_build_id, interpreter=interpreter_id,
-        created_at=ids.created_at(new_id), started_at=now, completed_at=now,
+        status="queued", owner=actor, reused_from=existing.environment_build_id, interpreter=interpreter_id,
+        created_at=ids.created_at(new_id), started_at=utcnow(),
     )  # fmt: skip
-    await store.put_build(reuse)
     async with build_writer(settings, redis, reuse) as writer:
-        await writer.emit(BUILD_QUEUED, {"status": "queued", "fingerprint": fp, "force": False}, source="api")
-        payload = {"status": "ready", "reused": True, "reused_from": reuse.reused_from, "duration_ms": 0}
-        await writer.emit(BUILD_COMPLETED, payload, source="api")
+        recorder = Recorder(store, writer, "api")
+        await transitions.queue_build(recorder, reuse)
+        await transitions.finish_build(recorder, reuse, "ready")
     return reuse, mode
 
 
@@ -200,14 +158,9 @@ async def cancel_build(settings: Settings, redis: Redis, store: Store, build: Bu
             async with build_writer(settings, redis, build, acquire_timeout_s=0.2) as writer:
                 current = await store.get_build(build.id)
                 if current.status == "queued":
-                    current.status, current.completed_at = "cancelled", utcnow()
-                    current.cancel_requested_by = actor
-                    await store.put_build(current)
-                    await release_fingerprint(redis, current, ready=False)
-                    await writer.emit(BUILD_CANCEL_REQUESTED, {"requested_by": actor}, source="api")
-                    await writer.emit(
-                        BUILD_COMPLETED, {"status": "cancelled", "cancelled_by": actor}, source="api"
-                    )
+                    recorder = Recorder(store, writer, "api")
+                    await transitions.request_build_cancel(recorder, current, actor)
+                    await transitions.finish_build(recorder, current, "cancelled", cancelled_by=actor)
                     return current
         except Conflict as exc:
             if exc.code != "stream_busy":

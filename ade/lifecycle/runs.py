@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Awaitable, Sequence
-from pathlib import Path
 from typing import cast
 
 import msgspec
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from ade.core import ids, keys
+from ade.core import ids, keys, paths
 from ade.core.errors import Conflict
 from ade.core.models import (
     TERMINAL_RUN_STATUSES,
@@ -21,15 +20,14 @@ from ade.core.models import (
     InputArtifact,
     Plan,
     Run,
-    utcnow,
+    StepState,
 )
 from ade.core.settings import Settings
-from ade.events.envelope import RUN_CANCEL_REQUESTED, RUN_COMPLETED, RUN_QUEUED, StreamRef
+from ade.events.envelope import StreamRef
 from ade.events.writer import Identity, StreamWriter
-from ade.lifecycle import queue
+from ade.lifecycle import queue, transitions
+from ade.lifecycle.transitions import Recorder
 from ade.records.store import Store
-
-RUN_SUBDIRS = ("logs", "work", "inputs", "outputs")
 
 
 def run_identity(run: Run) -> Identity:
@@ -50,11 +48,6 @@ def plan_of(cfg: Configuration) -> Plan:
         timeout_s=cfg.timeout_s,
         build=cfg.build,
     )
-
-
-def prepare_run_dir(run_dir: Path) -> None:
-    for sub in RUN_SUBDIRS:
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
 def run_writer(
@@ -89,21 +82,21 @@ def new_run(
         commit=commit,
         input_artifacts=input_artifacts,
         created_at=ids.created_at(run_id),  # the id's own time, so time filters and ids agree
+        steps=[StepState(name=step.name) for step in plan.steps],
     )
 
 
 async def submit_run(settings: Settings, redis: Redis, arq: ArqRedis, store: Store, run: Run) -> Run:
     """Persist a new run, write `run.queued` as its sequence 1, then enqueue it."""
+    directory = paths.run_dir(settings.data_dir, run.id)
     try:
-        await store.put_run(run)
+        directory.create()
+        async with run_writer(settings, redis, run) as writer:
+            await transitions.queue_run(Recorder(store, writer, "api"), run)
     except BaseException:
-        shutil.rmtree(store.run_dir(run.id), ignore_errors=True)  # nothing half-created
+        shutil.rmtree(directory.root, ignore_errors=True)  # nothing half-created
         raise
-    prepare_run_dir(store.run_dir(run.id))
-    async with run_writer(settings, redis, run) as writer:
-        payload = {"status": "queued", "attempt": run.attempt, "rerun_of": run.rerun_of}
-        await writer.emit(RUN_QUEUED, payload, source="api")
-    await queue.enqueue_run(arq, run.id)
+    await queue.enqueue(arq, run.id)
     return run
 
 
@@ -152,12 +145,9 @@ async def cancel(settings: Settings, redis: Redis, store: Store, run: Run, actor
             async with run_writer(settings, redis, run, acquire_timeout_s=0.2) as writer:
                 current = await store.get_run(run.id)
                 if current.status == "queued":
-                    current.status, current.completed_at = "cancelled", utcnow()
-                    current.cancel_requested_by = actor
-                    await store.put_run(current)
-                    await writer.emit(RUN_CANCEL_REQUESTED, {"requested_by": actor}, source="api")
-                    payload = {"status": "cancelled", "exit_code": None, "cancelled_by": actor}
-                    await writer.emit(RUN_COMPLETED, payload, source="api")
+                    recorder = Recorder(store, writer, "api")
+                    await transitions.request_run_cancel(recorder, current, actor)
+                    await transitions.finish_run(recorder, current, "cancelled", cancelled_by=actor)
                     return current
         except Conflict as exc:
             if exc.code != "stream_busy":

@@ -1,28 +1,26 @@
 """Metadata: Redis is the fast index, the data directory the durable copy (DESIGN.md invariant 6).
 
-Every write goes to disk first (atomically: temp file + rename), then to Redis. Layout under the data dir:
-
-    workspaces/<ws>.json
-    configurations/<cfg>.json
-    runs/<run>/run.json   runs/<run>/logs/events.ndjson   runs/<run>/{work,inputs,outputs}/
+Every write goes to disk first (atomically: temp file + rename), then to Redis; where each record lives
+in the data directory is `ade.core.paths`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ade.core import keys
+from ade.core import keys, paths
 from ade.core.errors import Conflict, not_found
 from ade.core.models import (
     TERMINAL_BUILD_STATUSES,
@@ -33,8 +31,19 @@ from ade.core.models import (
     Run,
     Workspace,
 )
+from ade.records.scripts import Scripts
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+REDIS_RETRY_S = 120.0  # how long a worker keeps retrying to index a status through a Redis outage
+
+# What a Redis failure means when a record is written (the file in the data directory is always first):
+# - all_or_nothing: the old file is put back and the error raised (an API request then changes nothing);
+# - retry: the file stays (it is the truth) and indexing is retried through an outage (a run's end);
+# - best_effort: the file stays and indexing is skipped if Redis fails (a step's progress; the next
+#   write, or `ade reindex`, catches up).
+Durability = Literal["all_or_nothing", "retry", "best_effort"]
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
@@ -97,22 +106,7 @@ class Store:
     def __init__(self, redis: Redis, data_dir: Path) -> None:
         self.redis = redis
         self.data_dir = data_dir
-
-    # Paths -------------------------------------------------------------------------------------
-    def workspace_path(self, workspace_id: str) -> Path:
-        return self.data_dir / "workspaces" / f"{workspace_id}.json"
-
-    def configuration_path(self, configuration_id: str) -> Path:
-        return self.data_dir / "configurations" / f"{configuration_id}.json"
-
-    def api_key_path(self, key_id: str) -> Path:
-        return self.data_dir / "api_keys" / f"{key_id}.json"
-
-    def build_dir(self, build_id: str) -> Path:
-        return self.data_dir / "builds" / build_id
-
-    def run_dir(self, run_id: str) -> Path:
-        return self.data_dir / "runs" / run_id
+        self.scripts = Scripts(redis)
 
     # Generic -----------------------------------------------------------------------------------
     async def _get(self, cls: type[T], key: str, what: str, ident: str, path: Path | None = None) -> T:
@@ -149,17 +143,19 @@ class Store:
 
     # Workspaces --------------------------------------------------------------------------------
     async def put_workspace(self, workspace: Workspace) -> None:
-        await self._put(keys.workspace(workspace.id), self.workspace_path(workspace.id), workspace)
+        await self._put(
+            keys.workspace(workspace.id), paths.workspace_record(self.data_dir, workspace.id), workspace
+        )
 
     async def get_workspace(self, workspace_id: str) -> Workspace:
-        path = self.workspace_path(workspace_id)
+        path = paths.workspace_record(self.data_dir, workspace_id)
         return await self._get(Workspace, keys.workspace(workspace_id), "workspace", workspace_id, path)
 
     # Configurations ----------------------------------------------------------------------------
     async def put_configuration(self, cfg: Configuration) -> None:
         await self._put(
             keys.configuration(cfg.id),
-            self.configuration_path(cfg.id),
+            paths.configuration_record(self.data_dir, cfg.id),
             cfg,
             (keys.workspace_configurations(cfg.workspace_id), cfg.id),
         )
@@ -170,7 +166,7 @@ class Store:
             keys.configuration(configuration_id),
             "configuration",
             configuration_id,
-            self.configuration_path(configuration_id),
+            paths.configuration_record(self.data_dir, configuration_id),
         )
 
     async def list_configurations(self, workspace_id: str) -> list[Configuration]:
@@ -181,7 +177,7 @@ class Store:
         return [_decoders[Configuration].decode(raw) for raw in raws if raw is not None]
 
     async def delete_configuration(self, cfg: Configuration) -> None:
-        self.configuration_path(cfg.id).unlink(missing_ok=True)
+        paths.configuration_record(self.data_dir, cfg.id).unlink(missing_ok=True)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.configuration(cfg.id))
             pipe.zrem(keys.workspace_configurations(cfg.workspace_id), cfg.id)
@@ -191,7 +187,7 @@ class Store:
     async def put_api_key(self, key: ApiKey) -> None:
         await self._put(
             keys.api_key(key.id),
-            self.api_key_path(key.id),
+            paths.api_key_record(self.data_dir, key.id),
             key,
             (keys.workspace_api_keys(key.workspace_id), key.id),
         )
@@ -200,54 +196,59 @@ class Store:
         raw = await self.redis.get(keys.api_key(key_id))
         return None if raw is None else _decoders[ApiKey].decode(raw)
 
-    async def get_api_key(self, key_id: str) -> ApiKey:
-        return await self._get(ApiKey, keys.api_key(key_id), "api_key", key_id)
-
     async def list_api_keys(self, workspace_id: str) -> list[ApiKey]:
         ids = await self.redis.zrange(keys.workspace_api_keys(workspace_id), 0, -1)
         raws = await self.redis.mget([keys.api_key(i.decode()) for i in ids]) if ids else []
         return [_decoders[ApiKey].decode(raw) for raw in raws if raw is not None]
 
     # Runs ----------------------------------------------------------------------------------------
-    async def put_run(self, run: Run, *, redis_retry_s: float = 0.0) -> None:
-        """Persist a run (run.json first, atomically), then index it.
-
-        By default a Redis failure puts the old run.json back and raises (an API request then changes
-        nothing). Workers recording what happened pass `redis_retry_s`: the file stays (it is the truth)
-        and indexing is retried through a Redis blip for that long.
-        """
+    async def put_run(self, run: Run, *, durability: Durability = "all_or_nothing") -> None:
+        """Persist a run (run.json first, atomically), then index it in Redis (see `Durability`)."""
         data = _encoder.encode(run)
-        await self._persist(
-            self.run_dir(run.id) / "run.json", data, lambda pipe: index_run(pipe, run, data), redis_retry_s
-        )
+        path = paths.run_dir(self.data_dir, run.id).record
+        await self._persist(path, data, lambda pipe: index_run(pipe, run, data), durability)
 
     async def _persist(
-        self, path: Path, data: bytes, index: Callable[[Any], None], redis_retry_s: float
+        self, path: Path, data: bytes, index: Callable[[Any], None], durability: Durability
     ) -> None:
         async def write_index() -> None:
             async with self.redis.pipeline() as pipe:
                 index(pipe)
                 await pipe.execute()
 
-        if not redis_retry_s:
+        if durability == "all_or_nothing":
             async with self._written(path, data):
                 await write_index()
             return
         write_atomic(path, data)
-        deadline = asyncio.get_running_loop().time() + redis_retry_s
+        if durability == "retry":
+            await self.retrying(write_index)
+            return
+        try:
+            await write_index()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning(
+                "indexing %s skipped (%s); the next write or `ade reindex` catches up", path.name, exc
+            )
+
+    async def retrying(self, call: Callable[[], Awaitable[T]], retry_s: float = REDIS_RETRY_S) -> T:
+        """`call`, retried with backoff while Redis is unreachable, for up to `retry_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_s
         backoff_s = 0.05
         while True:
             try:
-                await write_index()
-                return
+                return await call()
             except (RedisConnectionError, RedisTimeoutError):
-                if asyncio.get_running_loop().time() >= deadline:
+                if loop.time() >= deadline:
                     raise
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 1.0)
 
     async def get_run(self, run_id: str) -> Run:
-        return await self._get(Run, keys.run(run_id), "run", run_id, self.run_dir(run_id) / "run.json")
+        return await self._get(
+            Run, keys.run(run_id), "run", run_id, paths.run_dir(self.data_dir, run_id).record
+        )
 
     async def resolve_run_id(self, ident: str, workspace_id: str | None) -> str:
         index = keys.workspace_runs(workspace_id) if workspace_id else keys.ALL_RUNS
@@ -326,24 +327,16 @@ class Store:
         page = found[:limit]
         return (page if newest_first else page[::-1]), more
 
-    async def has_runs_beyond(self, index: str, run_id: str, *, newer: bool) -> bool:
-        """Whether the index holds any run newer (or older) than `run_id` (unfiltered)."""
-        if newer:
-            ids = await self.redis.zrangebylex(index, f"({run_id}", "+", start=0, num=1)
-        else:
-            ids = await self.redis.zrevrangebylex(index, f"({run_id}", "-", start=0, num=1)
-        return bool(ids)
-
     # Builds --------------------------------------------------------------------------------------
-    async def put_build(self, build: Build, *, redis_retry_s: float = 0.0) -> None:
+    async def put_build(self, build: Build, *, durability: Durability = "all_or_nothing") -> None:
         """Persist a build (build.json first, atomically), then index it (see `put_run`)."""
         data = _encoder.encode(build)
-        path = self.build_dir(build.id) / "build.json"
-        await self._persist(path, data, lambda pipe: index_build(pipe, build, data), redis_retry_s)
+        path = paths.build_dir(self.data_dir, build.id).record
+        await self._persist(path, data, lambda pipe: index_build(pipe, build, data), durability)
 
     async def get_build(self, build_id: str) -> Build:
         return await self._get(
-            Build, keys.build(build_id), "build", build_id, self.build_dir(build_id) / "build.json"
+            Build, keys.build(build_id), "build", build_id, paths.build_dir(self.data_dir, build_id).record
         )
 
     async def list_builds(self, index: str, *, limit: int, before: str | None = None) -> list[Build]:

@@ -13,9 +13,10 @@ from typing import Any
 
 import msgspec
 
-from ade.events import envelope as ev
-from ade.events import eventlog
+from ade.core.models import Failure, StepState, StepStatus
+from ade.events import eventlog, payloads
 from ade.events.envelope import EVENT_DECODER, Event
+from ade.events.payloads import ConsoleLine as ConsoleLinePayload
 
 _CACHE_STREAMS = 256
 _PAGE_EVENTS = 5000
@@ -23,9 +24,25 @@ _PAGE_EVENTS = 5000
 
 class StepSummary(msgspec.Struct, kw_only=True):
     name: str
-    status: str  # running, succeeded, failed, timed_out, cancelled
+    status: StepStatus
     exit_code: int | None = None
     duration_ms: int | None = None
+    failure: Failure | None = None
+    skipped_reason: str | None = None
+
+    @classmethod
+    def of(cls, state: StepState) -> StepSummary:
+        duration_ms = None
+        if state.started_at and state.completed_at:
+            duration_ms = round((state.completed_at - state.started_at).total_seconds() * 1000)
+        return cls(
+            name=state.name,
+            status=state.status,
+            exit_code=state.exit_code,
+            duration_ms=duration_ms,
+            failure=state.failure,
+            skipped_reason=state.skipped_reason,
+        )
 
 
 class EventCounts(msgspec.Struct, kw_only=True):
@@ -51,28 +68,17 @@ class RunSummary(msgspec.Struct, kw_only=True):
 @dataclass
 class _Fold:
     offset: int = 0
-    steps: dict[str, StepSummary] = field(default_factory=dict)
     by_type: Counter[str] = field(default_factory=Counter)
     by_stream: Counter[str] = field(default_factory=Counter)
     last_progress: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
 
     def add(self, event: Event) -> None:
+        """Counts, and the last progress and summary a step reported (steps' statuses are the record's)."""
         self.by_type[event.type] += 1
         payload = event.payload
-        if event.type == ev.CONSOLE_LINE:
+        if event.type == ConsoleLinePayload.TYPE:
             self.by_stream[str(payload.get("stream"))] += 1
-        elif event.type == ev.RUN_STEP_STARTED:
-            name = str(payload.get("step"))
-            self.steps[name] = StepSummary(name=name, status="running")
-        elif event.type == ev.RUN_STEP_COMPLETED:
-            name = str(payload.get("step"))
-            self.steps[name] = StepSummary(
-                name=name,
-                status=str(payload.get("status")),
-                exit_code=payload.get("exit_code"),
-                duration_ms=payload.get("duration_ms"),
-            )
         elif event.type == "engine.progress":
             self.last_progress = payload
         elif event.type == "engine.summary":
@@ -119,16 +125,16 @@ class ConsolePage(msgspec.Struct, kw_only=True):
 
 
 def console_line(event: Event) -> ConsoleLine | None:
-    if event.type != ev.CONSOLE_LINE:
+    if event.type != ConsoleLinePayload.TYPE:
         return None
-    payload = event.payload
+    line = payloads.read(event.payload, ConsoleLinePayload)
     return ConsoleLine(
         sequence=event.sequence,
         created_at=event.created_at.isoformat().replace("+00:00", "Z"),
-        stream=str(payload.get("stream")),
-        step=payload.get("step"),
-        message=str(payload.get("message", "")),
-        truncated=bool(payload.get("truncated", False)),
+        stream=line.stream,
+        step=line.step,
+        message=line.message,
+        truncated=line.truncated,
     )
 
 

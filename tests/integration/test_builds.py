@@ -143,9 +143,12 @@ async def test_ready_builds_are_reused_and_force_rebuilds(client: httpx.AsyncCli
     reused_events = await build_events(client, again["id"])
     assert reused_events[-1]["payload"] == {
         "status": "ready",
+        "build_id": again["id"],
         "reused": True,
         "reused_from": first["id"],
         "duration_ms": 0,
+        "failure": None,
+        "cancelled_by": None,
     }
     forced = await create_build(client, ws, cfg, force=True, wait=True)
     assert forced["reused_from"] is None and forced["fingerprint"] == first["fingerprint"]
@@ -154,7 +157,15 @@ async def test_ready_builds_are_reused_and_force_rebuilds(client: httpx.AsyncCli
     run_id = (await run(client, cfg))["id"]
     events = await run_events(client, run_id)
     reuse = next(e for e in events if e["type"] == "build.completed")
-    assert reuse["payload"] == {"status": "ready", "reused": True, "build_id": forced["id"]}
+    assert reuse["payload"] == {
+        "status": "ready",
+        "reused": True,
+        "build_id": forced["id"],
+        "reused_from": None,
+        "duration_ms": None,
+        "failure": None,
+        "cancelled_by": None,
+    }
     assert "build.started" not in [e["type"] for e in events]
     listed = (await client.get(f"/configurations/{cfg}/builds")).json()
     assert [b["id"] for b in listed] == [forced["id"], again["id"], first["id"]]

@@ -64,7 +64,8 @@ async def test_step_timeout_fails_the_run_and_kills_its_process_group(client: ht
     assert completed["failure"]["step"] == "stuck"
     assert "its timeout of 1 s" in completed["failure"]["message"]
     step_done = next(e["payload"] for e in events if e["type"] == "run.step.completed")
-    assert step_done["status"] == "timed_out" and step_done["exit_code"] is None
+    assert step_done["status"] == "failed" and step_done["exit_code"] is None
+    assert step_done["failure"]["code"] == "timeout"
     await _assert_group_gone(await _group_of_first_line(events))
 
 

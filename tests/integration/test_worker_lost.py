@@ -26,7 +26,8 @@ async def test_killed_worker_fails_its_run_and_build_as_worker_lost(fragile: Ade
     async with fragile.api_client() as api:
         ws = await workspace(api)
         script = "echo pgid=$(ps -o pgid= $$ | tr -d ' '); sleep 300"
-        cfg = await configuration(api, ws, [{"name": "long", "script": script}])
+        steps = [{"name": "long", "script": script}, {"name": "after", "script": "echo never"}]
+        cfg = await configuration(api, ws, steps)
         run_id = (await run(api, cfg))["id"]
         spec = {"constructor": "shell", "steps": [{"name": "slow", "script": "echo building; sleep 300"}]}
         build_cfg = await configuration(api, ws, [{"name": "s", "script": "true"}], build=spec)
@@ -49,6 +50,19 @@ async def test_killed_worker_fails_its_run_and_build_as_worker_lost(fragile: Ade
             completed["type"] == "run.completed" and completed["payload"]["failure"]["code"] == "worker_lost"
         )
         assert (await api.get(f"/runs/{run_id}")).json()["status"] == "failed"
+        ended = [json.loads(frame.data) for frame in run_end]
+        assert [(e["type"], e["payload"]["step"]) for e in ended[:-1]] == [
+            ("run.step.completed", "long"),
+            ("run.step.skipped", "after"),
+        ]  # the run's unfinished steps end before it does
+        assert ended[0]["payload"]["status"] == "failed"
+        assert ended[0]["payload"]["failure"]["code"] == "worker_lost"
+        views = [(await api.get(f"/runs/{run_id}/summary")).json(), (await api.get(f"/runs/{run_id}")).json()]
+        for view in views:  # no view shows a running step in a finished run
+            assert [(s["name"], s["status"]) for s in view["steps"]] == [
+                ("long", "failed"),
+                ("after", "skipped"),
+            ]
         build_end = ade_events(
             await collect_sse(api, f"/builds/{build['id']}/events", params={"stream": "true"})
         )

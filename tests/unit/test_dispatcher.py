@@ -44,7 +44,7 @@ async def test_concurrent_emitters_get_dense_sequences_in_file_order(redis: Redi
         async def emit_many(name: str) -> None:
             for i in range(200):
                 if i % 3:
-                    await w.emit("console.line", {"who": name, "i": i})
+                    await w.emit_many([("console.line", {"who": name, "i": i}, "worker")])
                 else:
                     await w.emit_many([("console.line", {"who": name, "i": i}, "worker")] * 3)
 
@@ -62,7 +62,7 @@ async def test_only_one_writer_holds_a_stream(redis: Redis, tmp_path: Path) -> N
             async with writer(redis, stream):
                 pass
     async with writer(redis, stream) as second:  # released: the next writer gets it
-        await second.emit("console.line", {})
+        await second.emit_many([("console.line", {}, "worker")])
 
 
 async def test_a_new_writer_continues_from_the_log_tail(redis: Redis, tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ async def test_a_new_writer_continues_from_the_log_tail(redis: Redis, tmp_path: 
         handle.write(b'{"type":"console.li')  # torn by a crash
     async with writer(redis, stream) as second:
         assert second.last_sequence == 5
-        event = await second.emit("console.line", {"n": 5})
+        event = (await second.emit_many([("console.line", {"n": 5}, "worker")]))[0]
     assert event.sequence == 6
     assert eventlog.tail(stream.log_path).sequence == 6  # type: ignore[union-attr]
     assert len(stream.log_path.read_bytes().splitlines()) == 6
@@ -90,7 +90,7 @@ async def test_every_published_event_is_already_in_the_log(
     checked = 0
     async with writer(redis, stream) as w:
         for n in range(50):
-            await w.emit("console.line", {"n": n})
+            await w.emit_many([("console.line", {"n": n}, "worker")])
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
             assert message is not None
             sequence = HEAD_DECODER.decode(message["data"]).sequence
@@ -109,11 +109,11 @@ async def test_an_expired_lease_is_taken_over_and_the_old_writer_is_fenced(
     async with writer(redis, stream, lease_ttl_s=0.3) as old:
         await redis.delete(stream.lease_key)  # as if the lease expired while the old writer was stalled
         async with writer(redis, stream) as new:
-            await new.emit("console.line", {})
+            await new.emit_many([("console.line", {}, "worker")])
             with anyio.fail_after(2):
                 while True:
                     try:
-                        await old.emit("console.line", {})
+                        await old.emit_many([("console.line", {}, "worker")])
                     except Exception as exc:  # LeaseLost once renewal notices
                         assert type(exc).__name__ == "LeaseLost"
                         break

@@ -10,9 +10,10 @@ import pytest
 from redis.asyncio import Redis
 
 from ade.cli.redis_server import RedisServer
-from ade.events.envelope import RUN_COMPLETED, StreamRef
+from ade.events.envelope import StreamRef
 from ade.events.follow import stream_frames
 from ade.events.hub import Hub, Subscription
+from ade.events.payloads import RunCompleted
 from ade.events.writer import Identity, StreamWriter
 
 pytestmark = pytest.mark.anyio
@@ -52,12 +53,12 @@ async def test_stalled_reader_stays_bounded_then_catches_up_exactly(
     async with StreamWriter(
         redis, stream, Identity(workspace_id="ws", run_id="run_slow"), lease_ttl_s=5
     ) as w:
-        await w.emit("run.queued", {})
+        await w.emit_many([("run.queued", {}, "worker")])
         received += ids_in(await frames.__anext__())  # the reader is now live, then stalls
         for batch in range(50):
             await w.emit_many([("console.line", {"n": batch * 100 + i}, "worker") for i in range(100)])
             largest_backlog = max(largest_backlog, hub.largest_backlog)
-        await w.emit(RUN_COMPLETED, {"status": "succeeded"})
+        await w.emit(RunCompleted(status="succeeded"))
     with anyio.fail_after(30):
         async for chunk in frames:  # the reader resumes
             received += ids_in(chunk)
@@ -77,7 +78,7 @@ async def test_reader_that_attaches_after_the_end_gets_replay_then_end(
         redis, stream, Identity(workspace_id="ws", run_id="run_done"), lease_ttl_s=5
     ) as w:
         await w.emit_many([("console.line", {"n": i}, "worker") for i in range(2500)])
-        await w.emit(RUN_COMPLETED, {"status": "succeeded"})
+        await w.emit(RunCompleted(status="succeeded"))
     chunks = [
         chunk async for chunk in stream_frames(hub, stream, 1200, keepalive_s=5, retry_ms=1, page_events=1000)
     ]

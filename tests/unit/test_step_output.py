@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ade.events.payloads import ConsoleLine
 from ade.execution.console import engine_event
 from ade.execution.process import LineSplitter
 
@@ -63,5 +64,6 @@ def test_engine_event_is_reenveloped_with_its_step() -> None:
 )
 def test_invalid_or_reserved_engine_events_become_a_warning_line(line: bytes) -> None:
     type_, payload, source = engine_event(line, "s")
-    assert (type_, source, payload["stream"]) == ("console.line", "worker", "stderr")
-    assert payload["message"].startswith("[ade] ignored an event")
+    assert isinstance(payload, ConsoleLine)
+    assert (type_, source, payload.stream) == ("console.line", "worker", "stderr")
+    assert payload.message.startswith("[ade] ignored an event")

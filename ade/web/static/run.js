@@ -367,6 +367,15 @@ export function runView(root, runRef) {
         refreshOutputsSoon();
         break;
       }
+      case "run.step.skipped": {
+        Object.assign(step(payload.step), { status: "skipped", durationMs: null, exitCode: null });
+        consoleView.add("system", `○ step ${payload.step} skipped: ${payload.reason ?? ""}`, {
+          ...meta,
+          step: payload.step,
+        });
+        renderSteps();
+        break;
+      }
       case "run.cancel_requested":
         cancelRequested = true;
         consoleView.add(

@@ -1,0 +1,121 @@
+"""Every path in the data directory, built here and nowhere else.
+
+secret.key  bootstrap-token  redis/                     service files (never bound into a step)
+workspaces/<ws>.json  configurations/<cfg>.json  api_keys/<key>.json
+audit/<ws>.ndjson  artifacts/…                           (see ade.records.artifacts)
+runs/<run>/run.json  runs/<run>/logs/events.ndjson  runs/<run>/{work,inputs,outputs}/
+builds/<build>/build.json  builds/<build>/logs/events.ndjson  builds/<build>/{env,source}/  READY
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_NAME = "events.ndjson"
+
+
+def workspace_record(data_dir: Path, workspace_id: str) -> Path:
+    return data_dir / "workspaces" / f"{workspace_id}.json"
+
+
+def configuration_record(data_dir: Path, configuration_id: str) -> Path:
+    return data_dir / "configurations" / f"{configuration_id}.json"
+
+
+def api_key_record(data_dir: Path, key_id: str) -> Path:
+    return data_dir / "api_keys" / f"{key_id}.json"
+
+
+def secret_key(data_dir: Path) -> Path:
+    return data_dir / "secret.key"
+
+
+def bootstrap_token(data_dir: Path) -> Path:
+    return data_dir / "bootstrap-token"
+
+
+def redis_dir(data_dir: Path) -> Path:
+    return data_dir / "redis"
+
+
+def audit_dir(data_dir: Path) -> Path:
+    return data_dir / "audit"
+
+
+def artifacts_dir(data_dir: Path) -> Path:
+    return data_dir / "artifacts"
+
+
+def runs_dir(data_dir: Path) -> Path:
+    return data_dir / "runs"
+
+
+def builds_dir(data_dir: Path) -> Path:
+    return data_dir / "builds"
+
+
+@dataclass(frozen=True, slots=True)
+class RunDir:
+    root: Path
+
+    @property
+    def record(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "logs" / LOG_NAME
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    def create(self) -> None:
+        for directory in (self.log.parent, self.work, self.inputs, self.outputs):
+            directory.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildDir:
+    root: Path
+
+    @property
+    def record(self) -> Path:
+        return self.root / "build.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "logs" / LOG_NAME
+
+    @property
+    def env(self) -> Path:
+        return self.root / "env"
+
+    @property
+    def source(self) -> Path:
+        return self.root / "source"
+
+    @property
+    def source_archive(self) -> Path:
+        return self.root / "source.archive"
+
+    @property
+    def ready_marker(self) -> Path:
+        return self.root / "READY"
+
+
+def run_dir(data_dir: Path, run_id: str) -> RunDir:
+    return RunDir(runs_dir(data_dir) / run_id)
+
+
+def build_dir(data_dir: Path, build_id: str) -> BuildDir:
+    return BuildDir(builds_dir(data_dir) / build_id)

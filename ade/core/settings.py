@@ -42,6 +42,7 @@ class Settings:
     # Security and limits
     stream_token_ttl_s: float = 300.0
     max_request_bytes: int = 1024 * 1024
+    max_json_depth: int = 64  # levels of nested arrays/objects in a JSON request body
     max_steps: int = 100
     max_script_bytes: int = 65536
     max_streams_per_key: int = 32
@@ -75,6 +76,7 @@ class Settings:
             log_fsync=os.environ.get("ADE_LOG_FSYNC", "") in ("1", "true", "yes"),
             stream_token_ttl_s=_float("ADE_STREAM_TOKEN_TTL_S", 300.0),
             max_request_bytes=_int("ADE_MAX_REQUEST_BYTES", 1024 * 1024),
+            max_json_depth=_int("ADE_MAX_JSON_DEPTH", 64),
             max_steps=_int("ADE_MAX_STEPS", 100),
             max_script_bytes=_int("ADE_MAX_SCRIPT_BYTES", 65536),
             max_streams_per_key=_int("ADE_MAX_STREAMS_PER_KEY", 32),

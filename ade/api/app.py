@@ -32,7 +32,8 @@ from ade.api.openapi import make_exact
 from ade.api.run_views import RunViewController
 from ade.api.runs import RunController
 from ade.api.workspaces import WorkspaceController
-from ade.core.errors import AdeError
+from ade.core.errors import AdeError, Invalid
+from ade.core.jsondepth import json_depth
 from ade.core.settings import Settings, get_settings
 from ade.events.hub import Hub
 from ade.records.artifacts import ArtifactStore
@@ -88,6 +89,20 @@ def _handle_redis(_: Request[Any, Any, Any], exc: RedisError) -> Response[dict[s
 def _handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unexpected error", exc_info=exc)
     return Response(error_body("internal server error", "internal_error"), status_code=500)
+
+
+class DepthCheckedRequest(Request[Any, Any, Any]):
+    """A request whose JSON body is refused (400 too_deep) when nested deeper than ADE_MAX_JSON_DEPTH,
+    measured before decoding: a deep body would exhaust the decoder's stack."""
+
+    async def json(self) -> Any:
+        services: Services = self.app.state.services
+        depth_limit = services.settings.max_json_depth
+        if json_depth(await self.body()) > depth_limit:
+            raise Invalid(
+                f"the JSON body nests deeper than {depth_limit} levels (ADE_MAX_JSON_DEPTH)", code="too_deep"
+            )
+        return await super().json()
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -153,6 +168,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         middleware=[DefineMiddleware(AuthMiddleware, exclude=PUBLIC_PATHS)],
         request_max_body_size=settings.max_request_bytes,
+        request_class=DepthCheckedRequest,
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers={
             AdeError: _handle_ade_error,

@@ -10,7 +10,7 @@ from litestar import Controller, delete, get, post, put
 from ade.api import auth
 from ade.api.deps import Services
 from ade.core import ids
-from ade.core.errors import Invalid
+from ade.core.errors import Invalid, NotFound
 from ade.core.models import (
     BuildSpec,
     Configuration,
@@ -64,6 +64,20 @@ def check_limits(settings: Settings, data: ConfigurationCreate) -> None:
         raise Invalid("the configuration exceeds a limit", details=details)
 
 
+async def check_build_source(services: Services, workspace_id: str, build: BuildSpec | None) -> None:
+    """A build's source must be an artifact this workspace uploaded (the same bytes elsewhere do not)."""
+    if build is None or build.source is None:
+        return
+    try:
+        await services.artifacts.get(workspace_id, build.source)
+    except NotFound:
+        raise Invalid(
+            f"build source {build.source!r} is not an artifact of this workspace",
+            code="unknown_artifact",
+            details=[{"key": "build.source", "message": "upload it to this workspace first"}],
+        ) from None
+
+
 def _keep_secrets(new: Environment, old: Environment, where: str) -> Environment:
     """A secret sent back without its value (as the API shows it) keeps the stored value."""
     merged: Environment = {}
@@ -114,6 +128,7 @@ class ConfigurationController(Controller):
     ) -> Configuration:
         await auth.workspace(services, principal, workspace_id, "admin")
         check_limits(services.settings, data)
+        await check_build_source(services, workspace_id, data.build)
         now = utcnow()
         cfg = _configuration(
             data,
@@ -144,6 +159,7 @@ class ConfigurationController(Controller):
     ) -> Configuration:
         current = await auth.configuration(services, principal, configuration_id, "admin")
         check_limits(services.settings, data)
+        await check_build_source(services, current.workspace_id, data.build)
         cfg = _configuration(
             data,
             current,

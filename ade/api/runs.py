@@ -19,6 +19,7 @@ from ade.api import auth
 from ade.api.deps import API_PREFIX, Services
 from ade.api.streams import sse_response, stream_token, wants_stream
 from ade.core import ids, keys
+from ade.core.errors import Invalid
 from ade.core.models import Configuration, Page, Run, RunCreate, RunResource, RunStatus, StreamToken
 from ade.events.envelope import StreamRef
 from ade.lifecycle import queue, runs
@@ -34,6 +35,20 @@ IdempotencyKey = Annotated[
     str | None, Parameter(header="Idempotency-Key", description="repeat-safe creation within 24 h")
 ]
 Statuses = Annotated[list[RunStatus] | None, Parameter(description="repeatable")]
+
+
+def _id_bound(parameter: str, moment: datetime | None, *, upper: bool) -> str:
+    """A `created_*` filter as a bound of the lexical range of run ids (open when the filter is absent)."""
+    if moment is None:
+        return "+" if upper else "-"
+    try:
+        return "[" + ids.time_bound(ids.RUN, moment, upper=upper)
+    except (ValueError, OverflowError) as exc:  # also timestamp()'s own, for a naive moment near year 1
+        raise Invalid(
+            f"{parameter} is outside the times a run id can record",
+            code="time_out_of_range",
+            details=[{"key": parameter, "source": "query", "message": str(exc)}],
+        ) from None
 
 
 async def list_page(
@@ -65,8 +80,8 @@ async def list_page(
         limit=limit,
         before=before,
         after=after,
-        lowest="[" + ids.time_bound(ids.RUN, created_after, upper=False) if created_after else "-",
-        highest="[" + ids.time_bound(ids.RUN, created_before, upper=True) if created_before else "+",
+        lowest=_id_bound("created_after", created_after, upper=False),
+        highest=_id_bound("created_before", created_before, upper=True),
         keep=keep,
     )
     older = found and (more if after is None else True)

@@ -39,13 +39,15 @@ def wants_stream(request: Request[Any, Any, Any], stream: bool | None) -> bool:
 
 
 def resume_point(after_sequence: int, last_event_id: str | None) -> int:
-    """`Last-Event-ID` (what EventSource sends on reconnect) wins over `after_sequence`."""
+    """`Last-Event-ID` (what EventSource sends on reconnect) wins over `after_sequence`. Only ASCII digits
+    are a sequence (`str.isdigit` alone also accepts "²", which `int` refuses)."""
     if last_event_id is None:
         return after_sequence
     value = last_event_id.strip()
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise Invalid(
             "Last-Event-ID must be a non-negative integer sequence",
+            code="invalid_last_event_id",
             details=[{"key": "Last-Event-ID", "source": "header", "message": f"got {last_event_id!r}"}],
         )
     return int(value)

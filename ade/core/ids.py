@@ -11,6 +11,7 @@ BUILD = "build"
 EVENT = "evt"
 API_KEY = "key"
 AUDIT = "aud"
+ULID_TIME_LIMIT_MS = 2**48  # a ULID's time is 48 bits of milliseconds since 1970
 
 
 def new_id(prefix: str) -> str:
@@ -19,8 +20,11 @@ def new_id(prefix: str) -> str:
 
 def time_bound(prefix: str, moment: datetime, *, upper: bool) -> str:
     """The smallest (or largest) id of `prefix` created at `moment`: ULIDs start with their creation time,
-    so a time range is a lexical range of ids."""
+    so a time range is a lexical range of ids. ValueError for a moment a ULID cannot encode (before 1970,
+    or past its 48 bits of milliseconds)."""
     ms = int(moment.timestamp() * 1000)
+    if not 0 <= ms < ULID_TIME_LIMIT_MS:
+        raise ValueError(f"{moment.isoformat()} is outside the times an id can record (1970 to 10889)")
     randomness = (b"\xff" if upper else b"\x00") * 10
     return f"{prefix}_{ULID.from_bytes(ms.to_bytes(6, 'big') + randomness)}"
 

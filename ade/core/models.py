@@ -16,12 +16,13 @@ TERMINAL_BUILD_STATUSES: frozenset[str] = frozenset({"ready", "failed", "cancell
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+NO_NUL = r"^[^\x00]*$"  # NUL cannot reach argv, the environment or a C string intact: refused outright
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 StepName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-Script = Annotated[str, msgspec.Meta(min_length=1)]  # length limit: Settings.max_script_bytes
+Script = Annotated[str, msgspec.Meta(min_length=1, pattern=NO_NUL)]  # length limit: Settings.max_script_bytes
 TimeoutS = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
-EnvText = Annotated[str, msgspec.Meta(max_length=32768)]
+EnvText = Annotated[str, msgspec.Meta(max_length=32768, pattern=NO_NUL)]
 
 
 class SecretValue(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):

@@ -43,6 +43,7 @@ class Settings:
     # Security and limits
     stream_token_ttl_s: float = 300.0
     max_request_bytes: int = 1024 * 1024
+    max_json_depth: int = 64  # levels of nested arrays/objects in a JSON request body
     max_steps: int = 100
     max_script_bytes: int = 65536
     max_streams_per_key: int = 32

@@ -7,22 +7,27 @@ from typing import Any, Literal
 
 import msgspec
 
+from ade.core.jsondepth import json_depth
 from ade.events import envelope as ev
 from ade.events.payloads import ConsoleLine
 from ade.events.writer import EventSpec, StreamWriter
 from ade.execution.process import Line
 
 ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+MAX_STEP_EVENT_DEPTH = 32  # levels of nested objects/arrays in an ADE_EVENTS_FD line, the object itself is 1
 _engine_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-def engine_event(line: bytes, step: str, scope: str = "run") -> EventSpec:
+def engine_event(line: bytes, step: str, scope: Literal["run", "build"] = "run") -> EventSpec:
     """Validate one line a step wrote to ADE_EVENTS_FD and re-envelope it as `engine.<name>`.
 
     A step can never forge lifecycle events or choose its sequence: reserved names are refused and the
-    dispatcher assigns the envelope.
+    dispatcher assigns the envelope. A line nested deeper than MAX_STEP_EVENT_DEPTH is refused before it is
+    decoded: stored, it would break every later read of the stream's log.
     """
     try:
+        if json_depth(line) > MAX_STEP_EVENT_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_STEP_EVENT_DEPTH} levels")
         body = _engine_decoder.decode(line)
         name = body.pop("type")
         if not isinstance(name, str):
@@ -35,7 +40,7 @@ def engine_event(line: bytes, step: str, scope: str = "run") -> EventSpec:
         message = f"[ade] ignored an event written to ADE_EVENTS_FD: {reason}"
         return (
             ConsoleLine.TYPE,
-            ConsoleLine(scope="run", stream="stderr", step=step, message=message),
+            ConsoleLine(scope=scope, stream="stderr", step=step, message=message),
             "worker",
         )
     body.pop("sequence", None)

@@ -45,7 +45,7 @@ async def position(redis: Redis, stream_id: str) -> int | None:
     async with redis.pipeline(transaction=False) as pipe:
         for job in ahead:
             pipe.exists(in_progress_key_prefix + job)
-        running = sum(await pipe.execute())
+        running: int = sum(await pipe.execute())
     return rank - running + 1
 
 

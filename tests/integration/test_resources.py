@@ -129,7 +129,7 @@ async def test_bad_event_queries_are_400_and_change_nothing(
     assert_error(await client.get(url, params={"format": "xml"}), 400, "invalid_request")
     for bad in ("abc", "-3", "1.5", ""):
         response = await client.get(url, params={"stream": "true"}, headers={"Last-Event-ID": bad})
-        assert_error(response, 400, "invalid_request")
+        assert_error(response, 400, "invalid_last_event_id")
     assert_error(
         await client.post(f"/configurations/{cfg}/runs", json={"stream": "yes please"}),
         400,

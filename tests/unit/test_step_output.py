@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ade.events.payloads import ConsoleLine
-from ade.execution.console import engine_event
+from ade.execution.console import MAX_STEP_EVENT_DEPTH, engine_event
 from ade.execution.process import LineSplitter
 
 
@@ -49,6 +49,11 @@ def test_engine_event_is_reenveloped_with_its_step() -> None:
     )
 
 
+def test_an_engine_event_may_nest_as_deep_as_the_limit() -> None:
+    inner = b"[" * (MAX_STEP_EVENT_DEPTH - 1) + b"]" * (MAX_STEP_EVENT_DEPTH - 1)
+    assert engine_event(b'{"type": "deep", "v": ' + inner + b"}", "s")[0] == "engine.deep"
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -60,6 +65,8 @@ def test_engine_event_is_reenveloped_with_its_step() -> None:
         b'{"type": "console.line"}',
         b'{"type": "build.completed"}',
         b'{"type": "Bad Name"}',
+        b'{"type": "deep", "v": ' + b"[" * MAX_STEP_EVENT_DEPTH + b"]" * MAX_STEP_EVENT_DEPTH + b"}",
+        b"[" * 50_000,
     ],
 )
 def test_invalid_or_reserved_engine_events_become_a_warning_line(line: bytes) -> None:

@@ -1,4 +1,4 @@
-"""arq tasks: thin wrappers over the plain functions in `workers.executor` and `workers.builder`."""
+"""arq tasks: thin wrappers over the engine's plain functions (`ade.execution.executor`, `…builder`)."""
 
 from __future__ import annotations
 

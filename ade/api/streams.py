@@ -1,4 +1,4 @@
-"""Event endpoints for any stream (runs now, builds later): SSE, JSON pages and NDJSON, one code path."""
+"""Event endpoints for any stream, a run's or a build's: SSE, JSON pages and NDJSON, one code path."""
 
 from __future__ import annotations
 

@@ -14,9 +14,10 @@ with AdeClient() as ade:  # base_url from ADE_URL, token from ADE_TOKEN
         print(line)
 ```
 
-Responses are decoded into the project's own msgspec structs (`ade.models`, `ade.events`, `ade.summary`,
-`ade.outputs`, `ade.views`); a few response shapes that live in server modules (`ade.api.*`,
-`ade.artifacts`) are mirrored here, so importing the client does not import the server stack. Unknown
+Responses are decoded into the project's own msgspec structs (`ade.core.models`, `ade.core.views`,
+`ade.events.envelope` and `ade.events.payloads`, `ade.records.summary`, `ade.records.outputs`); a few
+response shapes that live in server modules (`ade.api.*`, `ade.records.artifacts`) are mirrored here, so
+importing the client does not import the server stack. Unknown
 response fields are ignored, so a newer server does not break an older client.
 
 Every non-2xx answer raises `AdeApiError` (a subclass per status, e.g. `NotFoundError`), carrying the API's

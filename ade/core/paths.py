@@ -13,18 +13,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOG_NAME = "events.ndjson"
+RUN_RECORD = "run.json"
+BUILD_RECORD = "build.json"
+
+
+def workspaces_dir(data_dir: Path) -> Path:
+    return data_dir / "workspaces"
+
+
+def configurations_dir(data_dir: Path) -> Path:
+    return data_dir / "configurations"
+
+
+def api_keys_dir(data_dir: Path) -> Path:
+    return data_dir / "api_keys"
 
 
 def workspace_record(data_dir: Path, workspace_id: str) -> Path:
-    return data_dir / "workspaces" / f"{workspace_id}.json"
+    return workspaces_dir(data_dir) / f"{workspace_id}.json"
 
 
 def configuration_record(data_dir: Path, configuration_id: str) -> Path:
-    return data_dir / "configurations" / f"{configuration_id}.json"
+    return configurations_dir(data_dir) / f"{configuration_id}.json"
 
 
 def api_key_record(data_dir: Path, key_id: str) -> Path:
-    return data_dir / "api_keys" / f"{key_id}.json"
+    return api_keys_dir(data_dir) / f"{key_id}.json"
 
 
 def secret_key(data_dir: Path) -> Path:
@@ -61,7 +75,7 @@ class RunDir:
 
     @property
     def record(self) -> Path:
-        return self.root / "run.json"
+        return self.root / RUN_RECORD
 
     @property
     def log(self) -> Path:
@@ -90,7 +104,7 @@ class BuildDir:
 
     @property
     def record(self) -> Path:
-        return self.root / "build.json"
+        return self.root / BUILD_RECORD
 
     @property
     def log(self) -> Path:

@@ -1,4 +1,5 @@
-"""What a worker's plain functions share: settings, Redis, the stores, the hub, and cancel signals."""
+"""What the execution engine shares while it runs steps: settings, Redis, the stores, the hub, cancel signals,
+and the few basics a step's environment inherits."""
 
 from __future__ import annotations
 

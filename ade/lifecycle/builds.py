@@ -1,5 +1,5 @@
-"""Builds on the API side: fingerprints, the one decision that makes concurrent requests share a build
-(reuse a ready one, join the one being prepared, or create it), reuse records, and cancel."""
+"""Builds: fingerprints, the one decision that makes concurrent requests share a build (reuse a ready one,
+join the one being prepared, or create it), reuse records, cancel, and the build's stream writer."""
 
 from __future__ import annotations
 

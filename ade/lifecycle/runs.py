@@ -1,5 +1,6 @@
-"""Run lifecycle on the API side: create (plan snapshot, `run.queued` as sequence 1, enqueue), re-run,
-and cancel. Plain functions over the store, the dispatcher and the queue."""
+"""Runs: create (plan snapshot, `run.queued` as sequence 1, enqueue), re-run, cancel, and the run's stream
+writer. Plain functions over the store, the dispatcher, the queue and `transitions`; used by the API and by
+the engine."""
 
 from __future__ import annotations
 

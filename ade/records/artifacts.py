@@ -30,7 +30,7 @@ import anyio.to_thread
 import msgspec
 from redis.asyncio import Redis
 
-from ade.core import keys
+from ade.core import keys, paths
 from ade.core.errors import Invalid, TooLarge, not_found
 from ade.core.models import utcnow
 
@@ -126,7 +126,7 @@ def safe_input_name(name: str) -> str:
 class ArtifactStore:
     def __init__(self, redis: Redis, data_dir: Path) -> None:
         self.redis = redis
-        self.root = data_dir / "artifacts"
+        self.root = paths.artifacts_dir(data_dir)
 
     # Paths -------------------------------------------------------------------------------------
     def path_of(self, key: str) -> Path:

@@ -13,7 +13,7 @@ from typing import Any, cast
 import msgspec
 from redis.asyncio import Redis
 
-from ade.core import ids, keys
+from ade.core import ids, keys, paths
 from ade.core.models import AuditEntry, AuditPage, Pagination, utcnow
 
 _encoder = msgspec.json.Encoder()
@@ -23,7 +23,7 @@ _decoder = msgspec.json.Decoder(AuditEntry)
 class AuditLog:
     def __init__(self, redis: Redis, data_dir: Path) -> None:
         self._redis = redis
-        self._dir = data_dir / "audit"
+        self._dir = paths.audit_dir(data_dir)
 
     async def record(
         self, actor: str, workspace_id: str, action: str, target: str, details: dict[str, Any] | None = None

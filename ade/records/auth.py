@@ -13,6 +13,7 @@ from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from ade.core import paths
 from ade.core.errors import Forbidden, Unauthorized
 from ade.core.models import ROLE_RANK, ApiKey, Role
 
@@ -69,7 +70,7 @@ def load_signing_key(data_dir: Path) -> bytes:
     from_env = os.environ.get("ADE_SECRET_KEY")
     if from_env:
         return from_env.encode()
-    path = data_dir / "secret.key"
+    path = paths.secret_key(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

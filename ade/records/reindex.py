@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from ade.core import keys
+from ade.core import keys, paths
 from ade.core.models import TERMINAL_RUN_STATUSES, ApiKey, AuditEntry, Build, Configuration, Run, Workspace
 from ade.records.artifacts import ArtifactStore
 from ade.records.store import index_build, index_run
@@ -55,16 +55,16 @@ async def reindex(redis: Redis, data_dir: Path) -> Counts:
             pipe = redis.pipeline(transaction=False)
             pending = 0
 
-    for workspace, data in _records((data_dir / "workspaces").glob("*.json"), Workspace, counts):
+    for workspace, data in _records(paths.workspaces_dir(data_dir).glob("*.json"), Workspace, counts):
         pipe.set(keys.workspace(workspace.id), data)
         counts.workspaces += 1
         pending += 1
-    for cfg, data in _records((data_dir / "configurations").glob("*.json"), Configuration, counts):
+    for cfg, data in _records(paths.configurations_dir(data_dir).glob("*.json"), Configuration, counts):
         pipe.set(keys.configuration(cfg.id), data)
         pipe.zadd(keys.workspace_configurations(cfg.workspace_id), {cfg.id: 0})
         counts.configurations += 1
         pending += 1
-    for key, data in _records((data_dir / "api_keys").glob("*.json"), ApiKey, counts):
+    for key, data in _records(paths.api_keys_dir(data_dir).glob("*.json"), ApiKey, counts):
         pipe.set(keys.api_key(key.id), data)
         pipe.zadd(keys.workspace_api_keys(key.workspace_id), {key.id: 0})
         counts.api_keys += 1
@@ -72,7 +72,7 @@ async def reindex(redis: Redis, data_dir: Path) -> Counts:
     await flush(force=True)
 
     attempts: dict[str, int] = defaultdict(int)
-    for run, data in _records((data_dir / "runs").glob("*/run.json"), Run, counts):
+    for run, data in _records(paths.runs_dir(data_dir).glob(f"*/{paths.RUN_RECORD}"), Run, counts):
         index_run(pipe, run, data)
         attempts[run.original_run_id or run.id] = max(attempts[run.original_run_id or run.id], run.attempt)
         if run.build_id and run.status not in TERMINAL_RUN_STATUSES:
@@ -84,12 +84,12 @@ async def reindex(redis: Redis, data_dir: Path) -> Counts:
         if attempt > 1:
             pipe.set(keys.run_attempts(original), attempt)
     ready: dict[str, Build] = {}
-    for build, data in _records((data_dir / "builds").glob("*/build.json"), Build, counts):
+    for build, data in _records(paths.builds_dir(data_dir).glob(f"*/{paths.BUILD_RECORD}"), Build, counts):
         index_build(pipe, build, data)
         if (
             build.status == "ready"
             and build.reused_from is None
-            and (data_dir / "builds" / build.id / "READY").exists()
+            and paths.build_dir(data_dir, build.id).ready_marker.exists()
         ):
             newest = ready.get(build.fingerprint)
             if newest is None or build.id > newest.id:
@@ -102,7 +102,7 @@ async def reindex(redis: Redis, data_dir: Path) -> Counts:
     await flush(force=True)
 
     everything: list[tuple[str, bytes]] = []
-    for path in sorted((data_dir / "audit").glob("*.ndjson")):
+    for path in sorted(paths.audit_dir(data_dir).glob("*.ndjson")):
         workspace_id = path.stem
         lines = [line for line in path.read_bytes().splitlines() if line.strip()]
         await redis.delete(keys.audit(workspace_id))

@@ -35,9 +35,8 @@ from ade.core.models import (
     RunStatus,
     Workspace,
 )
-from ade.core.views import BuildInspection, InputFile, RunDiagnostics
+from ade.core.views import BuildInspection, InputFile, OutputFile, RunDiagnostics
 from ade.events.envelope import Event
-from ade.records.outputs import OutputFile
 from ade.records.summary import RunSummary
 
 T = TypeVar("T")

@@ -34,9 +34,8 @@ from ade.core.models import (
     Workspace,
     WorkspaceCreate,
 )
-from ade.core.views import BuildInspection, InputFile, OutputListing, RunDiagnostics
+from ade.core.views import BuildInspection, InputFile, OutputFile, OutputListing, RunDiagnostics
 from ade.events.envelope import Event
-from ade.records.outputs import OutputFile
 from ade.records.summary import ConsolePage, RunSummary
 
 DEFAULT_URL = "http://127.0.0.1:8000"

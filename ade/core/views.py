@@ -15,12 +15,20 @@ from typing import Any
 import msgspec
 
 from ade.core.models import BuildSpec, BuildStatus, Failure, Step
-from ade.records.outputs import OutputFile
 
 __all__ = ["BuildInspection", "InputFile", "OutputListing", "RunDiagnostics", "Timings"]
 
 
 # An input artifact of a run.
+
+
+class OutputFile(msgspec.Struct, kw_only=True):
+    path: str  # relative to the output directory, POSIX separators
+    size: int
+    content_type: str
+    sha256: str  # hex digest
+
+
 class InputFile(msgspec.Struct, kw_only=True):
     name: str
     key: str

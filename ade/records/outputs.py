@@ -16,19 +16,11 @@ import stat
 from pathlib import Path
 from urllib.parse import unquote
 
-import msgspec
-
 from ade.core.errors import AdeError, Invalid, not_found
+from ade.core.views import OutputFile
 
 _CHUNK = 1024 * 1024
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
-
-
-class OutputFile(msgspec.Struct, kw_only=True):
-    path: str  # relative to the output directory, POSIX separators
-    size: int
-    content_type: str
-    sha256: str  # hex digest
 
 
 class RangeNotSatisfiable(AdeError):

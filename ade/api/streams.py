@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -12,6 +13,7 @@ from typing import Any, Literal, cast
 import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
+from redis.exceptions import RedisError
 
 from ade.api.deps import API_PREFIX, Services
 from ade.core import keys
@@ -95,10 +97,12 @@ class StreamSlot:
                 if time.monotonic() - self._refreshed_s > keys.SSE_SLOT_TTL_S / 3:
                     self._refreshed_s = time.monotonic()
                     expiry_ms = int(time.time() * 1000) + keys.SSE_SLOT_TTL_S * 1000
-                    await self._redis.zadd(self._key, {self._member: expiry_ms})
+                    with contextlib.suppress(RedisError, OSError):  # a Redis outage must not cut the stream
+                        await self._redis.zadd(self._key, {self._member: expiry_ms})
                 yield chunk
         finally:
-            await asyncio.shield(self._redis.zrem(self._key, self._member))
+            with contextlib.suppress(RedisError, OSError):  # else the slot lapses by itself
+                await asyncio.shield(self._redis.zrem(self._key, self._member))
 
 
 async def sse_response(

@@ -155,17 +155,19 @@ class Hub:
         assert self._pubsub is not None, "Hub.start() was not called"
         sub = Subscription(self._queue_events)
         channel = self._channels.get(channel_name)
-        sent = True
+        confirmable = True  # else nothing confirms it before the reader reconnects: poll the log meanwhile
         if channel is None:
             channel = self._channels[channel_name] = _Channel()
             try:
                 await self._pubsub.subscribe(channel_name)
             except (RedisError, OSError):
-                sent = False
+                confirmable = False
                 self._reconcile = True  # the reader subscribes it once Redis answers
+        elif not channel.confirmed.is_set() and not self.connected:
+            confirmable = False  # cut off: the reader re-subscribes it once Redis answers
         channel.subscribers.add(sub)
         try:
-            if sent:  # else nothing can confirm it before the reader reconnects: poll the log meanwhile
+            if confirmable:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(channel.confirmed.wait(), self._confirm_timeout_s)
             sub.confirmed = channel.confirmed.is_set()

@@ -3,6 +3,7 @@ is back every channel is subscribed again — also one first asked for while Red
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,9 @@ async def test_subscribers_resync_and_channels_return_after_an_outage(tmp_path: 
             await anyio.to_thread.run_sync(server.stop)
             await until(lambda: not hub.connected)
             assert not before.confirmed  # readers poll the log while the hub is cut off
+            asked = time.monotonic()
+            async with hub.subscribe("ade:events:before") as another:  # no wait for what cannot come
+                assert not another.confirmed and time.monotonic() - asked < 0.5
             async with hub.subscribe("ade:events:during") as during:  # its SUBSCRIBE fails
                 assert not during.confirmed
                 await anyio.to_thread.run_sync(server.start)  # same port and password

@@ -163,6 +163,7 @@ async def survive_an_outage(root: Path, outage_s: float) -> None:
 
         assert worker.poll() is None  # the worker lived through it all
         outage_log = worker_log_lines(system)[len(log_lines_before) :]
+        print(f"subscriber reconnected {follower.reconnects} times; pickup after the outage {pickup_s:.3f} s")
         print(f"worker log lines during and after a {outage_s:g} s outage:", *outage_log, sep="\n  ")
         assert len([line for line in outage_log if "Redis unreachable" in line]) == 1, outage_log
         assert len([line for line in outage_log if "Redis reachable again" in line]) == 1, outage_log

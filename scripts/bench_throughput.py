@@ -221,12 +221,13 @@ async def ade_throughput(ade: AdeStack, root: Path, lines: int, *, probe: bool) 
 # --- raw Redis baselines ---------------------------------------------------------------------------
 
 
-def redis_benchmark(port: int, count: int, payload: bytes) -> float | None:
+def redis_benchmark(port: int, password: str, count: int, payload: bytes) -> float | None:
     """Requests/s of `redis-benchmark ... PUBLISH` (no subscriber), or None when it is not on PATH."""
     binary = shutil.which("redis-benchmark")
     if binary is None:
         return None
-    args = [binary, "-h", "127.0.0.1", "-p", str(port), "-n", str(count), "-P", "64", "-q"]
+    # A throwaway server's password: redis-benchmark takes it only as an argument.
+    args = [binary, "-h", "127.0.0.1", "-p", str(port), "-a", password, "-n", str(count), "-P", "64", "-q"]
     out = subprocess.run([*args, "PUBLISH", CHANNEL, payload], capture_output=True, timeout=120, check=True)
     found = RPS.findall(out.stdout.replace(b"\r", b"\n"))
     if not found:
@@ -360,7 +361,7 @@ def main() -> None:
         with ade_stack(root / "ade") as ade:
             result = asyncio.run(ade_throughput(ade, root / "ade", args.lines, probe=args.probe))
         with redis_server(root / "baseline-redis", appendonly=False) as server:
-            bench_rps = redis_benchmark(server.port, result.stream.events, result.payload)
+            bench_rps = redis_benchmark(server.port, server.password, result.stream.events, result.payload)
             py_published, py_delivered = redis_py_publish(server.url, result.stream.events, result.payload)
 
     report(result, args.lines, bench_rps, py_published, py_delivered)

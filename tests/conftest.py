@@ -39,7 +39,8 @@ def data_dir(system: AdeSystem) -> Path:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A private Redis for tests below the HTTP layer."""
+    """A private Redis for tests below the HTTP layer (with a password, like every RedisServer: it is in
+    `redis_server.url`)."""
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
         yield server

@@ -31,7 +31,7 @@ class AdeSystem:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.redis = RedisServer(self.root / "redis")
+        self.redis = RedisServer(self.root / "redis")  # with a random password, part of its url
 
     @property
     def data_dir(self) -> Path:

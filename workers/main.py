@@ -3,6 +3,10 @@
 arq polls its queue every `poll_delay` (0.5 s by default). Polling faster would hammer Redis, so instead
 the API publishes a nudge on `keys.QUEUE_WAKE_CHANNEL` after each enqueue and an idle worker polls at once;
 the regular poll stays as the safety net for a missed nudge.
+
+A worker never exits because Redis is unreachable (DESIGN.md §2 invariant 5): it starts without it, and
+its poll loop, wake-up listener and job bookkeeping wait and retry with backoff (one log line per outage,
+see `ade.core.outage`) while running steps go on writing their logs.
 """
 
 from __future__ import annotations
@@ -11,51 +15,61 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from arq import func
-from arq.connections import RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ade.core import keys
+from ade.core.outage import REDIS, Backoff, arq_pool
 from ade.core.settings import Settings
 from ade.events.hub import Hub
 from ade.execution.deps import CancelSignals, WorkerDeps
 from ade.lifecycle import queue
 from ade.records.artifacts import ArtifactStore
-from ade.records.store import Store
+from ade.records.store import REDIS_RETRY_S, Store
 from workers import reaper, retention, tasks
 
 log = logging.getLogger(__name__)
 
 JOB_TIMEOUT_S = 7 * 24 * 3600  # runs enforce their own timeouts
 HEARTBEAT_EVERY_S = 3.0
+CONNECT_TIMEOUT_S = 5.0  # a Redis that does not answer at all (a partition) must not stall a step's output
 
 
 class WakeableWorker(Worker):
-    """An arq Worker whose poll loop also wakes on a pub/sub nudge (no burst mode)."""
+    """An arq Worker whose poll loop also wakes on a pub/sub nudge (no burst mode), and that lives through
+    Redis outages: arq's own loop ends at the first failed Redis call."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_job_start = self._job_starting
+        self._jobs_begun: set[str] = set()  # jobs whose function was called
 
     async def main(self) -> None:
-        if self._pool is None:
-            self._pool = await create_pool(
-                self.redis_settings,
-                job_deserializer=self.job_deserializer,
-                job_serializer=self.job_serializer,
-                default_queue_name=self.queue_name,
-                expires_extra_ms=self.expires_extra_ms,
-            )
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
+        log.info("worker %s started with %d job slots", self.ctx["deps"].name, self.max_jobs)
         wake = asyncio.Event()
         listener = asyncio.create_task(self._listen(wake), name="queue-wake")
+        backoff = Backoff()
         try:
             while True:
-                await self._poll_iteration()
+                try:
+                    await self._poll_iteration()
+                except (RedisError, OSError) as exc:
+                    REDIS.lost(exc, "the worker polling its queue")
+                    await backoff.sleep()
+                    continue
+                backoff.reset()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.poll_delay_s)
                 wake.clear()
@@ -64,6 +78,75 @@ class WakeableWorker(Worker):
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's, one job at a time: when Redis fails while arq marks a job in progress, arq has already
+        counted it as running; give that slot back (else every outage would leak worker slots)."""
+        for job_id in job_ids:
+            if self.job_counter >= self.max_jobs:
+                return
+            before = self.tasks.get(job_id.decode())
+            try:
+                await super().start_jobs([job_id])
+            except (RedisError, OSError):
+                if self.tasks.get(job_id.decode()) is before:
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
+
+    async def _job_starting(self, ctx: dict[str, Any]) -> None:
+        self._jobs_begun.add(ctx["job_id"])
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's; if Redis failed before the job's function was called, let the job be picked up again
+        (arq marked it in progress for as long as its timeout, a week)."""
+        try:
+            await super().run_job(job_id, score)
+        except (RedisError, OSError) as exc:
+            REDIS.lost(exc, f"starting job {job_id}")
+            if job_id not in self._jobs_begun:
+                await self._until_redis_answers(
+                    f"putting job {job_id} back", partial(self.pool.delete, in_progress_key_prefix + job_id)
+                )
+        finally:
+            self._jobs_begun.discard(job_id)
+
+    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+        """arq's, retried through an outage: a job whose end is not recorded would stay in the queue."""
+        await self._until_redis_answers("recording a job's end", partial(super().finish_job, *args, **kwargs))
+
+    async def finish_failed_job(self, *args: Any, **kwargs: Any) -> None:
+        await self._until_redis_answers(
+            "recording a job's end", partial(super().finish_failed_job, *args, **kwargs)
+        )
+
+    async def _until_redis_answers(self, doing: str, call: Callable[[], Awaitable[object]]) -> None:
+        deadline = asyncio.get_running_loop().time() + REDIS_RETRY_S
+        backoff = Backoff()
+        while True:
+            try:
+                await call()
+                return
+            except (RedisError, OSError) as exc:
+                REDIS.lost(exc, doing)
+                if asyncio.get_running_loop().time() >= deadline:
+                    log.error("gave up %s after %.0f s without Redis", doing, REDIS_RETRY_S)
+                    return
+                await backoff.sleep()
+
+    async def close(self) -> None:
+        """arq's, without failing when Redis is gone at shutdown."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.close(close_connection_pool=True)
+        self._pool = None
+
     async def _listen(self, wake: asyncio.Event) -> None:
         """Queue nudges wake the poll loop; cancel requests reach the run they name within milliseconds."""
         deps: WorkerDeps = self.ctx["deps"]
@@ -71,11 +154,15 @@ class WakeableWorker(Worker):
         next_heartbeat = next_sweep = next_reap = 0.0
         sweeping: asyncio.Task[None] | None = None
         reaping: asyncio.Task[None] | None = None
+        backoff = Backoff()
         while True:
             pubsub = deps.redis.pubsub()
             try:
                 await pubsub.subscribe(keys.QUEUE_WAKE_CHANNEL, keys.CANCEL_CHANNEL)
                 await _recheck_cancels(deps)  # requests made while we were not listening
+                REDIS.reachable()
+                backoff.reset()
+                wake.set()  # and a nudge may have been missed: poll now
                 while True:
                     if loop.time() >= next_heartbeat:
                         await deps.redis.set(keys.worker(deps.name), b"1", ex=keys.WORKER_TTL_S)
@@ -94,6 +181,7 @@ class WakeableWorker(Worker):
                             _once_per_interval(deps, keys.BUILD_SWEEP_LOCK, interval_s, retention.sweep)
                         )
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    REDIS.reachable()
                     if message is None:
                         continue
                     if message["channel"] == keys.CANCEL_CHANNEL.encode():
@@ -101,8 +189,8 @@ class WakeableWorker(Worker):
                     else:
                         wake.set()
             except (RedisError, OSError) as exc:
-                log.warning("wake-up listener lost Redis (%s); retrying", exc)
-                await asyncio.sleep(0.5)
+                REDIS.lost(exc, "the worker listening for wake-ups")
+                await backoff.sleep()
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -115,6 +203,8 @@ async def _once_per_interval(
     try:
         if await deps.redis.set(lock, deps.name, nx=True, px=max(int(interval_s * 1000), 100)):
             await job(deps)
+    except (RedisError, OSError) as exc:
+        REDIS.lost(exc, getattr(job, "__qualname__", str(job)))  # the next interval tries again
     except Exception:
         log.exception("%s failed", getattr(job, "__qualname__", job))
 
@@ -132,9 +222,10 @@ def build_worker(
 
     async def startup(ctx: dict[str, Any]) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        redis = Redis.from_url(settings.redis_url)
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S)
         hub = Hub(
-            Redis.from_url(settings.redis_url), subscriber_queue_events=settings.subscriber_queue_events
+            Redis.from_url(settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S),
+            subscriber_queue_events=settings.subscriber_queue_events,
         )
         await hub.start()
         ctx["deps"] = WorkerDeps(
@@ -160,7 +251,8 @@ def build_worker(
             func(tasks.execute_build, name=queue.EXECUTE_BUILD, timeout=JOB_TIMEOUT_S, max_tries=1),
         ],
         queue_name=keys.QUEUE_NAME,
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        # Connects on first use: the worker starts, and waits, while Redis is down.
+        redis_pool=arq_pool(settings.redis_url, queue_name=keys.QUEUE_NAME),
         max_jobs=concurrency or settings.worker_concurrency,
         poll_delay=settings.poll_delay_s,
         keep_result=0,

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from arq.connections import RedisSettings, create_pool
 from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -32,8 +31,10 @@ from ade.api.openapi import make_exact
 from ade.api.run_views import RunViewController
 from ade.api.runs import RunController
 from ade.api.workspaces import WorkspaceController
+from ade.core import keys
 from ade.core.errors import AdeError, Invalid
 from ade.core.jsondepth import json_depth
+from ade.core.outage import REDIS, arq_pool
 from ade.core.settings import Settings, get_settings
 from ade.events.hub import Hub
 from ade.records.artifacts import ArtifactStore
@@ -81,8 +82,8 @@ def _handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict
     return Response(error_body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers)
 
 
-def _handle_redis(_: Request[Any, Any, Any], exc: RedisError) -> Response[dict[str, Any]]:
-    log.warning("Redis unavailable: %s", exc)
+def _handle_redis(request: Request[Any, Any, Any], exc: RedisError) -> Response[dict[str, Any]]:
+    REDIS.lost(exc, f"answering {request.method} {request.url.path}")  # one log line per outage
     return Response(error_body(f"Redis is unavailable: {exc}", "redis_unavailable"), status_code=503)
 
 
@@ -110,9 +111,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # Nothing here waits for Redis: the API starts while it is down (mutations answer 503, /readyz
+        # too) and every client connects on first use.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         redis = Redis.from_url(settings.redis_url, health_check_interval=10)
-        arq = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+        arq = arq_pool(settings.redis_url, queue_name=keys.QUEUE_NAME)
         hub = Hub(
             Redis.from_url(settings.redis_url), subscriber_queue_events=settings.subscriber_queue_events
         )
@@ -166,6 +169,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *web_console,
         ],
         lifespan=[lifespan],
+        # Process logging is ade.core.logs (one format, ADE_LOG_FORMAT, ADE_LOG_LEVEL); Litestar's default
+        # config would replace the root handler with its own format.
+        logging_config=None,
         middleware=[DefineMiddleware(AuthMiddleware, exclude=PUBLIC_PATHS)],
         request_max_body_size=settings.max_request_bytes,
         request_class=DepthCheckedRequest,

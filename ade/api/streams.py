@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
+from redis.exceptions import RedisError
 
 from ade.api.deps import API_PREFIX, Services
 from ade.core import keys
@@ -53,22 +55,12 @@ def resume_point(after_sequence: int, last_event_id: str | None) -> int:
     return int(value)
 
 
-# Take a slot if the key holds fewer than ARGV[2] live ones.
-# KEYS[1]: the slots; ARGV: now_ms, limit, expiry_ms, member.
-_TAKE_SLOT = """
-redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1])
-if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('zadd', KEYS[1], ARGV[3], ARGV[4])
-redis.call('pexpire', KEYS[1], ARGV[3] - ARGV[1])
-return 1
-"""
-
-
 class StreamSlot:
     """One of a key's concurrent SSE connections (ADE_MAX_STREAMS_PER_KEY), counted across API processes."""
 
     def __init__(self, services: Services, actor: str) -> None:
         self._redis = services.redis
+        self._take = services.store.scripts.take_stream_slot
         self._key = keys.sse_slots(actor)
         self._member = secrets.token_hex(8)
         self._limit = services.settings.max_streams_per_key
@@ -77,12 +69,7 @@ class StreamSlot:
     async def take(self) -> None:
         now_ms = int(time.time() * 1000)
         expiry_ms = now_ms + keys.SSE_SLOT_TTL_S * 1000
-        taken = await cast(
-            Awaitable[int],
-            self._redis.eval(
-                _TAKE_SLOT, 1, self._key, str(now_ms), str(self._limit), str(expiry_ms), self._member
-            ),
-        )
+        taken = await self._take(keys=[self._key], args=[now_ms, self._limit, expiry_ms, self._member])
         if not taken:
             raise TooManyRequests(
                 f"this key already has {self._limit} open event streams (ADE_MAX_STREAMS_PER_KEY)",
@@ -97,10 +84,12 @@ class StreamSlot:
                 if time.monotonic() - self._refreshed_s > keys.SSE_SLOT_TTL_S / 3:
                     self._refreshed_s = time.monotonic()
                     expiry_ms = int(time.time() * 1000) + keys.SSE_SLOT_TTL_S * 1000
-                    await self._redis.zadd(self._key, {self._member: expiry_ms})
+                    with contextlib.suppress(RedisError, OSError):  # a Redis outage must not cut the stream
+                        await self._redis.zadd(self._key, {self._member: expiry_ms})
                 yield chunk
         finally:
-            await asyncio.shield(self._redis.zrem(self._key, self._member))
+            with contextlib.suppress(RedisError, OSError):  # else the slot lapses by itself
+                await asyncio.shield(self._redis.zrem(self._key, self._member))
 
 
 async def sse_response(

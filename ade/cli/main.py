@@ -6,12 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
+from typing import cast
 
 import click
 
@@ -58,6 +54,7 @@ def serve(host: str | None, port: int | None) -> None:
         app,
         host=host or settings.host,
         port=port or settings.port,
+        log_config=None,  # uvicorn's loggers go through ade.core.logs too: one format
         log_level=os.environ.get("ADE_LOG_LEVEL", "info").lower(),
         timeout_graceful_shutdown=5,
     )
@@ -105,73 +102,65 @@ def reindex() -> None:
 @click.option("--host", default=None, help="Bind address for the API.")
 @click.option("--port", default=None, type=int, help="Port for the API.")
 def dev(host: str | None, port: int | None) -> None:
-    """Run everything on this machine: Redis (embedded unless ADE_REDIS_URL is set), the API and a worker.
+    """Run everything on this machine: Redis (embedded, with a password, unless ADE_REDIS_URL is set),
+    the API and a worker, their output prefixed `redis  |`, `api    |`, `worker |`.
 
-    Ctrl-C stops all of it.
+    Ctrl-C stops all of it: the API and the worker first (a run in flight ends failed / worker_lost),
+    Redis last.
     """
-    from ade.cli.redis_server import RedisServer
+    from ade.cli.dev import run_dev
 
-    settings = Settings.from_env()
-    env = dict(os.environ, ADE_DATA_DIR=str(settings.data_dir))
-    if not settings.bootstrap_token:
-        env["ADE_BOOTSTRAP_TOKEN"] = _dev_bootstrap_token(settings.data_dir)
-        click.echo(
-            f"ade dev: bootstrap token {env['ADE_BOOTSTRAP_TOKEN']} (kept in $ADE_DATA_DIR/bootstrap-token)"
-        )
-    redis_server = None
-    if not os.environ.get("ADE_REDIS_URL"):
-        redis_server = RedisServer(settings.data_dir / "redis").start()
-        env["ADE_REDIS_URL"] = redis_server.url
-        click.echo(f"ade dev: embedded Redis at {redis_server.url} (data in {redis_server.directory})")
-    serve_args = [sys.executable, "-m", "ade.cli", "serve"]
-    if host:
-        serve_args += ["--host", host]
-    if port:
-        serve_args += ["--port", str(port)]
-    children = [
-        subprocess.Popen(serve_args, env=env),
-        subprocess.Popen([sys.executable, "-m", "ade.cli", "worker"], env=env),
-    ]
-    click.echo(
-        f"ade dev: API on http://{host or settings.host}:{port or settings.port}, data in {settings.data_dir}"
-    )
-    stopping = False
+    sys.exit(run_dev(host, port))
 
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+@main.command()
+@click.argument("component", type=click.Choice(["api", "worker"]))
+def healthcheck(component: str) -> None:
+    """Exit 0 if this host's API is ready (GET /readyz on ADE_HOST:ADE_PORT answers 200), or if a worker
+    on this host heartbeats (a fresh `ade:worker:<hostname>:*` key in Redis); else print why and exit 1.
+    For container health checks."""
+    settings = get_settings()
+    problem = _api_problem(settings) if component == "api" else _worker_problem(settings)
+    if problem:
+        click.echo(f"{component} unhealthy: {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"{component} healthy")
+
+
+def _api_problem(settings: Settings) -> str | None:
+    import httpx
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/readyz"
     try:
-        while not stopping and all(child.poll() is None for child in children):
-            time.sleep(0.2)
+        response = httpx.get(url, timeout=3.0)
+    except httpx.HTTPError as exc:
+        return f"{url}: {exc!r}"
+    return None if response.status_code == 200 else f"{url} answered {response.status_code}: {response.text}"
+
+
+def _worker_problem(settings: Settings) -> str | None:
+    import socket
+
+    import redis
+
+    from ade.core import keys
+    from workers.main import HEARTBEAT_EVERY_S
+
+    fresh_ms = (keys.WORKER_TTL_S - 2 * HEARTBEAT_EVERY_S) * 1000  # refreshed within two heartbeats
+    pattern = keys.worker(f"{socket.gethostname()}:*")
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3.0, socket_timeout=3.0)
+    try:
+        ages = [cast(int, client.pttl(key)) for key in client.scan_iter(match=pattern, count=1000)]
+    except (redis.RedisError, OSError) as exc:
+        return f"Redis: {exc}"
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        if redis_server is not None:
-            redis_server.stop()
-        click.echo("ade dev: stopped")
-
-
-def _dev_bootstrap_token(data_dir: Path) -> str:
-    """A bootstrap token for `ade dev` when ADE_BOOTSTRAP_TOKEN is unset: made once, kept in the data dir."""
-    path = data_dir / "bootstrap-token"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    return token
+        client.close()
+    if not ages:
+        return f"no worker heartbeat on this host ({pattern})"
+    if max(ages) < fresh_ms:
+        return f"the newest heartbeat on this host ({pattern}) is stale"
+    return None
 
 
 # Client commands (workspaces, keys, configs, runs): ade/cli_client.py, on ade.client.AdeClient.

@@ -53,6 +53,10 @@ def redis_dir(data_dir: Path) -> Path:
     return data_dir / "redis"
 
 
+def redis_password(data_dir: Path) -> Path:
+    return data_dir / "redis-password"
+
+
 def audit_dir(data_dir: Path) -> Path:
     return data_dir / "audit"
 

@@ -3,7 +3,12 @@
 The hub subscribes to a stream's channel when its first local subscriber arrives and unsubscribes when
 the last one leaves. Every SUBSCRIBE confirmation (the first one, or the automatic re-subscribe after a
 Redis reconnect) marks that channel's subscribers for a resync from the log, so anything published
-while the hub was not listening is repaired from the log (DESIGN.md invariant 3). A subscriber's queue
+while the hub was not listening is repaired from the log (DESIGN.md invariant 3).
+
+Through a Redis outage the hub retries with backoff, for as long as it takes. While it is cut off its
+subscribers count as unconfirmed, so readers poll the log meanwhile; once it reconnects it subscribes
+again to every channel its subscribers want (including ones whose SUBSCRIBE failed during the outage)
+and drops the ones nobody wants any more. A subscriber's queue
 is bounded: when it is full the oldest entry is dropped, which the reader sees as a sequence jump and
 fills from the log (invariant 4).
 """
@@ -25,6 +30,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from ade.core import keys
+from ade.core.outage import REDIS, Backoff
 from ade.events.envelope import HEAD_DECODER, EventHead
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,11 @@ class Subscription:
             self._items.popleft()
             self.dropped_events += 1
         self._items.append((head, data))
+        self._wake.set()
+
+    def mark_unconfirmed(self) -> None:
+        """The hub lost Redis: wake the reader so it polls the log until the channel is confirmed again."""
+        self.confirmed = False
         self._wake.set()
 
     def mark_resync(self) -> None:
@@ -95,6 +106,7 @@ class Hub:
         self._pubsub: PubSub | None = None
         self._channels: dict[str, _Channel] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._reconcile = True  # the reader must (re)subscribe: at start, after an outage or a failure
         self.connected = False
         self.lag_s = 0.0  # age of the newest event received, when it arrived
         self.draining = False  # shutting down: streams end without `end`, so clients resume elsewhere
@@ -103,8 +115,9 @@ class Hub:
         self._pubsub = self._redis.pubsub()
         try:
             await self._pubsub.subscribe(keys.HUB_CONTROL_CHANNEL)
+            self._reconcile = False
         except (RedisError, OSError) as exc:
-            log.warning("hub cannot subscribe yet (%s); it keeps retrying", exc)
+            REDIS.lost(exc, "the hub subscribing")  # the reader keeps trying
         self._reader = asyncio.create_task(self._read_forever(), name="hub-reader")
 
     async def stop(self) -> None:
@@ -142,14 +155,21 @@ class Hub:
         assert self._pubsub is not None, "Hub.start() was not called"
         sub = Subscription(self._queue_events)
         channel = self._channels.get(channel_name)
+        confirmable = True  # else nothing confirms it before the reader reconnects: poll the log meanwhile
         if channel is None:
             channel = self._channels[channel_name] = _Channel()
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self._pubsub.subscribe(channel_name)
+            except (RedisError, OSError):
+                confirmable = False
+                self._reconcile = True  # the reader subscribes it once Redis answers
+        elif not channel.confirmed.is_set() and not self.connected:
+            confirmable = False  # cut off: the reader re-subscribes it once Redis answers
         channel.subscribers.add(sub)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(channel.confirmed.wait(), self._confirm_timeout_s)
+            if confirmable:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(channel.confirmed.wait(), self._confirm_timeout_s)
             sub.confirmed = channel.confirmed.is_set()
             sub.resync = False
             yield sub
@@ -157,29 +177,51 @@ class Hub:
             channel.subscribers.discard(sub)
             if not channel.subscribers and self._channels.get(channel_name) is channel:
                 del self._channels[channel_name]
-                with contextlib.suppress(RedisError, OSError):
+                try:
                     await asyncio.shield(self._pubsub.unsubscribe(channel_name))
+                except (RedisError, OSError):
+                    self._reconcile = True  # the reader drops it once Redis answers
 
     async def _read_forever(self) -> None:
         assert self._pubsub is not None
-        backoff_s = 0.05
+        backoff = Backoff()
         while True:
             try:
-                if not self._pubsub.subscribed:
-                    await self._pubsub.subscribe(keys.HUB_CONTROL_CHANNEL)
+                if self._reconcile:
+                    self._reconcile = False
+                    await self._resubscribe()
                 message = await self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:
+                self._reconcile = True
                 if self.connected:
-                    log.warning("hub lost Redis (%s); reconnecting", exc)
-                self.connected = False
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 1.0)
+                    self._cut_off()
+                REDIS.lost(exc, "the hub reading pub/sub")
+                await backoff.sleep()
                 continue
             self.connected = True
-            backoff_s = 0.05
+            REDIS.reachable()
+            backoff.reset()
             if message is not None:
                 self._handle(message)
                 await asyncio.sleep(0)  # a burst of messages must not starve the API's other work
+
+    async def _resubscribe(self) -> None:
+        """Make the pub/sub connection's channels the ones local subscribers want (plus the control one)."""
+        assert self._pubsub is not None
+        wanted = {keys.HUB_CONTROL_CHANNEL, *self._channels}
+        held = {name.decode() if isinstance(name, bytes) else str(name) for name in self._pubsub.channels}
+        if missing := wanted - held:
+            await self._pubsub.subscribe(*missing)
+        if unwanted := held - wanted:
+            await self._pubsub.unsubscribe(*unwanted)
+
+    def _cut_off(self) -> None:
+        """Redis is gone: nothing live arrives until the re-subscribe confirms each channel again."""
+        self.connected = False
+        for channel in self._channels.values():
+            channel.confirmed.clear()
+            for sub in channel.subscribers:
+                sub.mark_unconfirmed()
 
     def _handle(self, message: dict[str, object]) -> None:
         kind = message["type"]

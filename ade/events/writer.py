@@ -11,29 +11,39 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import msgspec
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from ade.core import ids
+from ade.core import ids, keys
 from ade.core.errors import Conflict, LeaseLost
+from ade.core.outage import REDIS, Backoff
+from ade.events import eventlog
 from ade.events.envelope import Event, Source, StreamRef, encode_event
 from ade.events.eventlog import LogWriter
 from ade.events.payloads import Payload
-from ade.records.metrics import count_dispatched
 
 log = logging.getLogger(__name__)
 
-# Renew only if we still own the lease; release only our own lease.
-_RENEW = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-)
+# Renew the lease if we still own it (1); take it again, with the same token, if nobody holds it (2: it
+# expired, e.g. while Redis was down or restarted); 0 if another writer holds it.
+_RENEW = """
+local owner = redis.call('get', KEYS[1])
+if owner == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not owner then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+"""
+_REACQUIRED = 2
+# Release only our own lease.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -70,6 +80,9 @@ class StreamWriter:
         self.stream = stream
         self.identity = identity
         self._redis = redis
+        # EVALSHA, loading the script again when Redis answers NOSCRIPT (e.g. after a restart).
+        self._renew_script = redis.register_script(_RENEW)
+        self._release_script = redis.register_script(_RELEASE)
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
         self._acquire_timeout_s = acquire_timeout_s
         self._fsync = fsync
@@ -166,11 +179,13 @@ class StreamWriter:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.publish(channel, b"\n".join(encoded))
-                count_dispatched(pipe, len(encoded))
+                pipe.hincrby(keys.METRICS_EVENTS, "dispatched", len(encoded))  # shown by /metrics
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            # The log already holds these events; subscribers repair gaps from it.
-            log.warning("publish to %s failed (%s); subscribers will read the log", channel, exc)
+            # The log already holds these events; subscribers repair gaps from it once Redis is back.
+            REDIS.lost(exc, f"publishing to {channel}")
+        else:
+            REDIS.reachable()
 
     async def _acquire_lease(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,25 +198,45 @@ class StreamWriter:
             await asyncio.sleep(0.05)
 
     async def _renew_forever(self) -> None:
+        """Renew every third of the TTL. Through a Redis outage keep trying (sooner, with backoff); if the
+        lease expired meanwhile and nobody holds it, take it again. Only another holder means it is lost."""
         interval_s = self._lease_ttl_ms / 3000
+        backoff = Backoff(max_s=min(interval_s, 2.0))
+        delay_s = interval_s
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(delay_s)
             try:
-                owned = await self._eval(_RENEW, self._token, str(self._lease_ttl_ms))
+                result = await self._eval(self._renew_script, self._token, str(self._lease_ttl_ms))
             except (RedisError, OSError) as exc:
-                log.warning("lease renewal for %s failed (%s); retrying", self.stream.id, exc)
+                REDIS.lost(exc, f"renewing the lease of {self.stream.id}")
+                delay_s = backoff.next_s()
                 continue
-            if not owned:
+            REDIS.reachable()
+            backoff.reset()
+            delay_s = interval_s
+            if result == _REACQUIRED and await self._log_is_ours():
+                log.warning("the lease of %s expired while Redis was away; took it again", self.stream.id)
+            elif result != 1:
                 log.error("lease of %s was taken over; this writer stops", self.stream.id)
                 self._lease_lost = True
+                if result == _REACQUIRED:
+                    await self._release_lease()
                 return
 
-    async def _eval(self, script: str, *args: str) -> int:
-        result = await cast(Awaitable[int], self._redis.eval(script, 1, self.stream.lease_key, *args))
-        return result
+    async def _log_is_ours(self) -> bool:
+        """Whether nobody wrote to the log while the lease was not ours (its tail is our last event)."""
+        async with self._lock:
+            if self._log is None:
+                return False
+            tail = await asyncio.to_thread(eventlog.tail, self.stream.log_path)
+            return (tail.sequence if tail else 0) == self._log.last_sequence
+
+    async def _eval(self, script: AsyncScript, *args: str) -> int:
+        result = await script(keys=[self.stream.lease_key], args=args)
+        return int(result)
 
     async def _release_lease(self) -> None:
         try:
-            await self._eval(_RELEASE, self._token)
+            await self._eval(self._release_script, self._token)
         except (RedisError, OSError) as exc:
-            log.warning("releasing lease of %s failed (%s); it expires by itself", self.stream.id, exc)
+            REDIS.lost(exc, f"releasing the lease of {self.stream.id} (it expires by itself)")

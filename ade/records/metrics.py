@@ -10,7 +10,6 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from ade.core import keys
 
@@ -31,10 +30,6 @@ async def record_pickup(redis: Redis, seconds: float) -> None:
         pipe.hincrbyfloat(keys.METRICS_PICKUP, "sum", seconds)
         pipe.hincrby(keys.METRICS_PICKUP, "count", 1)
         await pipe.execute()
-
-
-def count_dispatched(pipe: Pipeline, events: int) -> None:
-    pipe.hincrby(keys.METRICS_EVENTS, "dispatched", events)
 
 
 class _Families:

@@ -28,9 +28,20 @@ return 1
 # KEYS: ready. ARGV: build id. Forgets the fingerprint's ready build only if it is this one (retention).
 FORGET_READY = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
+# KEYS: an API key's SSE slots. ARGV: now_ms, limit, expiry_ms, member. Takes a slot if the key holds fewer
+# than `limit` live ones (ADE_MAX_STREAMS_PER_KEY, counted across API processes).
+TAKE_STREAM_SLOT = """
+redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1])
+if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('zadd', KEYS[1], ARGV[3], ARGV[4])
+redis.call('pexpire', KEYS[1], ARGV[3] - ARGV[1])
+return 1
+"""
+
 
 class Scripts:
     def __init__(self, redis: Redis) -> None:
         self.claim_build = redis.register_script(CLAIM_BUILD)
         self.release_fingerprint = redis.register_script(RELEASE_FINGERPRINT)
         self.forget_ready = redis.register_script(FORGET_READY)
+        self.take_stream_slot = redis.register_script(TAKE_STREAM_SLOT)

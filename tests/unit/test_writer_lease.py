@@ -39,7 +39,7 @@ async def wait_for(condition: object, timeout_s: float = 3.0) -> None:
 async def test_a_lease_that_expired_with_no_other_holder_is_taken_again(redis: Redis, tmp_path: Path) -> None:
     stream = StreamRef.for_run(tmp_path, "run_expired")
     async with writer(redis, stream) as w:
-        await w.emit("console.line", {"n": 1})
+        await w.emit_many([("console.line", {"n": 1}, "worker")])
         token = await redis.get(stream.lease_key)
         await redis.delete(stream.lease_key)  # as if it expired while Redis was down
 
@@ -47,7 +47,7 @@ async def test_a_lease_that_expired_with_no_other_holder_is_taken_again(redis: R
             return bool(await redis.get(stream.lease_key) == token)
 
         await wait_for(held_again)
-        assert (await w.emit("console.line", {"n": 2})).sequence == 2  # still the writer
+        assert (await w.emit_many([("console.line", {"n": 2}, "worker")]))[0].sequence == 2  # still the writer
     assert await redis.exists(stream.lease_key) == 0  # and it released the lease at the end
 
 
@@ -58,7 +58,7 @@ async def test_a_lease_another_writer_holds_is_lost(redis: Redis, tmp_path: Path
         with anyio.fail_after(3):
             while True:
                 try:
-                    await w.emit("console.line", {})
+                    await w.emit_many([("console.line", {}, "worker")])
                 except LeaseLost:
                     break
                 await anyio.sleep(0.02)
@@ -71,13 +71,13 @@ async def test_an_expired_lease_is_not_taken_again_after_another_writer_wrote(
 ) -> None:
     stream = StreamRef.for_run(tmp_path, "run_overtaken")
     async with writer(redis, stream) as w:
-        await w.emit("console.line", {"n": 1})
+        await w.emit_many([("console.line", {"n": 1}, "worker")])
         with stream.log_path.open("ab") as log:  # someone else held the stream meanwhile and wrote,
             log.write(b'{"type":"run.completed","sequence":2}\n')
         await redis.delete(stream.lease_key)  # then their lease lapsed too
         await anyio.sleep(TTL_S)  # a few renewals: the lease is free, but the log is not ours alone
         with pytest.raises(LeaseLost):
-            await w.emit("console.line", {})
+            await w.emit_many([("console.line", {}, "worker")])
         assert await redis.exists(stream.lease_key) == 0  # what it took back, it gave back
 
 
@@ -88,4 +88,4 @@ async def test_renewal_survives_redis_forgetting_its_scripts(redis: Redis, tmp_p
             await redis.script_flush()  # what a restart does: the next EVALSHA answers NOSCRIPT
             await anyio.sleep(TTL_S)  # renewals happened meanwhile, or the lease lapsed
             assert await redis.pttl(stream.lease_key) > 0
-        await w.emit("console.line", {})
+        await w.emit_many([("console.line", {}, "worker")])

@@ -47,7 +47,9 @@ async def test_a_lease_that_expired_with_no_other_holder_is_taken_again(redis: R
             return bool(await redis.get(stream.lease_key) == token)
 
         await wait_for(held_again)
-        assert (await w.emit_many([("console.line", {"n": 2}, "worker")]))[0].sequence == 2  # still the writer
+        assert (await w.emit_many([("console.line", {"n": 2}, "worker")]))[
+            0
+        ].sequence == 2  # still the writer
     assert await redis.exists(stream.lease_key) == 0  # and it released the lease at the end
 
 

@@ -25,6 +25,7 @@ from ade.core import keys
 from ade.core.settings import Settings
 from ade.events.hub import Hub
 from ade.execution.deps import CancelSignals, WorkerDeps
+from ade.execution.sandbox import choose_executor
 from ade.lifecycle import queue
 from ade.records.artifacts import ArtifactStore
 from ade.records.store import Store
@@ -132,6 +133,7 @@ def build_worker(
 
     async def startup(ctx: dict[str, Any]) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await choose_executor(settings)  # refuses an unusable ADE_EXECUTOR; warns loudly about `host`
         redis = Redis.from_url(settings.redis_url)
         hub = Hub(
             Redis.from_url(settings.redis_url), subscriber_queue_events=settings.subscriber_queue_events

@@ -59,6 +59,8 @@ class Settings:
     sandbox_uid: int = 65534  # the unprivileged user (and group) steps run as, inside and on the host
     container_runtime: str = "podman"  # or docker
     container_runtime_flags: str = ""  # extra `run` flags, e.g. "--runtime runc"
+    # `--ulimit`s, comma-separated: a runtime without CAP_SYS_RESOURCE cannot raise the defaults it sets
+    container_ulimits: str = "nofile=1024:1024,nproc=4096:4096"
     container_image: str = ""  # the image of steps without one when ADE_EXECUTOR=container
     container_pull: str = "never"  # never pull: images come from the worker's own store
     step_max_memory_mb: int = 4096  # per step (sandbox: address space of each process; container: cgroup)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import shlex
 import signal
 from collections.abc import Callable
@@ -82,19 +81,8 @@ class ContainerStep(Spawned):
         kill_group(self.pgid, signal.SIGKILL)
 
 
-def _ulimits() -> list[str]:
-    """Within the worker's own hard limits: a runtime without CAP_SYS_RESOURCE cannot raise them."""
-    flags = []
-    for name, kind, ceiling in (
-        ("nofile", resource.RLIMIT_NOFILE, 1024),
-        ("nproc", resource.RLIMIT_NPROC, 0),
-    ):
-        _, hard = resource.getrlimit(kind)
-        value = hard if ceiling == 0 or (hard != resource.RLIM_INFINITY and hard < ceiling) else ceiling
-        if value == resource.RLIM_INFINITY:
-            continue
-        flags += ["--ulimit", f"{name}={value}:{value}"]
-    return flags
+def _split(listed: str) -> list[str]:
+    return [item.strip() for item in listed.split(",") if item.strip()]
 
 
 def container_argv(settings: Settings, job: StepJob, image: str) -> list[str]:
@@ -103,7 +91,8 @@ def container_argv(settings: Settings, job: StepJob, image: str) -> list[str]:
     argv += ["--rm", "--name", job.name, "--pull", settings.container_pull, "--user", f"{uid}:{uid}"]
     argv += ["--network", "host" if job.network else "none", "--hostname", "ade", "--init=false"]
     argv += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--log-driver", "none"]
-    argv += [*_ulimits(), "--workdir", job.cwd, "--tmpfs", "/tmp"]
+    argv += [arg for limit in _split(settings.container_ulimits) for arg in ("--ulimit", limit)]
+    argv += ["--workdir", job.cwd, "--tmpfs", "/tmp"]
     if job.limits.processes:
         argv += ["--pids-limit", str(job.limits.processes)]
     if job.limits.memory_mb:

@@ -215,7 +215,20 @@ def _system_args() -> list[str]:
     for name in ETC_ENTRIES:
         if (Path("/etc") / name).exists():
             args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    for tmp in ("/tmp", "/var/tmp", "/run"):
+        args += ["--perms", "1777", "--tmpfs", tmp]
+    return args
+
+
+def _parents(targets: list[str]) -> list[str]:
+    """Directories bwrap makes for mount points are private to root: make them 0755 first."""
+    args: list[str] = []
+    made = {"/"}
+    for directory in [Path("/etc"), *(p for t in targets for p in reversed(Path(t).parents))]:
+        if str(directory) not in made:
+            made.add(str(directory))
+            args += ["--perms", "0755", "--dir", str(directory)]
     return args
 
 
@@ -260,11 +273,12 @@ async def spawn_sandbox(job: StepJob, events_fd: int, settings: Settings) -> Spa
     tools = _tools()
     uid = settings.sandbox_uid
     as_root = os.geteuid() == 0
-    args = _system_args()
+    args = _parents([bind.target for bind in job.binds]) + _system_args()
     users = f"root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:{uid}:{uid}:sandbox:/tmp:/usr/sbin/nologin\n"
     groups = f"root:x:0:\nnogroup:x:{uid}:\n"
     fds = [_memfd("passwd", users.encode()), _memfd("group", groups.encode())]
-    args += ["--ro-bind-data", str(fds[0]), "/etc/passwd", "--ro-bind-data", str(fds[1]), "/etc/group"]
+    for fd, name in zip(fds, ("/etc/passwd", "/etc/group"), strict=True):
+        args += ["--perms", "0644", "--ro-bind-data", str(fd), name]
     for bind in job.binds:
         args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), bind.target]
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "ade"]
@@ -297,12 +311,14 @@ async def spawn_sandbox(job: StepJob, events_fd: int, settings: Settings) -> Spa
         if rlimits:
             command += [tools.prlimit, *rlimits, "--"]
         command += ["/bin/bash", "-c", job.script]
-        # Everything on bwrap's command line would be readable by any user of the host: pass it in a memfd.
-        fds.append(_memfd("bwrap-args", b"".join(a.encode() + b"\0" for a in [*args, "--", *command])))
+        # The options (host paths, binds) stay off the command line any user of the host can read.
+        fds.append(_memfd("bwrap-args", b"".join(a.encode() + b"\0" for a in args)))
         proc = await asyncio.create_subprocess_exec(
             tools.bwrap,
             "--args",
             str(fds[-1]),
+            "--",
+            *command,
             env={**job.env, "ADE_EVENTS_FD": str(events_fd)},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

@@ -212,20 +212,21 @@ def _system_args() -> list[str]:
             args += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
-    for name in ETC_ENTRIES:
-        if (Path("/etc") / name).exists():
-            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
     args += ["--proc", "/proc", "--dev", "/dev"]
     for tmp in ("/tmp", "/var/tmp", "/run"):
         args += ["--perms", "1777", "--tmpfs", tmp]
+    args += ["--perms", "0755", "--dir", "/etc"]
+    for name in ETC_ENTRIES:
+        if (Path("/etc") / name).exists():
+            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
     return args
 
 
 def _parents(targets: list[str]) -> list[str]:
     """Directories bwrap makes for mount points are private to root: make them 0755 first."""
     args: list[str] = []
-    made = {"/"}
-    for directory in [Path("/etc"), *(p for t in targets for p in reversed(Path(t).parents))]:
+    made = {"/", "/tmp", "/var/tmp", "/run"}
+    for directory in (p for t in targets for p in reversed(Path(t).parents)):
         if str(directory) not in made:
             made.add(str(directory))
             args += ["--perms", "0755", "--dir", str(directory)]
@@ -273,7 +274,7 @@ async def spawn_sandbox(job: StepJob, events_fd: int, settings: Settings) -> Spa
     tools = _tools()
     uid = settings.sandbox_uid
     as_root = os.geteuid() == 0
-    args = _parents([bind.target for bind in job.binds]) + _system_args()
+    args = _system_args() + _parents([bind.target for bind in job.binds])  # after the tmpfs mounts
     users = f"root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:{uid}:{uid}:sandbox:/tmp:/usr/sbin/nologin\n"
     groups = f"root:x:0:\nnogroup:x:{uid}:\n"
     fds = [_memfd("passwd", users.encode()), _memfd("group", groups.encode())]

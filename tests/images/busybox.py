@@ -19,7 +19,8 @@ def _busybox() -> Path | None:
 
 
 def _rootfs_tar(busybox: Path) -> bytes:
-    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True)
+    applets = listed.stdout.split()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for directory in ("bin", "etc", "tmp", "ade"):

@@ -81,7 +81,8 @@ class Workspace(msgspec.Struct, kw_only=True):
 # Configurations ------------------------------------------------------------------------------------
 
 
-ImageName = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"^[A-Za-z0-9][^\s\x00]*$")]
+IMAGE_REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"  # registry/name:tag@digest, ASCII only
+ImageName = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=IMAGE_REFERENCE)]
 MemoryMb = Annotated[int, msgspec.Meta(ge=1)]  # capped by Settings.step_max_memory_mb
 ProcessCount = Annotated[int, msgspec.Meta(ge=1)]  # capped by Settings.step_max_processes
 

@@ -10,9 +10,11 @@ it through `set_image_resolver`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shlex
 import signal
+import tempfile
 from collections.abc import Callable
 
 from ade.core.settings import Settings
@@ -25,6 +27,12 @@ OOM_EXIT = 128 + signal.SIGKILL
 
 class ImageUnavailable(Exception):
     pass
+
+
+@functools.cache
+def runtime_cwd() -> str:
+    """A private working directory for the runtime: podman's conmon drops an `oom` file in its own."""
+    return tempfile.mkdtemp(prefix="ade-container-runtime-")
 
 
 _resolver: Callable[[str], str] = lambda name: name  # noqa: E731 - identity until a registry sets one
@@ -48,6 +56,7 @@ async def _runtime(settings: Settings, *args: str) -> tuple[int, str]:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            cwd=runtime_cwd(),
         )
     except OSError as exc:
         return 127, f"{settings.container_runtime}: {exc.strerror or exc}"
@@ -126,6 +135,7 @@ async def spawn_container(job: StepJob, events_fd: int, settings: Settings) -> S
     proc = await asyncio.create_subprocess_exec(
         *container_argv(settings, job, image),
         env={**job.env, **runtime_env},
+        cwd=runtime_cwd(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

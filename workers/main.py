@@ -32,6 +32,7 @@ from ade.core.outage import REDIS, Backoff, arq_pool
 from ade.core.settings import Settings
 from ade.events.hub import Hub
 from ade.execution.deps import CancelSignals, WorkerDeps
+from ade.execution.sandbox import choose_executor
 from ade.lifecycle import queue
 from ade.records.artifacts import ArtifactStore
 from ade.records.store import REDIS_RETRY_S, Store
@@ -222,6 +223,7 @@ def build_worker(
 
     async def startup(ctx: dict[str, Any]) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await choose_executor(settings)  # refuses an unusable ADE_EXECUTOR; warns loudly about `host`
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S)
         hub = Hub(
             Redis.from_url(settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S),

@@ -115,7 +115,13 @@ def _configuration(data: ConfigurationCreate, current: Configuration | None, **f
             build, environment=_keep_secrets(build.environment, old_build, "build.environment")
         )
     return Configuration(
-        name=data.name, steps=steps, environment=environment, timeout_s=data.timeout_s, build=build, **fields
+        name=data.name,
+        steps=steps,
+        environment=environment,
+        timeout_s=data.timeout_s,
+        build=build,
+        network=data.network,
+        **fields,
     )
 
 

@@ -81,11 +81,20 @@ class Workspace(msgspec.Struct, kw_only=True):
 # Configurations ------------------------------------------------------------------------------------
 
 
+IMAGE_REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"  # registry/name:tag@digest, ASCII only
+ImageName = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=IMAGE_REFERENCE)]
+MemoryMb = Annotated[int, msgspec.Meta(ge=1)]  # capped by Settings.step_max_memory_mb
+ProcessCount = Annotated[int, msgspec.Meta(ge=1)]  # capped by Settings.step_max_processes
+
+
 class Step(Struct):
     name: StepName
     script: Script
     timeout_s: TimeoutS | None = None
     environment: Environment = msgspec.field(default_factory=dict)
+    image: ImageName | None = None  # run in this container image (resolved by ade.execution.container)
+    memory_mb: MemoryMb | None = None  # at most ADE_STEP_MAX_MEMORY_MB
+    max_processes: ProcessCount | None = None  # at most ADE_STEP_MAX_PROCESSES
 
 
 Steps = Annotated[list[Step], msgspec.Meta(min_length=1)]  # count limit: Settings.max_steps
@@ -114,6 +123,7 @@ class BuildSpec(Struct):
     environment: Environment = msgspec.field(default_factory=dict)
     source: ArtifactKey | None = None
     timeout_s: TimeoutS | None = None
+    network: bool = False  # the build's steps and commands reach the network (pip from an index)
 
 
 class ConfigurationCreate(Struct):
@@ -122,6 +132,7 @@ class ConfigurationCreate(Struct):
     environment: Environment = msgspec.field(default_factory=dict)
     timeout_s: TimeoutS | None = None
     build: BuildSpec | None = None
+    network: bool = False  # steps share the host's network (README "Security model")
 
 
 class Configuration(msgspec.Struct, kw_only=True):
@@ -134,6 +145,7 @@ class Configuration(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     build: BuildSpec | None = None
+    network: bool = False
 
 
 # Runs -----------------------------------------------------------------------------------------------
@@ -194,6 +206,7 @@ class Plan(msgspec.Struct, kw_only=True):
     environment: Environment
     timeout_s: float | None
     build: BuildSpec | None = None
+    network: bool = False
 
 
 class Run(msgspec.Struct, kw_only=True):

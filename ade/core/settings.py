@@ -54,6 +54,17 @@ class Settings:
     build_log_retention_s: float = 30 * 24 * 3600.0
     build_env_retention_s: float = 7 * 24 * 3600.0
     build_sweep_interval_s: float = 600.0
+    # Isolation (README "Security model"): how steps run, and the most any step may use
+    executor: str = ""  # sandbox | container | host; empty: sandbox where bubblewrap works, else host
+    sandbox_uid: int = 65534  # the unprivileged user (and group) steps run as, inside and on the host
+    container_runtime: str = "podman"  # or docker
+    container_runtime_flags: str = ""  # extra `run` flags, e.g. "--runtime runc"
+    # `--ulimit`s, comma-separated: a runtime without CAP_SYS_RESOURCE cannot raise the defaults it sets
+    container_ulimits: str = "nofile=1024:1024,nproc=4096:4096"
+    container_image: str = ""  # the image of steps without one when ADE_EXECUTOR=container
+    container_pull: str = "never"  # never pull: images come from the worker's own store
+    step_max_memory_mb: int = 4096  # per step (sandbox: address space of each process; container: cgroup)
+    step_max_processes: int = 512  # per step (sandbox: RLIMIT_NPROC in its user namespace; container: pids)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -37,9 +37,13 @@ from ade.core.models import (
 )
 from ade.events.payloads import ConsoleLine, PhaseCompleted, PhaseStarted, StepEndStatus
 from ade.events.writer import StreamWriter
+from ade.execution import isolation
 from ade.execution.console import StepSink
+from ade.execution.container import ImageUnavailable
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
+from ade.execution.limits import Limits, LimitWatch
 from ade.execution.process import run_step
+from ade.execution.sandbox import Bind, prepare_dirs
 from ade.lifecycle import transitions
 from ade.lifecycle.builds import build_writer, interpreter
 from ade.lifecycle.transitions import Recorder
@@ -59,6 +63,14 @@ def env_dir(deps: WorkerDeps, build: Build) -> Path:
 
 def source_dir(deps: WorkerDeps, build: Build) -> Path:
     return paths.build_dir(deps.settings.data_dir, build.environment_build_id).source
+
+
+def run_binds_of_build(deps: WorkerDeps, build: Build) -> list[Bind]:
+    """What a run step of a ready build sees of it: its source and virtualenv, read-only."""
+    build_dir = paths.build_dir(deps.settings.data_dir, build.environment_build_id)
+    python = build.spec.constructor == "python"
+    binds = isolation.build_binds(build_dir, writable=False, python=python)
+    return binds + (isolation.python_binds(build_dir.env / "bin" / "python") if python else [])
 
 
 def environment_for(deps: WorkerDeps, build: Build) -> dict[str, str]:
@@ -181,6 +193,9 @@ async def _phases(
                     scope="build", stream="stdout", step="source", message=f"unpacked {count} entries"
                 )
             )
+    # The sandbox's uid prepares the build: the source (writable by its steps) and the virtualenv.
+    venv_dirs = [env_dir(deps, build)] if spec.constructor == "python" else []
+    await asyncio.to_thread(partial(prepare_dirs, deps.settings, source, *venv_dirs, recursive=True))
     environment = {**base_environment(), **plain_environment(spec.environment)}
     if spec.constructor == "python":
         venv = env_dir(deps, build)
@@ -230,7 +245,7 @@ async def _phases(
     for step in spec.steps:
         async with _phase(rec.writer, f"step:{step.name}"):
             step_env = {**environment, **plain_environment(step.environment), "ADE_BUILD_ID": build.id}
-            await _run(deps, rec, build, cancel, deadline, step, step_env, source)
+            await _run(deps, rec, build, cancel, deadline, step, step_env)
 
 
 class _phase:
@@ -273,8 +288,9 @@ async def _command(
     argv: list[str],
     environment: dict[str, str],
 ) -> None:
+    """One of the build's own commands (venv, pip): the worker's interpreter, never a container."""
     step = Step(name=phase, script=shlex.join(argv))
-    await _run(deps, rec, build, cancel, deadline, step, environment, source_dir(deps, build))
+    await _run(deps, rec, build, cancel, deadline, step, environment, host_python=True)
 
 
 async def _run(
@@ -285,21 +301,48 @@ async def _run(
     deadline: float,
     step: Step,
     environment: dict[str, str],
-    cwd: Path,
+    *,
+    host_python: bool = False,
 ) -> None:
+    settings = deps.settings
     remaining_s = deadline - time.monotonic()
-    outcome = await run_step(
-        step.script,
-        cwd=cwd,
+    build_dir = paths.build_dir(settings.data_dir, build.id)
+    python = build.spec.constructor == "python"
+    executor = await isolation.executor_for(settings, step.image, needs_host_python=host_python)
+    binds = isolation.build_binds(build_dir, writable=True, python=python)
+    if host_python or (python and executor != "container"):
+        binds += isolation.worker_python_binds(settings, with_wheels=host_python)
+    limits = Limits.of(settings, step)
+    job = isolation.step_job(
+        settings,
+        name=isolation.container_name(build.id, step.name.replace(":", "-")),
+        script=step.script,
         env=environment,
-        timeout_s=max(min(step.timeout_s or remaining_s, remaining_s), 0.0),
-        grace_s=deps.settings.kill_grace_s,
-        max_line_bytes=deps.settings.console_line_max_bytes,
-        on_lines=StepSink(rec.writer, step.name, "build"),
-        cancel=cancel,
-        on_cancel=partial(_announce_cancel, deps, rec, build),
-        on_spawn=process_recorder(deps, build.id),
+        executor=executor,
+        host_cwd=build_dir.source,
+        cwd=str(build_dir.source),
+        binds=binds,
+        network=build.spec.network,
+        limits=limits,
+        image=step.image,
     )
+    watch = LimitWatch(StepSink(rec.writer, step.name, "build"), limits)
+    try:
+        outcome = await run_step(
+            isolation.spawner(settings, job, executor),
+            timeout_s=max(min(step.timeout_s or remaining_s, remaining_s), 0.0),
+            grace_s=settings.kill_grace_s,
+            max_line_bytes=settings.console_line_max_bytes,
+            on_lines=watch,
+            cancel=cancel,
+            on_cancel=partial(_announce_cancel, deps, rec, build),
+            on_spawn=process_recorder(deps, build.id),
+        )
+    except ImageUnavailable as exc:
+        message = f"{step.name!r}: image {job.image!r} is not available: {exc}"
+        raise BuildStopped(
+            Failure(stage="build", code="image_unavailable", message=message, step=step.name)
+        ) from exc
     if outcome.cancelled:
         raise BuildStopped(None)
     if outcome.timed_out:
@@ -313,4 +356,7 @@ async def _run(
         )
     if outcome.exit_code != 0:
         message = f"{step.name!r} exited with code {outcome.exit_code}"
-        raise BuildStopped(Failure(stage="build", code="exit_nonzero", message=message, step=step.name))
+        failure = watch.failure(step.name, "build", oom_killed=outcome.oom_killed)
+        raise BuildStopped(
+            failure or Failure(stage="build", code="exit_nonzero", message=message, step=step.name)
+        )

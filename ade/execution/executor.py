@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from functools import partial
 
@@ -22,6 +21,7 @@ from ade.core.logs import current_build_id, current_run_id
 from ade.core.models import (
     TERMINAL_BUILD_STATUSES,
     TERMINAL_RUN_STATUSES,
+    Build,
     Failure,
     Run,
     Step,
@@ -33,10 +33,14 @@ from ade.events.envelope import EVENT_DECODER
 from ade.events.follow import follow
 from ade.events.payloads import BuildCompleted, RunEndStatus
 from ade.events.writer import EventSpec
-from ade.execution.builder import environment_for, execute_build
+from ade.execution import isolation
+from ade.execution.builder import environment_for, execute_build, run_binds_of_build
 from ade.execution.console import StepSink
+from ade.execution.container import ImageUnavailable
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
-from ade.execution.process import run_step
+from ade.execution.limits import Limits, LimitWatch
+from ade.execution.process import StepOutcome, run_step
+from ade.execution.sandbox import WORK_DIR, Bind, ExecutorName, prepare_dirs
 from ade.lifecycle import transitions
 from ade.lifecycle.builds import build_stream
 from ade.lifecycle.runs import run_writer
@@ -46,7 +50,9 @@ from ade.records.artifacts import safe_input_name
 log = logging.getLogger(__name__)
 
 
-def step_environment(run: Run, step: Step, run_dir: paths.RunDir) -> dict[str, str]:
+def step_environment(
+    run: Run, step: Step, run_dir: paths.RunDir, executor: ExecutorName = "host"
+) -> dict[str, str]:
     """A clean environment: a few basics from the worker, never its own secrets or settings."""
     return {
         **base_environment(),
@@ -55,8 +61,7 @@ def step_environment(run: Run, step: Step, run_dir: paths.RunDir) -> dict[str, s
         "ADE_RUN_ID": run.id,
         "ADE_WORKSPACE_ID": run.workspace_id,
         "ADE_STEP": step.name,
-        "ADE_INPUT_DIR": os.fspath(run_dir.inputs),
-        "ADE_OUTPUT_DIR": os.fspath(run_dir.outputs),
+        **isolation.run_locations(run_dir, executor),
     }
 
 
@@ -114,15 +119,17 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
 
 
 async def _execute(deps: WorkerDeps, run: Run, rec: Recorder, cancellation: _Cancellation) -> None:
-    paths.run_dir(deps.settings.data_dir, run.id).create()
+    run_dir = paths.run_dir(deps.settings.data_dir, run.id)
+    run_dir.create()
+    prepare_dirs(deps.settings, run_dir.work, run_dir.outputs)  # the sandbox's uid writes there
     exit_code: int | None = None
     try:
-        failure, build_env = await _await_build(deps, run, rec) if run.build_id else (None, {})
+        failure, build = await _await_build(deps, run, rec) if run.build_id else (None, None)
         if failure is None:
             await transitions.start_run(rec, run, deps.name)
             failure = await _place_inputs(deps, run)
         if failure is None:
-            exit_code, failure = await _execute_steps(deps, run, rec, cancellation, build_env)
+            exit_code, failure = await _execute_steps(deps, run, rec, cancellation, build)
     except asyncio.CancelledError:
         lost = Failure(stage="run", code="worker_lost", message="the worker shut down during the run")
         await asyncio.shield(_finish(rec, run, None, lost, cancelled=False))
@@ -149,7 +156,7 @@ async def _finish(
         log.error("run %s ended but its log is not writable: %s", run.id, exc.message)
 
 
-async def _await_build(deps: WorkerDeps, run: Run, rec: Recorder) -> tuple[Failure | None, dict[str, str]]:
+async def _await_build(deps: WorkerDeps, run: Run, rec: Recorder) -> tuple[Failure | None, Build | None]:
     """Wait for the run's build (building it here if nobody is yet), with its events in the run's stream."""
     assert run.build_id is not None
     store, settings, writer = deps.store, deps.settings, rec.writer
@@ -181,15 +188,15 @@ async def _await_build(deps: WorkerDeps, run: Run, rec: Recorder) -> tuple[Failu
                         await writer.emit_many(specs)
         except TimeoutError:
             message = f"gave up waiting for build {build.id} at the run's timeout"
-            return Failure(stage="build", code="build_failed", message=message), {}
+            return Failure(stage="build", code="build_failed", message=message), None
         build = await store.get_build(build.id)
     if build.status != "ready":
         reason = build.failure.message if build.failure else build.status
         message = f"build {build.id} {build.status}: {reason}"
-        return Failure(stage="build", code="build_failed", message=message), {}
+        return Failure(stage="build", code="build_failed", message=message), None
     build.last_used_at = utcnow()
     await store.put_build(build, durability="best_effort")
-    return None, environment_for(deps, build)
+    return None, build
 
 
 async def _place_inputs(deps: WorkerDeps, run: Run) -> Failure | None:
@@ -207,13 +214,15 @@ async def _place_inputs(deps: WorkerDeps, run: Run) -> Failure | None:
 
 
 async def _execute_steps(
-    deps: WorkerDeps, run: Run, rec: Recorder, cancellation: _Cancellation, build_env: dict[str, str]
+    deps: WorkerDeps, run: Run, rec: Recorder, cancellation: _Cancellation, build: Build | None
 ) -> tuple[int | None, Failure | None]:
     """Run each step in order; the first failing step stops the run. Returns (exit code, failure)."""
     settings = deps.settings
     run_dir = paths.run_dir(settings.data_dir, run.id)
     run_timeout_s = run.plan.timeout_s or settings.default_run_timeout_s
     run_deadline = time.monotonic() + run_timeout_s
+    build_env = environment_for(deps, build) if build else {}
+    binds = isolation.run_binds(run_dir) + (run_binds_of_build(deps, build) if build else [])
     exit_code: int | None = 0
     for index, step in enumerate(run.plan.steps):
         if cancellation.event.is_set():
@@ -222,18 +231,13 @@ async def _execute_steps(
         remaining_s = run_deadline - time.monotonic()
         step_limit_s = min(step.timeout_s or remaining_s, remaining_s)
         await transitions.start_step(rec, run, index)
-        outcome = await run_step(
-            step.script,
-            cwd=run_dir.work,
-            env={**step_environment(run, step, run_dir), **build_env},
-            timeout_s=max(step_limit_s, 0.0),
-            grace_s=settings.kill_grace_s,
-            max_line_bytes=settings.console_line_max_bytes,
-            on_lines=StepSink(rec.writer, step.name, "run"),
-            cancel=cancellation.event,
-            on_cancel=cancellation.announce,
-            on_spawn=process_recorder(deps, run.id),
+        outcome, failure = await _step(
+            deps, run, rec, cancellation, index, max(step_limit_s, 0.0), build_env, binds
         )
+        if failure is not None:
+            await transitions.finish_step(rec, run, index, "failed", failure=failure)
+            return None, failure
+        assert outcome is not None
         exit_code = outcome.exit_code
         if outcome.cancelled:
             await transitions.finish_step(rec, run, index, "cancelled", exit_code=exit_code)
@@ -252,8 +256,70 @@ async def _execute_steps(
             return None, failure
         if exit_code != 0:
             message = f"step {step.name!r} exited with code {exit_code}"
-            failure = Failure(stage="step", code="exit_nonzero", message=message, step=step.name)
+            failure = outcome.limit_failure or Failure(
+                stage="step", code="exit_nonzero", message=message, step=step.name
+            )
             await transitions.finish_step(rec, run, index, "failed", exit_code=exit_code, failure=failure)
             return exit_code, failure
         await transitions.finish_step(rec, run, index, "succeeded", exit_code=exit_code)
     return exit_code, None
+
+
+class _Outcome:
+    """A step's outcome with what its limits say about a failure."""
+
+    def __init__(self, outcome: StepOutcome, limit_failure: Failure | None) -> None:
+        self.exit_code, self.cancelled, self.timed_out = (
+            outcome.exit_code,
+            outcome.cancelled,
+            outcome.timed_out,
+        )
+        self.limit_failure = limit_failure
+
+
+async def _step(
+    deps: WorkerDeps,
+    run: Run,
+    rec: Recorder,
+    cancellation: _Cancellation,
+    index: int,
+    timeout_s: float,
+    build_env: dict[str, str],
+    binds: list[Bind],
+) -> tuple[_Outcome | None, Failure | None]:
+    """One step in its executor: (outcome, None), or (None, failure) when it could not start."""
+    settings = deps.settings
+    step = run.plan.steps[index]
+    run_dir = paths.run_dir(settings.data_dir, run.id)
+    executor = await isolation.executor_for(settings, step.image)
+    limits = Limits.of(settings, step)
+    job = isolation.step_job(
+        settings,
+        name=isolation.container_name(run.id, index),
+        script=step.script,
+        env={**step_environment(run, step, run_dir, executor), **build_env},
+        executor=executor,
+        host_cwd=run_dir.work,
+        cwd=WORK_DIR,
+        binds=binds,
+        network=run.plan.network,
+        limits=limits,
+        image=step.image,
+    )
+    watch = LimitWatch(StepSink(rec.writer, step.name, "run"), limits)
+    try:
+        outcome = await run_step(
+            isolation.spawner(settings, job, executor),
+            timeout_s=timeout_s,
+            grace_s=settings.kill_grace_s,
+            max_line_bytes=settings.console_line_max_bytes,
+            on_lines=watch,
+            cancel=cancellation.event,
+            on_cancel=cancellation.announce,
+            on_spawn=process_recorder(deps, run.id),
+        )
+    except ImageUnavailable as exc:
+        message = f"step {step.name!r}: image {job.image!r} is not available: {exc}"
+        return None, Failure(stage="step", code="image_unavailable", message=message, step=step.name)
+    limit_failure = watch.failure(step.name, "step", oom_killed=outcome.oom_killed)
+    return _Outcome(outcome, limit_failure), None

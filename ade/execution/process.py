@@ -1,20 +1,20 @@
-"""One step as a real subprocess: `bash -c script` in its own process group, its stdout, stderr and
-ADE_EVENTS_FD pipes read chunk by chunk and split into lines, a deadline, and a group kill at the end.
+"""One step as a real subprocess, started by an executor (ade.execution.sandbox): its stdout, stderr and
+ADE_EVENTS_FD pipes read chunk by chunk and split into lines, a deadline, and a kill at the end.
 
 When the step's main process exits (or its deadline passes: SIGTERM, a grace period, then SIGKILL), the
-whole process group is killed, so no background process of a step outlives it.
+executor kills everything the step started (its PID namespace, its container or its process group), so
+no background process of a step outlives it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
+
+from ade.execution.sandbox import Spawned
 
 READ_CHUNK_BYTES = 64 * 1024
 PUMP_DRAIN_TIMEOUT_S = 5.0
@@ -60,11 +60,10 @@ class StepOutcome:
     timed_out: bool
     cancelled: bool
     duration_s: float
+    oom_killed: bool = False  # a container's memory limit ended it
 
 
-def kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+Spawn = Callable[[int], Awaitable[Spawned]]  # events write fd → the started step
 
 
 async def _pump(reader: asyncio.StreamReader, name: str, max_bytes: int, on_lines: LinesHandler) -> None:
@@ -87,10 +86,8 @@ async def _pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTrans
 
 
 async def run_step(
-    script: str,
+    spawn: Spawn,
     *,
-    cwd: Path,
-    env: dict[str, str],
     timeout_s: float,
     grace_s: float,
     max_line_bytes: int,
@@ -99,34 +96,25 @@ async def run_step(
     on_cancel: Callable[[], Awaitable[None]],
     on_spawn: Callable[[int], Awaitable[None]] | None = None,
 ) -> StepOutcome:
-    """Run `script`; `on_lines` receives ("stdout" | "stderr" | "events", lines) batches in order per pipe.
+    """Run a step started by `spawn` (an executor, ade.execution.sandbox); `on_lines` receives
+    ("stdout" | "stderr" | "events", lines) batches in order per pipe.
 
     The step ends when its process exits, its deadline passes, or `cancel` is set (then `on_cancel` runs
-    first); in the last two cases its process group gets SIGTERM, then SIGKILL after `grace_s`.
+    first); in the last two cases everything in it gets SIGTERM, then SIGKILL after `grace_s`. Whatever
+    ended it, nothing it started is left running.
     """
     events_read_fd, events_write_fd = os.pipe()
     started = time.monotonic()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            script,
-            cwd=cwd,
-            env={**env, "ADE_EVENTS_FD": str(events_write_fd)},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            pass_fds=(events_write_fd,),
-            start_new_session=True,
-        )
+        step = await spawn(events_write_fd)
     except BaseException:
         os.close(events_read_fd)
         raise
     finally:
         os.close(events_write_fd)
-    pgid = proc.pid  # start_new_session: the step leads its own process group
+    proc = step.proc
     if on_spawn is not None:
-        await on_spawn(pgid)
+        await on_spawn(step.pgid)
     events_reader, events_transport = await _pipe_reader(events_read_fd)
     assert proc.stdout is not None and proc.stderr is not None
     pumps = asyncio.gather(
@@ -146,13 +134,13 @@ async def run_step(
             timed_out = not cancelled
             if cancelled:
                 await on_cancel()
-            kill_group(pgid, signal.SIGTERM)
+            await step.terminate()
             try:
                 async with asyncio.timeout(grace_s):
                     await asyncio.shield(exited)
             except TimeoutError:
                 pass
-        kill_group(pgid, signal.SIGKILL)  # leftovers of the step never outlive it
+        await step.kill()  # leftovers of the step never outlive it
         await proc.wait()
         try:
             async with asyncio.timeout(PUMP_DRAIN_TIMEOUT_S):
@@ -160,7 +148,7 @@ async def run_step(
         except TimeoutError:
             pumps.cancel()  # a process that escaped the group still holds a pipe open
     except BaseException:
-        kill_group(pgid, signal.SIGKILL)
+        await asyncio.shield(step.kill())
         pumps.cancel()
         raise
     finally:
@@ -171,4 +159,5 @@ async def run_step(
         timed_out=timed_out,
         cancelled=cancelled,
         duration_s=time.monotonic() - started,
+        oom_killed=step.oom_killed,
     )

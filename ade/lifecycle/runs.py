@@ -48,6 +48,7 @@ def plan_of(cfg: Configuration) -> Plan:
         environment=dict(cfg.environment),
         timeout_s=cfg.timeout_s,
         build=cfg.build,
+        network=cfg.network,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
 import httpx
@@ -112,7 +113,9 @@ async def test_steps_cannot_forge_lifecycle_events(client: httpx.AsyncClient) ->
     assert warning["payload"]["stream"] == "stderr" and "run.completed" in warning["payload"]["message"]
 
 
-async def test_step_environment_has_ade_variables_and_no_service_settings(client: httpx.AsyncClient) -> None:
+async def test_step_environment_has_ade_variables_and_no_service_settings(
+    client: httpx.AsyncClient, data_dir: Path
+) -> None:
     ws = await workspace(client)
     script = 'echo "$ADE_RUN_ID|$ADE_INPUT_DIR|$ADE_OUTPUT_DIR|$GREETING|$STEP_ONLY|${ADE_REDIS_URL:-unset}"'
     cfg = await configuration(
@@ -125,5 +128,7 @@ async def test_step_environment_has_ade_variables_and_no_service_settings(client
     events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
     line = next(e["payload"]["message"] for e in events if e["type"] == "console.line")
     rid, inputs, outputs, greeting, step_only, redis_url = line.split("|")
-    assert rid == run_id and inputs.endswith(f"{run_id}/inputs") and outputs.endswith(f"{run_id}/outputs")
+    assert rid == run_id  # fixed paths inside the sandbox; the run's own directories under the host executor
+    assert inputs in ("/ade/inputs", f"{data_dir}/runs/{run_id}/inputs")
+    assert outputs in ("/ade/outputs", f"{data_dir}/runs/{run_id}/outputs")
     assert (greeting, step_only, redis_url) == ("hi", "s", "unset")

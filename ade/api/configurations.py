@@ -84,23 +84,22 @@ async def check_images(services: Services, workspace_id: str, data: Configuratio
     """Each step's `image` must name a docker image the workspace sees (its own or a public one), or be
     `build` — the image of the configuration's build, so only with a `build` spec (and never in the build's
     own steps, which make it)."""
-    registry = ImageRegistry.of(services.store)
     steps = [(f"steps[{index}]", step) for index, step in enumerate(data.steps)]
     if data.build is not None:
         steps += [(f"build.steps[{index}]", step) for index, step in enumerate(data.build.steps)]
+    registry = ImageRegistry.of(services.store)
+    slugs = {step.image for _, step in steps if step.image is not None and step.image != BUILD_IMAGE}
+    seen = {slug: await registry.find(workspace_id, slug) is not None for slug in sorted(slugs)}
     details: list[dict[str, Any]] = []
     for where, step in steps:
-        if step.image is None:
+        if step.image is None or seen.get(step.image, False):
             continue
-        if step.image == BUILD_IMAGE:
-            if data.build is None:
-                problem = "`build` names the image of the configuration's build, and it has no `build`"
-            elif where.startswith("build."):
-                problem = "a build step cannot run in the image its build makes"
-            else:
-                continue
-        elif await registry.find(workspace_id, step.image) is None:
+        if step.image != BUILD_IMAGE:
             problem = f"no docker image {step.image!r} in this workspace, nor a public one"
+        elif data.build is None:
+            problem = "`build` names the image of the configuration's build, and it has no `build`"
+        elif where.startswith("build."):
+            problem = "a build step cannot run in the image its build makes"
         else:
             continue
         details.append({"key": f"{where}.image", "step": step.name, "message": problem})

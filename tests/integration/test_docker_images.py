@@ -14,13 +14,15 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ade.client import AsyncAdeClient, ConflictError, ForbiddenError, NotFoundError
 from ade.core.errors import NotFound
-from ade.records.images import resolve_image
+from ade.core.models import DockerImage, utcnow
+from ade.records.images import ImageRegistry, new_image_id, resolve_image
 from ade.records.store import Store
 from tests.api import workspace
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem, running
@@ -368,6 +370,68 @@ async def test_resolve_image_gives_the_url_a_slug_names_in_a_workspace(
     finally:
         await redis.aclose()
         await client.delete(f"/docker-images/{public['id']}")
+
+
+async def test_an_image_write_that_redis_refuses_leaves_the_data_directory_as_it_was(tmp_path: Path) -> None:
+    unreachable = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    registry = ImageRegistry(unreachable, tmp_path)
+    image = DockerImage(
+        id=new_image_id(),
+        workspace_id="ws_x",
+        slug="tools",
+        image_url=BUSYBOX,
+        public=False,
+        created_at=utcnow(),
+        created_by="bootstrap",
+    )
+    try:
+        with pytest.raises(RedisConnectionError):
+            await registry.create(image)
+        assert not (tmp_path / "docker_images" / f"{image.id}.json").exists()  # not created
+        record = tmp_path / "docker_images" / f"{image.id}.json"
+        record.parent.mkdir(parents=True)
+        record.write_bytes(msgspec.json.encode(image))
+        with pytest.raises(RedisConnectionError):
+            await registry.delete(image)
+        assert msgspec.json.decode(record.read_bytes(), type=DockerImage) == image  # not deleted
+        assert await registry.get(image.id) == image  # read from the durable copy while Redis is down
+    finally:
+        await unreachable.aclose()
+
+
+async def test_an_image_whose_indexing_fails_is_not_kept(
+    system: AdeSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = Redis.from_url(system.redis.url)
+    registry = ImageRegistry(redis, tmp_path)
+    image = DockerImage(
+        id=new_image_id(),
+        workspace_id=f"ws_{secrets.token_hex(8)}",
+        slug="tools",
+        image_url=BUSYBOX,
+        public=False,
+        created_at=utcnow(),
+        created_by="bootstrap",
+    )
+    written: list[bool] = []
+
+    def failing_index(pipe: Any, image: DockerImage, data: bytes) -> None:
+        written.append((tmp_path / "docker_images" / f"{image.id}.json").exists())
+        raise RuntimeError("indexing failed")
+
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr("ade.records.images.index_image", failing_index)
+            with pytest.raises(RuntimeError):
+                await registry.create(image)
+        assert written == [True]  # the durable copy came first ...
+        assert list((tmp_path / "docker_images").iterdir()) == []  # ... and was taken back
+        assert await registry.find(image.workspace_id, "tools") is None  # the slug is still free
+        await registry.create(image)
+        assert await registry.find(image.workspace_id, "tools") == image
+        await registry.delete(image)
+    finally:
+        await redis.aclose()
 
 
 async def test_reindex_brings_images_back_after_flushall(tmp_path: Path) -> None:

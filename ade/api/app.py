@@ -25,6 +25,7 @@ from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal
 from ade.api.builds import BuildController
 from ade.api.configurations import ConfigurationController
 from ade.api.deps import API_PREFIX, Services
+from ade.api.docker_images import DockerImageController
 from ade.api.health import HealthController, MetricsController
 from ade.api.keys import ApiKeyController
 from ade.api.openapi import make_exact
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ArtifactController,
             ApiKeyController,
             AuditController,
+            DockerImageController,
         ],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
         security=[{"bearer": []}],

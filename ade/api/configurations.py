@@ -12,6 +12,7 @@ from ade.api.deps import Services
 from ade.core import ids
 from ade.core.errors import Invalid, NotFound
 from ade.core.models import (
+    BUILD_IMAGE,
     BuildSpec,
     Configuration,
     ConfigurationCreate,
@@ -23,6 +24,7 @@ from ade.core.models import (
 )
 from ade.core.settings import Settings
 from ade.records.auth import Principal
+from ade.records.images import ImageRegistry
 
 public_environment = redact_environment
 
@@ -76,6 +78,39 @@ async def check_build_source(services: Services, workspace_id: str, build: Build
             code="unknown_artifact",
             details=[{"key": "build.source", "message": "upload it to this workspace first"}],
         ) from None
+
+
+async def check_images(services: Services, workspace_id: str, data: ConfigurationCreate) -> None:
+    """Each step's `image` must name a docker image the workspace sees (its own or a public one), or be
+    `build` — the image of the configuration's build, so only with a `build` spec (and never in the build's
+    own steps, which make it)."""
+    steps = [(f"steps[{index}]", step) for index, step in enumerate(data.steps)]
+    if data.build is not None:
+        steps += [(f"build.steps[{index}]", step) for index, step in enumerate(data.build.steps)]
+    registry = ImageRegistry.of(services.store)
+    slugs = {step.image for _, step in steps if step.image is not None and step.image != BUILD_IMAGE}
+    seen = {slug: await registry.find(workspace_id, slug) is not None for slug in sorted(slugs)}
+    details: list[dict[str, Any]] = []
+    for where, step in steps:
+        if step.image is None or seen.get(step.image, False):
+            continue
+        if step.image != BUILD_IMAGE:
+            problem = f"no docker image {step.image!r} in this workspace, nor a public one"
+        elif data.build is None:
+            problem = "`build` names the image of the configuration's build, and it has no `build`"
+        elif where.startswith("build."):
+            problem = "a build step cannot run in the image its build makes"
+        else:
+            continue
+        details.append({"key": f"{where}.image", "step": step.name, "message": problem})
+    if details:
+        raise Invalid(
+            f"step {details[0]['step']!r} names an unknown docker image"
+            if len(details) == 1
+            else f"{len(details)} steps name unknown docker images",
+            code="unknown_image",
+            details=details,
+        )
 
 
 def _keep_secrets(new: Environment, old: Environment, where: str) -> Environment:
@@ -135,6 +170,7 @@ class ConfigurationController(Controller):
         await auth.workspace(services, principal, workspace_id, "admin")
         check_limits(services.settings, data)
         await check_build_source(services, workspace_id, data.build)
+        await check_images(services, workspace_id, data)
         now = utcnow()
         cfg = _configuration(
             data,
@@ -166,6 +202,7 @@ class ConfigurationController(Controller):
         current = await auth.configuration(services, principal, configuration_id, "admin")
         check_limits(services.settings, data)
         await check_build_source(services, current.workspace_id, data.build)
+        await check_images(services, current.workspace_id, data)
         cfg = _configuration(
             data,
             current,

@@ -1,4 +1,5 @@
-"""The client commands of `ade` (workspaces, keys, configs, runs, builds), built on `ade.client.AdeClient`.
+"""The client commands of `ade` (workspaces, keys, configs, runs, builds, images), built on
+`ade.client.AdeClient`.
 
 Every command takes `--url` (or `ADE_URL`, default http://127.0.0.1:8000) and `--token` (or `ADE_TOKEN`).
 
@@ -412,4 +413,74 @@ def builds_list(ade: AdeClient, configuration_id: str, limit: int, as_json: bool
     console().print(table)
 
 
-COMMANDS = [workspaces, keys, configs, runs, builds]
+# Docker images --------------------------------------------------------------------------------------
+
+
+@click.group()
+def images() -> None:
+    """Docker images steps may name by slug (`image:` in a step)."""
+
+
+_WORKSPACE_OPTION = click.option(
+    "--workspace",
+    "workspace_id",
+    envvar="ADE_WORKSPACE",
+    default=None,
+    help="Workspace id (or ADE_WORKSPACE; default: the key's own workspace).",
+)
+
+
+def _workspace_of(ade: AdeClient, workspace_id: str | None) -> str:
+    """The workspace given, else the one the key belongs to (the bootstrap token has none)."""
+    if workspace_id:
+        return workspace_id
+    own = ade.whoami().workspace_id
+    if own is None:
+        raise click.UsageError("the bootstrap token belongs to no workspace: pass --workspace")
+    return own
+
+
+@images.command("add")
+@click.argument("slug")
+@click.argument("image_url")
+@click.option("--public", is_flag=True, help="Visible to every workspace (the bootstrap token only).")
+@_WORKSPACE_OPTION
+@connected
+def images_add(ade: AdeClient, slug: str, image_url: str, public: bool, workspace_id: str | None) -> None:
+    """Register IMAGE_URL (e.g. docker.io/library/alpine:3) as SLUG; print the image's id."""
+    image = ade.create_docker_image(_workspace_of(ade, workspace_id), slug, image_url, public=public)
+    click.echo(image.id)
+
+
+@images.command("list")
+@_WORKSPACE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the images as a JSON array.")
+@connected
+def images_list(ade: AdeClient, workspace_id: str | None, as_json: bool) -> None:
+    """List the images a workspace may name: its own and the public ones."""
+    found = ade.list_docker_images(_workspace_of(ade, workspace_id))
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("IMAGE", "SLUG", "IMAGE URL", "PUBLIC", "CREATED", box=None)
+    for image in found:
+        table.add_row(
+            image.id,
+            image.slug,
+            image.image_url,
+            "yes" if image.public else "",
+            _local_time(image.created_at),
+        )
+    console().print(table)
+
+
+@images.command("delete")
+@click.argument("image_id", metavar="ID")
+@connected
+def images_delete(ade: AdeClient, image_id: str) -> None:
+    """Remove docker image ID (a public one takes the bootstrap token)."""
+    ade.delete_docker_image(image_id)
+    click.echo(f"{image_id} deleted")
+
+
+COMMANDS = [workspaces, keys, configs, runs, builds, images]

@@ -39,7 +39,7 @@ from __future__ import annotations
 from ade.client.aio import AsyncAdeClient
 from ade.client.calls import API_PREFIX as API_PREFIX
 from ade.client.calls import DEFAULT_URL as DEFAULT_URL
-from ade.client.calls import Artifact, EventsPage
+from ade.client.calls import Artifact, EventsPage, WhoAmI
 from ade.client.calls import ConsoleStream as ConsoleStream
 from ade.client.calls import FileSource as FileSource
 from ade.client.errors import (
@@ -79,4 +79,5 @@ __all__ = [
     "Timings",
     "TooManyRequestsError",
     "UnauthorizedError",
+    "WhoAmI",
 ]

@@ -14,7 +14,7 @@ import httpx
 from httpx_sse import EventSource, SSEError
 
 from ade.client import calls
-from ade.client.calls import CHUNK_BYTES, Artifact, Call, ConsoleStream, EventsPage, FileSource
+from ade.client.calls import CHUNK_BYTES, Artifact, Call, ConsoleStream, EventsPage, FileSource, WhoAmI
 from ade.client.errors import GoneError, api_error
 from ade.client.paging import ConsolePages, Pager, list_builds_pages, list_runs_pages
 from ade.client.streams import RECONNECT, Lines, Resume, Retry, aconsole_lines, sse_error
@@ -27,6 +27,7 @@ from ade.core.models import (
     Commit,
     Configuration,
     ConfigurationCreate,
+    DockerImage,
     InputArtifact,
     Plan,
     Role,
@@ -102,6 +103,9 @@ class AsyncAdeClient:
     async def get_workspace(self, workspace_id: str) -> Workspace:
         return await self._send(calls.get_workspace(workspace_id))
 
+    async def whoami(self) -> WhoAmI:
+        return await self._send(calls.whoami())
+
     async def create_api_key(
         self, workspace_id: str, name: str, role: Role, *, expires_at: datetime | None = None
     ) -> ApiKeyCreated:
@@ -133,6 +137,22 @@ class AsyncAdeClient:
 
     async def delete_configuration(self, configuration_id: str) -> None:
         await self._send(calls.delete_configuration(configuration_id))
+
+    # Docker images
+
+    async def create_docker_image(
+        self, workspace_id: str, slug: str, image_url: str, *, public: bool = False
+    ) -> DockerImage:
+        return await self._send(calls.create_docker_image(workspace_id, slug, image_url, public))
+
+    async def list_docker_images(self, workspace_id: str, *, public: bool | None = None) -> list[DockerImage]:
+        return await self._send(calls.list_docker_images(workspace_id, public))
+
+    async def get_docker_image(self, image_id: str) -> DockerImage:
+        return await self._send(calls.get_docker_image(image_id))
+
+    async def delete_docker_image(self, image_id: str) -> None:
+        await self._send(calls.delete_docker_image(image_id))
 
     # Artifacts
 

@@ -25,6 +25,8 @@ from ade.core.models import (
     Commit,
     Configuration,
     ConfigurationCreate,
+    DockerImage,
+    DockerImageCreate,
     InputArtifact,
     Plan,
     Role,
@@ -73,6 +75,14 @@ class Artifact(msgspec.Struct, kw_only=True):
     content_type: str
     filename: str | None
     created_at: datetime
+
+
+class WhoAmI(msgspec.Struct, kw_only=True):
+    """The caller (`ade.api.keys.WhoAmI`)."""
+
+    actor: str  # the API key id, or "bootstrap"
+    role: str
+    workspace_id: str | None  # None: the bootstrap token (every workspace)
 
 
 class EventsPage(msgspec.Struct, kw_only=True):
@@ -142,6 +152,10 @@ def get_workspace(workspace_id: str) -> Call[Workspace]:
     return json_call("GET", f"/workspaces/{seg(workspace_id)}", Workspace)
 
 
+def whoami() -> Call[WhoAmI]:
+    return json_call("GET", "/whoami", WhoAmI)
+
+
 def create_api_key(
     workspace_id: str, name: str, role: Role, expires_at: datetime | None
 ) -> Call[ApiKeyCreated]:
@@ -191,6 +205,27 @@ def replace_configuration(
 
 def delete_configuration(configuration_id: str) -> Call[None]:
     return Call("DELETE", f"/configurations/{seg(configuration_id)}", _no_content)
+
+
+# Docker images
+
+
+def create_docker_image(workspace_id: str, slug: str, image_url: str, public: bool) -> Call[DockerImage]:
+    body = DockerImageCreate(slug=slug, image_url=image_url, public=public)
+    return json_call("POST", f"/workspaces/{seg(workspace_id)}/docker-images", DockerImage, body)
+
+
+def list_docker_images(workspace_id: str, public: bool | None) -> Call[list[DockerImage]]:
+    path = f"/workspaces/{seg(workspace_id)}/docker-images"
+    return json_call("GET", path, list[DockerImage], public=None if public is None else str(public).lower())
+
+
+def get_docker_image(image_id: str) -> Call[DockerImage]:
+    return json_call("GET", f"/docker-images/{seg(image_id)}", DockerImage)
+
+
+def delete_docker_image(image_id: str) -> Call[None]:
+    return Call("DELETE", f"/docker-images/{seg(image_id)}", _no_content)
 
 
 # Artifacts

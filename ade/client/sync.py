@@ -14,7 +14,7 @@ import httpx
 from httpx_sse import EventSource, SSEError
 
 from ade.client import calls
-from ade.client.calls import CHUNK_BYTES, Artifact, Call, ConsoleStream, EventsPage, FileSource
+from ade.client.calls import CHUNK_BYTES, Artifact, Call, ConsoleStream, EventsPage, FileSource, WhoAmI
 from ade.client.errors import GoneError, api_error
 from ade.client.paging import ConsolePages, Pager, list_builds_pages, list_runs_pages
 from ade.client.streams import RECONNECT, Lines, Resume, Retry, console_lines, sse_error
@@ -27,6 +27,7 @@ from ade.core.models import (
     Commit,
     Configuration,
     ConfigurationCreate,
+    DockerImage,
     InputArtifact,
     Plan,
     Role,
@@ -105,6 +106,10 @@ class AdeClient:
     def get_workspace(self, workspace_id: str) -> Workspace:
         return self._send(calls.get_workspace(workspace_id))
 
+    def whoami(self) -> WhoAmI:
+        """The key this client holds: its id, role and workspace (None for the bootstrap token)."""
+        return self._send(calls.whoami())
+
     def create_api_key(
         self, workspace_id: str, name: str, role: Role, *, expires_at: datetime | None = None
     ) -> ApiKeyCreated:
@@ -139,6 +144,26 @@ class AdeClient:
 
     def delete_configuration(self, configuration_id: str) -> None:
         self._send(calls.delete_configuration(configuration_id))
+
+    # Docker images
+
+    def create_docker_image(
+        self, workspace_id: str, slug: str, image_url: str, *, public: bool = False
+    ) -> DockerImage:
+        """Register a docker image steps may name by `slug`; `public=True` (every workspace sees it) takes
+        the bootstrap token. `ConflictError` (`slug_taken`) if the workspace already sees that slug."""
+        return self._send(calls.create_docker_image(workspace_id, slug, image_url, public))
+
+    def list_docker_images(self, workspace_id: str, *, public: bool | None = None) -> list[DockerImage]:
+        """The images a workspace may name: its own and the public ones (`public` filters), by slug."""
+        return self._send(calls.list_docker_images(workspace_id, public))
+
+    def get_docker_image(self, image_id: str) -> DockerImage:
+        return self._send(calls.get_docker_image(image_id))
+
+    def delete_docker_image(self, image_id: str) -> None:
+        """Remove a docker image (a public one takes the bootstrap token)."""
+        self._send(calls.delete_docker_image(image_id))
 
     # Artifacts
 

@@ -34,6 +34,27 @@ def workspace_api_keys(workspace_id: str) -> str:
     return f"{PREFIX}:workspace:{workspace_id}:api_keys"
 
 
+# Docker images (no TTL: `docker_images/<id>.json` in the data directory is the durable copy). A slug names
+# one image in a workspace's view: its own images' slugs and every public slug are distinct.
+def docker_image(image_id: str) -> str:
+    return f"{PREFIX}:docker_image:{image_id}"
+
+
+def workspace_docker_images(workspace_id: str) -> str:
+    """Sorted set (all scores 0, ordered by id) of the images a workspace created (public ones included)."""
+    return f"{PREFIX}:workspace:{workspace_id}:docker_images"
+
+
+def workspace_image_slugs(workspace_id: str) -> str:
+    """Hash: slug -> id of each image the workspace created."""
+    return f"{PREFIX}:workspace:{workspace_id}:docker_image_slugs"
+
+
+PUBLIC_DOCKER_IMAGES = f"{PREFIX}:docker_images:public"  # sorted set of public image ids
+PUBLIC_IMAGE_SLUGS = f"{PREFIX}:docker_images:public_slugs"  # hash: slug -> id of the public image
+IMAGE_SLUG_USES = f"{PREFIX}:docker_images:slug_uses"  # hash: slug -> how many images (any workspace) have it
+
+
 def audit(workspace_id: str | None) -> str:
     """List of a workspace's audit entries (encoded), oldest first; `None`: every workspace's."""
     return f"{PREFIX}:audit:{workspace_id}" if workspace_id else f"{PREFIX}:audit"

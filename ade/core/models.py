@@ -81,8 +81,10 @@ class Workspace(msgspec.Struct, kw_only=True):
 # Configurations ------------------------------------------------------------------------------------
 
 
-IMAGE_REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"  # registry/name:tag@digest, ASCII only
-ImageName = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=IMAGE_REFERENCE)]
+# A slug names an image within a workspace's view (its own images and the public ones); a step's `image`
+# is a slug, or `build` (BUILD_IMAGE): the image its configuration's build makes. `build` is reserved.
+ImageRef = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+BUILD_IMAGE = "build"
 MemoryMb = Annotated[int, msgspec.Meta(ge=1)]  # capped by Settings.step_max_memory_mb
 ProcessCount = Annotated[int, msgspec.Meta(ge=1)]  # capped by Settings.step_max_processes
 
@@ -92,7 +94,7 @@ class Step(Struct):
     script: Script
     timeout_s: TimeoutS | None = None
     environment: Environment = msgspec.field(default_factory=dict)
-    image: ImageName | None = None  # run in this container image (resolved by ade.execution.container)
+    image: ImageRef | None = None  # a docker image slug (`DockerImage.slug`), or `build` (BUILD_IMAGE)
     memory_mb: MemoryMb | None = None  # at most ADE_STEP_MAX_MEMORY_MB
     max_processes: ProcessCount | None = None  # at most ADE_STEP_MAX_PROCESSES
 
@@ -473,3 +475,28 @@ class BuildResource(msgspec.Struct, kw_only=True):
                 },
             ),
         )
+
+
+# Docker images ---------------------------------------------------------------------------------------
+
+# A container image reference (`[registry[:port]/]name[:tag][@digest]`): its characters only, so no space, NUL
+# or control character, and never a leading `-` (it could be read as an option by a container engine).
+ImageUrl = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=500, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+]
+
+
+class DockerImageCreate(Struct):
+    slug: ImageRef
+    image_url: ImageUrl  # a container image reference, e.g. `docker.io/library/alpine:3`
+    public: bool = False  # visible to every workspace (the bootstrap token only)
+
+
+class DockerImage(msgspec.Struct, kw_only=True):
+    id: str
+    workspace_id: str
+    slug: str
+    image_url: str
+    public: bool
+    created_at: datetime
+    created_by: str

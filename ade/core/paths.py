@@ -1,7 +1,7 @@
 """Every path in the data directory, built here and nowhere else.
 
 secret.key  bootstrap-token  redis/                     service files (never bound into a step)
-workspaces/<ws>.json  configurations/<cfg>.json  api_keys/<key>.json
+workspaces/<ws>.json  configurations/<cfg>.json  api_keys/<key>.json  docker_images/<img>.json
 audit/<ws>.ndjson  artifacts/…                           (see ade.records.artifacts)
 runs/<run>/run.json  runs/<run>/logs/events.ndjson  runs/<run>/{work,inputs,outputs}/
 builds/<build>/build.json  builds/<build>/logs/events.ndjson  builds/<build>/{env,source}/  READY
@@ -29,6 +29,10 @@ def api_keys_dir(data_dir: Path) -> Path:
     return data_dir / "api_keys"
 
 
+def docker_images_dir(data_dir: Path) -> Path:
+    return data_dir / "docker_images"
+
+
 def workspace_record(data_dir: Path, workspace_id: str) -> Path:
     return workspaces_dir(data_dir) / f"{workspace_id}.json"
 
@@ -39,6 +43,10 @@ def configuration_record(data_dir: Path, configuration_id: str) -> Path:
 
 def api_key_record(data_dir: Path, key_id: str) -> Path:
     return api_keys_dir(data_dir) / f"{key_id}.json"
+
+
+def docker_image_record(data_dir: Path, image_id: str) -> Path:
+    return docker_images_dir(data_dir) / f"{image_id}.json"
 
 
 def secret_key(data_dir: Path) -> Path:

@@ -308,7 +308,10 @@ async def _run(
     remaining_s = deadline - time.monotonic()
     build_dir = paths.build_dir(settings.data_dir, build.id)
     python = build.spec.constructor == "python"
-    executor = await isolation.executor_for(settings, step.image, needs_host_python=host_python)
+    image, failure = await isolation.image_of(deps, build.workspace_id, step, "build")
+    if failure is not None:
+        raise BuildStopped(failure)
+    executor = await isolation.executor_for(settings, image, needs_host_python=host_python)
     binds = isolation.build_binds(build_dir, writable=True, python=python)
     if host_python or (python and executor != "container"):
         binds += isolation.worker_python_binds(settings, with_wheels=host_python)
@@ -324,7 +327,7 @@ async def _run(
         binds=binds,
         network=build.spec.network,
         limits=limits,
-        image=step.image,
+        image=image,
     )
     watch = LimitWatch(StepSink(rec.writer, step.name, "build"), limits)
     try:

@@ -2,9 +2,9 @@
 sandbox, a non-root user, no network by default, a memory and a pids limit, `--rm`, and a name per step
 so that a timeout or a cancel can stop and remove it whatever happened to the client process.
 
-Images are never pulled (`--pull never` by default): an image is a reference the worker's runtime
-already has. `resolve_image` maps the name a step gives to that reference; the image registry replaces
-it through `set_image_resolver`.
+A step names an image by its slug; the engine resolves it to its reference through the image registry
+(`ade.records.images`) before the step starts. Images are not pulled by default (`ADE_CONTAINER_PULL`
+is `never`): the reference must be one the worker's runtime already has.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 import shlex
 import signal
 import tempfile
-from collections.abc import Callable
 
 from ade.core.settings import Settings
 from ade.execution.sandbox import Spawned, StepJob, kill_group
@@ -33,19 +32,6 @@ class ImageUnavailable(Exception):
 def runtime_cwd() -> str:
     """A private working directory for the runtime: podman's conmon drops an `oom` file in its own."""
     return tempfile.mkdtemp(prefix="ade-container-runtime-")
-
-
-_resolver: Callable[[str], str] = lambda name: name  # noqa: E731 - identity until a registry sets one
-
-
-def set_image_resolver(resolver: Callable[[str], str]) -> None:
-    global _resolver
-    _resolver = resolver
-
-
-def resolve_image(name: str) -> str:
-    """The runtime's reference for the image a step names (default: the name itself)."""
-    return _resolver(name)
 
 
 async def _runtime(settings: Settings, *args: str) -> tuple[int, str]:
@@ -119,7 +105,7 @@ def container_argv(settings: Settings, job: StepJob, image: str) -> list[str]:
 
 async def spawn_container(job: StepJob, events_fd: int, settings: Settings) -> Spawned:
     assert job.image is not None
-    image = resolve_image(job.image)
+    image = job.image
     code, message = await _runtime(settings, "image", "inspect", "--format", "{{.Id}}", image)
     if code != 0:
         raise ImageUnavailable(message or f"{settings.container_runtime} cannot find image {image!r}")

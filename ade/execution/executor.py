@@ -291,7 +291,10 @@ async def _step(
     settings = deps.settings
     step = run.plan.steps[index]
     run_dir = paths.run_dir(settings.data_dir, run.id)
-    executor = await isolation.executor_for(settings, step.image)
+    image, failure = await isolation.image_of(deps, run.workspace_id, step, "step")
+    if failure is not None:
+        return None, failure
+    executor = await isolation.executor_for(settings, image)
     limits = Limits.of(settings, step)
     job = isolation.step_job(
         settings,
@@ -304,7 +307,7 @@ async def _step(
         binds=binds,
         network=run.plan.network,
         limits=limits,
-        image=step.image,
+        image=image,
     )
     watch = LimitWatch(StepSink(rec.writer, step.name, "run"), limits)
     try:

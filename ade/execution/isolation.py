@@ -10,8 +10,11 @@ from functools import partial
 from pathlib import Path
 
 from ade.core import paths
+from ade.core.errors import NotFound
+from ade.core.models import Failure, Step
 from ade.core.settings import Settings
 from ade.execution.container import spawn_container
+from ade.execution.deps import WorkerDeps
 from ade.execution.limits import Limits
 from ade.execution.process import Spawn
 from ade.execution.sandbox import (
@@ -25,6 +28,7 @@ from ade.execution.sandbox import (
     spawn_host,
     spawn_sandbox,
 )
+from ade.records.images import resolve_image
 
 SYSTEM_PREFIXES = ("/usr/", "/bin/", "/lib/", "/lib64/", "/sbin/")
 
@@ -154,3 +158,17 @@ def step_job(
 def container_name(stream_id: str, index: int | str) -> str:
     """A name per step (podman/docker: [a-zA-Z0-9][a-zA-Z0-9_.-]*), unique per attempt."""
     return f"ade-{stream_id}-{index}-{os.urandom(3).hex()}".lower()
+
+
+async def image_of(
+    deps: WorkerDeps, workspace_id: str, step: Step, stage: str
+) -> tuple[str | None, Failure | None]:
+    """The container image reference a step's `image` slug names in its workspace (None: no image), or the
+    `image_unavailable` failure when the slug names nothing (any more)."""
+    if step.image is None:
+        return None, None
+    try:
+        return await resolve_image(deps.store, workspace_id, step.image), None
+    except NotFound as exc:
+        message = f"step {step.name!r}: image {step.image!r}: {exc.message}"
+        return None, Failure(stage=stage, code="image_unavailable", message=message, step=step.name)

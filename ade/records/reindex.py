@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +13,18 @@ import msgspec
 from redis.asyncio import Redis
 
 from ade.core import keys, paths
-from ade.core.models import TERMINAL_RUN_STATUSES, ApiKey, AuditEntry, Build, Configuration, Run, Workspace
+from ade.core.models import (
+    TERMINAL_RUN_STATUSES,
+    ApiKey,
+    AuditEntry,
+    Build,
+    Configuration,
+    DockerImage,
+    Run,
+    Workspace,
+)
 from ade.records.artifacts import ArtifactStore
+from ade.records.images import count_slug_uses, index_image
 from ade.records.store import index_build, index_run
 
 T = TypeVar("T")
@@ -30,6 +40,7 @@ class Counts:
     builds: int = 0
     audit_entries: int = 0
     artifacts: int = 0
+    docker_images: int = 0
     unreadable: list[str] = field(default_factory=list)
 
 
@@ -69,7 +80,15 @@ async def reindex(redis: Redis, data_dir: Path) -> Counts:
         pipe.zadd(keys.workspace_api_keys(key.workspace_id), {key.id: 0})
         counts.api_keys += 1
         pending += 1
+    slug_uses: Counter[str] = Counter()
+    for image, data in _records(paths.docker_images_dir(data_dir).glob("*.json"), DockerImage, counts):
+        index_image(pipe, image, data)
+        slug_uses[image.slug] += 1
+        counts.docker_images += 1
+        pending += 1
+        await flush()
     await flush(force=True)
+    await count_slug_uses(redis, dict(slug_uses))
 
     attempts: dict[str, int] = defaultdict(int)
     for run, data in _records(paths.runs_dir(data_dir).glob(f"*/{paths.RUN_RECORD}"), Run, counts):

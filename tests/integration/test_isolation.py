@@ -26,7 +26,7 @@ from ade.core.settings import Settings
 from ade.execution.sandbox import probe_sandbox
 from tests.api import ade_events, collect_sse, configuration, run, wait_for_end, workspace
 from tests.images.busybox import build_image
-from tests.system import AdeSystem, running
+from tests.system import BOOTSTRAP_TOKEN, AdeSystem, running
 
 pytestmark = pytest.mark.anyio
 
@@ -41,9 +41,22 @@ def _sandbox_works() -> bool:
         return pool.submit(lambda: asyncio.run(probe_sandbox(Settings()))).result() is None
 
 
+IMAGE_SLUG = "ade-test-busybox"
+
+
 @pytest.fixture(scope="session")
-def busybox_image() -> str | None:
-    return build_image("podman")
+def busybox_image(system: AdeSystem) -> str | None:
+    """The test image, built here and registered as a public image: its slug, or None without podman."""
+    reference = build_image("podman")
+    if reference is None:
+        return None
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+    with httpx.Client(base_url=f"{system.base_url}/api/v1", headers=headers) as http:
+        ws = http.post("/workspaces", json={"name": "images"}).json()["id"]
+        body = {"slug": IMAGE_SLUG, "image_url": reference, "public": True}
+        response = http.post(f"/workspaces/{ws}/docker-images", json=body)
+        assert response.status_code == 201, response.text
+    return IMAGE_SLUG
 
 
 def _executors() -> Iterator[Any]:
@@ -64,7 +77,7 @@ def executor(request: pytest.FixtureRequest, busybox_image: str | None) -> str:
 def _step(executor: str, name: str, script: str, **extra: Any) -> dict[str, Any]:
     step = {"name": name, "script": script, **extra}
     if executor == "container":
-        step["image"] = "ade-test-busybox"
+        step["image"] = IMAGE_SLUG
     return step
 
 
@@ -311,8 +324,10 @@ async def test_a_cancelled_container_step_leaves_no_container(client: httpx.Asyn
 
 
 async def test_a_missing_image_fails_image_unavailable(client: httpx.AsyncClient, image: str) -> None:
-    ws = await workspace(client)
-    step = {"name": "s", "script": "true", "image": "ade-test-no-such-image"}
+    ws = await workspace(client)  # the slug is registered, but the runtime has no such image
+    body = {"slug": "ghost", "image_url": "ade-test-no-such-image"}
+    assert (await client.post(f"/workspaces/{ws}/docker-images", json=body)).status_code == 201
+    step = {"name": "s", "script": "true", "image": "ghost"}
     cfg = await configuration(client, ws, [step])
     resource, _ = await _run_to_end(client, cfg)
     assert resource["status"] == "failed"

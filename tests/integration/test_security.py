@@ -77,6 +77,7 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 
 
 CFG_BODY = {"name": "x", "steps": [STEP]}
+IMAGE_BODY = {"slug": "m", "image_url": "docker.io/library/alpine:3"}
 
 # (method, path, body, weakest role allowed). Paths name workspace A's things. A body of bytes is sent raw.
 MATRIX: list[tuple[str, str, dict[str, Any] | bytes | None, str]] = [
@@ -115,6 +116,10 @@ MATRIX: list[tuple[str, str, dict[str, Any] | bytes | None, str]] = [
     ("GET", "/workspaces/{ws_a}/api-keys", None, "admin"),
     ("GET", "/audit-logs?workspace_id={ws_a}", None, "admin"),
     ("DELETE", "/api-keys/{viewer_key_b}", None, "admin"),
+    ("POST", "/workspaces/{ws_a}/docker-images", IMAGE_BODY, "admin"),
+    ("GET", "/workspaces/{ws_a}/docker-images", None, "viewer"),
+    ("GET", "/docker-images/{image_a}", None, "viewer"),
+    ("DELETE", "/docker-images/{image_a}", None, "admin"),
     ("DELETE", "/configurations/{cfg_a}", None, "admin"),
 ]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
@@ -129,7 +134,10 @@ async def test_tenancy_matrix_over_every_endpoint(tenants: Tenants, client: http
     build_running = (
         await client.post(f"/workspaces/{tenants.ws_a}/configurations/{slow_cfg}/builds")
     ).json()["id"]
+    image = {"slug": "tools", "image_url": "localhost/ade-test-busybox:latest"}
+    image_a = (await client.post(f"/workspaces/{tenants.ws_a}/docker-images", json=image)).json()["id"]
     names = {
+        "image_a": image_a,
         "ws_a": tenants.ws_a,
         "cfg_a": tenants.cfg_a,
         "run_a": tenants.run_a,

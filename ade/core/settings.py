@@ -54,6 +54,11 @@ class Settings:
     build_log_retention_s: float = 30 * 24 * 3600.0
     build_env_retention_s: float = 7 * 24 * 3600.0
     build_sweep_interval_s: float = 600.0
+    # Limits against hostile steps (a breach fails the step or build `resource_limit`, except the console)
+    max_output_bytes: int = 1024 * 1024 * 1024  # a run's outputs, measured after each step
+    max_console_bytes_per_run: int = 64 * 1024 * 1024  # console lines + step events; past it they are dropped
+    max_archive_unpacked_bytes: int = 100 * 1024 * 1024  # a build source archive, summed from its headers
+    max_archive_members: int = 50_000  # entries of a build source archive
 
     @classmethod
     def from_env(cls) -> Settings:

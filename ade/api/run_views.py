@@ -108,8 +108,12 @@ class RunViewController(Controller):
             follow=follow,
         )
 
-    @get("/runs/{run_id:str}/logfile", summary="The run's raw NDJSON event log")
-    async def logfile(self, run_id: str, services: Services, principal: Principal) -> File | Stream:
+    @get(
+        "/runs/{run_id:str}/logfile",
+        summary="The run's raw NDJSON event log",
+        media_type="application/x-ndjson",
+    )
+    async def logfile(self, run_id: str, services: Services, principal: Principal) -> Stream:
         """The log's complete lines as they are when asked. The log is opened without following links (a
         step may have replaced it with one): a log that is a link, or not a regular file, is absent."""
         run = await auth.run(services, principal, run_id)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,6 +34,7 @@ PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema", "^/$", "^/static/"]
 # How often an open stream checks that the key behind it is still valid (with KeyValidity's cache of the
 # same length, a revocation ends the stream within about a second; an expiry within half a second).
 KEY_CHECK_INTERVAL_S = 0.5
+KEY_CHECK_TIMEOUT_S = 2.0  # a check Redis does not answer in time is skipped (the stream goes on)
 # Read-only streaming endpoints, the only ones a stream token opens.
 STREAMING_PATH = re.compile(rf"^{API_PREFIX}/(?:runs|builds)/(?P<stream_id>[^/]+)/(?:events|logs)$")
 
@@ -96,51 +96,63 @@ def while_key_valid(
 async def _guarded(
     services: Services, principal: Principal, chunks: AsyncIterator[bytes], farewell: bytes
 ) -> AsyncIterator[bytes]:
-    # The chunks are produced in a task of their own (start to end, so anything they hold is released
-    # where it was taken), and handed over one at a time: the wait for the next one can time out for a
-    # check without cancelling the producer half-way.
-    handoff: asyncio.Queue[tuple[bytes | None, Exception | None]] = asyncio.Queue(maxsize=1)
+    # The chunks are produced in a task of their own (start to end, so anything they hold is released in
+    # the task that took it) and handed over one at a time (bounded). A watcher task checks the key on its
+    # own schedule, so a slow Redis never holds up a frame; when the key is gone it stops the producer and
+    # hands over "gone" after whatever chunk was already waiting.
+    handoff: asyncio.Queue[tuple[str, bytes | Exception | None]] = asyncio.Queue(maxsize=1)
 
     async def produce() -> None:
         try:
             async for chunk in chunks:
-                await handoff.put((chunk, None))
-            await handoff.put((None, None))
+                await handoff.put(("chunk", chunk))
+            await handoff.put(("end", None))
         except Exception as exc:
-            await handoff.put((None, exc))
+            await handoff.put(("error", exc))
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
 
+    async def watch() -> None:
+        failing = False  # warn once per outage, not twice a second
+        while True:
+            await asyncio.sleep(KEY_CHECK_INTERVAL_S)
+            try:
+                valid = await asyncio.wait_for(key_still_valid(services, principal), KEY_CHECK_TIMEOUT_S)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if not failing:
+                    log.warning("cannot check key %s of an open stream (%r)", principal.actor, exc)
+                failing = True
+                continue
+            failing = False
+            if not valid:
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+                await handoff.put(("gone", None))
+                return
+
     producer = asyncio.create_task(produce(), name=f"stream:{principal.actor}")
-    producer.add_done_callback(lambda task: task.cancelled() or task.exception())
-    checked_s = time.monotonic()
+    watcher = asyncio.create_task(watch(), name=f"stream-key:{principal.actor}")
+    for task in (producer, watcher):
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
     try:
         while True:
-            try:
-                chunk, error = await asyncio.wait_for(handoff.get(), KEY_CHECK_INTERVAL_S)
-            except TimeoutError:
-                chunk = error = None
+            kind, item = await handoff.get()
+            if kind == "chunk":
+                assert isinstance(item, bytes)
+                yield item
+            elif kind == "error":
+                assert isinstance(item, Exception)
+                raise item
             else:
-                if error is not None:
-                    raise error
-                if chunk is None:
-                    return
-                yield chunk
-            if time.monotonic() - checked_s >= KEY_CHECK_INTERVAL_S:
-                checked_s = time.monotonic()
-                try:
-                    valid = await key_still_valid(services, principal)
-                except (RedisError, OSError) as exc:
-                    log.warning("cannot check key %s of an open stream (%s)", principal.actor, exc)
-                    continue
-                if not valid:
-                    if farewell:
-                        yield farewell
-                    return
+                if kind == "gone" and farewell:
+                    yield farewell
+                return
     finally:
+        watcher.cancel()
         producer.cancel()
 
 

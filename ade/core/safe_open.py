@@ -13,7 +13,6 @@ a socket, a device, a directory) reads as missing: `FileNotFoundError`.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -92,8 +91,3 @@ def split_below(path: Path, levels: int) -> tuple[Path, list[str]]:
     """`path` as (the directory `levels` components up, the components below it)."""
     levels = max(1, min(levels, len(path.parts) - 1))
     return path.parents[levels - 1], list(path.parts[-levels:])
-
-
-def close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)

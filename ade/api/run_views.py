@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from datetime import datetime
+from functools import partial
+from io import FileIO
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -34,10 +38,11 @@ from ade.events import eventlog
 from ade.events.envelope import StreamRef
 from ade.lifecycle import transitions
 from ade.records.auth import Principal
-from ade.records.outputs import content_type_of, list_outputs, parse_range, resolve_output
+from ade.records.outputs import content_type_of, list_outputs, open_output, outputs_size, parse_range
 from ade.records.summary import ConsolePage, RunSummary, StepSummary
 
 ConsoleStream = Literal["stdout", "stderr"]
+_CHUNK_BYTES = 256 * 1024
 
 
 def _ms(start: datetime | None, end: datetime | None) -> int | None:
@@ -103,19 +108,35 @@ class RunViewController(Controller):
             follow=follow,
         )
 
-    @get("/runs/{run_id:str}/logfile", summary="The run's raw NDJSON event log")
-    async def logfile(self, run_id: str, services: Services, principal: Principal) -> File:
+    @get(
+        "/runs/{run_id:str}/logfile",
+        summary="The run's raw NDJSON event log",
+        media_type="application/x-ndjson",
+    )
+    async def logfile(self, run_id: str, services: Services, principal: Principal) -> Stream:
+        """The log's complete lines as they are when asked. The log is opened without following links (a
+        step may have replaced it with one): a log that is a link, or not a regular file, is absent."""
         run = await auth.run(services, principal, run_id)
-        path = stream_of(services, run).log_path
-        if not path.exists():
-            raise NotFound(f"run {run_id!r} has no log yet", code="log_not_found")
-        return File(path, media_type="application/x-ndjson", filename=f"{run.id}.ndjson")
+        try:
+            fd = eventlog.open_for_reading(stream_of(services, run).log_path)
+        except FileNotFoundError:
+            raise NotFound(f"run {run_id!r} has no log yet", code="log_not_found") from None
+        handle = os.fdopen(fd, "rb", buffering=0)
+        try:
+            size = eventlog.complete_size(fd)
+        except BaseException:
+            handle.close()
+            raise
+        headers = {"Content-Length": str(size), "Content-Disposition": _attachment(f"{run.id}.ndjson")}
+        return Stream(_file_slice(handle, 0, size - 1), media_type="application/x-ndjson", headers=headers)
 
     @get("/runs/{run_id:str}/summary", summary="Status, timings, steps, event counts, progress, outputs")
     async def summary(self, run_id: str, services: Services, principal: Principal) -> RunSummary:
         run = await auth.run(services, principal, run_id)
         fold = services.summaries.fold(stream_of(services, run).log_path)
-        outputs_dir = paths.run_dir(services.settings.data_dir, run.id).outputs
+        data_dir = services.settings.data_dir
+        outputs_dir = paths.run_dir(data_dir, run.id).outputs
+        _, outputs_count = await anyio.to_thread.run_sync(partial(outputs_size, outputs_dir, root=data_dir))
         return RunSummary(
             run_id=run.id,
             status=run.status,
@@ -127,7 +148,7 @@ class RunViewController(Controller):
             events=services.summaries.counts(fold),
             last_progress=fold.last_progress,
             summary=fold.summary,
-            outputs_count=sum(1 for p in outputs_dir.rglob("*") if p.is_file() and not p.is_symlink()),
+            outputs_count=outputs_count,
         )
 
     @get("/runs/{run_id:str}/plan", summary="The configuration snapshot the run executes")
@@ -147,8 +168,9 @@ class RunViewController(Controller):
     @get("/runs/{run_id:str}/outputs", summary="Files the run wrote to $ADE_OUTPUT_DIR")
     async def outputs(self, run_id: str, services: Services, principal: Principal) -> OutputListing:
         run = await auth.run(services, principal, run_id)
+        data_dir = services.settings.data_dir
         items = await anyio.to_thread.run_sync(
-            list_outputs, paths.run_dir(services.settings.data_dir, run.id).outputs
+            partial(list_outputs, paths.run_dir(data_dir, run.id).outputs, root=data_dir)
         )
         base = f"{API_PREFIX}/runs/{run.id}/outputs"
         urls = {item.path: f"{base}/{quote(item.path)}" for item in items}
@@ -168,23 +190,27 @@ class RunViewController(Controller):
         range_header: Annotated[str | None, Parameter(header="Range")] = None,
     ) -> File | Stream:
         run = await auth.run(services, principal, run_id)
-        file = resolve_output(paths.run_dir(services.settings.data_dir, run.id).outputs, path.lstrip("/"))
-        size = file.stat().st_size
-        content_type = content_type_of(file.name)
-        wanted = parse_range(range_header, size)
-        if wanted is None:
-            return File(file, media_type=content_type, filename=file.name, headers={"Accept-Ranges": "bytes"})
-        start, end = wanted
-        return Stream(
-            _file_slice(file, start, end),
-            status_code=206,
-            media_type=content_type,
-            headers={
-                "Content-Range": f"bytes {start}-{end}/{size}",
-                "Content-Length": str(end - start + 1),
-                "Accept-Ranges": "bytes",
-            },
+        data_dir = services.settings.data_dir
+        requested = path.lstrip("/")
+        handle = await anyio.to_thread.run_sync(
+            partial(open_output, paths.run_dir(data_dir, run.id).outputs, requested, root=data_dir)
         )
+        try:  # from here on, only the open file is read: what was checked is what is served
+            size = os.fstat(handle.fileno()).st_size
+            name = requested.rsplit("/", 1)[-1]
+            content_type = content_type_of(name)
+            wanted = parse_range(range_header, size)
+        except BaseException:
+            handle.close()
+            raise
+        headers = {"Accept-Ranges": "bytes"}
+        if wanted is None:
+            headers |= {"Content-Length": str(size), "Content-Disposition": _attachment(name)}
+            return Stream(_file_slice(handle, 0, size - 1), media_type=content_type, headers=headers)
+        start, end = wanted
+        headers |= {"Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1)}
+        body = _file_slice(handle, start, end)
+        return Stream(body, status_code=206, media_type=content_type, headers=headers)
 
     @get(
         "/runs/{run_id:str}/diagnostics",
@@ -211,7 +237,7 @@ class RunViewController(Controller):
             steps=public_steps(run.plan.steps),
             failure=run.failure,
             cancel_requested_by=run.cancel_requested_by,
-            log_bytes=log_path.stat().st_size if log_path.exists() else 0,
+            log_bytes=_log_bytes(log_path),
             last_sequence=tail.sequence if tail else 0,
         )
 
@@ -227,13 +253,31 @@ async def _input_file(services: Services, run: Run, item: InputArtifact) -> Inpu
     )
 
 
-async def _file_slice(path: Any, start: int, end: int) -> AsyncIterator[bytes]:
-    async with await anyio.open_file(path, "rb") as handle:
-        await handle.seek(start)
-        remaining = end - start + 1
-        while remaining > 0:
-            chunk = await handle.read(min(remaining, 64 * 1024))
+def _attachment(name: str) -> str:
+    quoted = quote(name)
+    return f'attachment; filename="{name}"' if quoted == name else f"attachment; filename*=utf-8''{quoted}"
+
+
+def _log_bytes(log_path: Path) -> int:
+    try:
+        fd = eventlog.open_for_reading(log_path)
+    except FileNotFoundError:
+        return 0
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+async def _file_slice(handle: FileIO, start: int, end: int) -> AsyncIterator[bytes]:
+    """Bytes `start`..`end` (inclusive) of an open file, then the file is closed. (Never started, the
+    generator drops its file, which closes itself.)"""
+    with handle:
+        fd, position = handle.fileno(), start
+        while position <= end:
+            wanted = min(end - position + 1, _CHUNK_BYTES)
+            chunk = await anyio.to_thread.run_sync(os.pread, fd, wanted, position)
             if not chunk:
-                return
-            remaining -= len(chunk)
+                return  # the file shrank since it was measured: the response ends short
+            position += len(chunk)
             yield chunk

@@ -15,6 +15,7 @@ from litestar import Request, Response
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
+from ade.api.auth import while_key_valid
 from ade.api.deps import API_PREFIX, Services
 from ade.core import keys
 from ade.core.errors import Invalid, TooManyRequests
@@ -25,6 +26,7 @@ from ade.events.follow import follow, stream_frames
 from ade.records.auth import Principal
 from ade.records.summary import ConsolePage, console_line, console_page
 
+KEY_GONE_FRAME = b": the key behind this stream was revoked or has expired\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 EventsFormat = Literal["json", "ndjson"]
 
@@ -107,6 +109,7 @@ async def sse_response(
         page_events=settings.replay_page_events,
         ended=record_ended(services, stream),
     )
+    frames = while_key_valid(services, principal, frames, KEY_GONE_FRAME)
     return Stream(slot.hold(frames), media_type="text/event-stream", headers=SSE_HEADERS, status_code=200)
 
 
@@ -162,6 +165,7 @@ async def logs_response(
     slot = StreamSlot(services, principal.actor)
     await slot.take()
     lines = _followed_text(services, stream, after_sequence, console_stream)
+    lines = while_key_valid(services, principal, lines)
     return Stream(slot.hold(lines), media_type="text/plain", headers=SSE_HEADERS)
 
 

@@ -65,6 +65,11 @@ class Settings:
     container_pull: str = "never"  # never pull: images come from the worker's own store
     step_max_memory_mb: int = 4096  # per step (sandbox: address space of each process; container: cgroup)
     step_max_processes: int = 512  # per step (sandbox: RLIMIT_NPROC in its user namespace; container: pids)
+    # Limits against hostile steps (a breach fails the step or build `resource_limit`, except the console)
+    max_output_bytes: int = 1024 * 1024 * 1024  # a run's outputs, measured after each step
+    max_console_bytes_per_run: int = 64 * 1024 * 1024  # console lines + step events; past it they are dropped
+    max_archive_unpacked_bytes: int = 100 * 1024 * 1024  # a build source archive, summed from its headers
+    max_archive_members: int = 50_000  # entries of a build source archive
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -4,6 +4,10 @@ Each line is one encoded event ending in `\\n`, sequences 1, 2, 3, … in file o
 count: a torn tail (a writer killed mid-write) is never read, and the next writer truncates it before
 appending. Sequences are dense and ordered, so a binary search over byte offsets finds any sequence in
 O(log n) line reads, and the last line gives the next sequence in O(1).
+
+A step may plant links in its run's directory (with the host executor, even in place of the log), so every
+reader and the appender open the log through `ade.core.safe_open`: no component below the data directory
+is followed if it is a link, and a log that is not a regular file reads as missing.
 """
 
 from __future__ import annotations
@@ -13,11 +17,32 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ade.core import paths
 from ade.core.errors import LogWriteFailed
+from ade.core.safe_open import open_no_follow, split_below
 from ade.events.envelope import HEAD_DECODER, EventHead
 
 _CHUNK_BYTES = 64 * 1024
 _PROBE_BYTES = 4096  # a binary-search probe reads about one line
+
+
+def _below_data_dir(path: Path) -> tuple[Path, list[str]]:
+    """A stream's log is `<data dir>/<runs|builds>/<id>/logs/events.ndjson`: the data directory is trusted,
+    the four components below it are not. Any other path (a bare file in a test): its directory is."""
+    shaped = (
+        len(path.parts) > 4
+        and path.name == paths.LOG_NAME
+        and path.parent.name == "logs"
+        and path.parents[2].name in ("runs", "builds")
+    )
+    return split_below(path, 4 if shaped else 1)
+
+
+def open_for_reading(path: Path) -> int:
+    """A read-only fd of the log; `FileNotFoundError` if it is missing, or a link or not a regular file, or
+    a directory on its way is a link."""
+    root, relative = _below_data_dir(path)
+    return open_no_follow(root, relative)
 
 
 @dataclass(slots=True)
@@ -26,7 +51,7 @@ class LinesPage:
     next_offset: int  # where the line after the last one returned starts
 
 
-def _complete_size(fd: int) -> int:
+def complete_size(fd: int) -> int:
     """Size of the log up to and including its last newline (a torn tail is excluded)."""
     size = os.fstat(fd).st_size
     end = size
@@ -62,11 +87,11 @@ def _last_line(fd: int, end: int) -> bytes | None:
 def tail(path: Path) -> EventHead | None:
     """The head (sequence, type) of the last complete line, reading only the end of the file."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_for_reading(path)
     except FileNotFoundError:
         return None
     try:
-        line = _last_line(fd, _complete_size(fd))
+        line = _last_line(fd, complete_size(fd))
         return HEAD_DECODER.decode(line) if line else None
     finally:
         os.close(fd)
@@ -108,11 +133,11 @@ def offset_after(path: Path, after_sequence: int) -> int:
     Returns the end of the complete part of the file when no such line exists yet.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_for_reading(path)
     except FileNotFoundError:
         return 0
     try:
-        size = _complete_size(fd)
+        size = complete_size(fd)
         if after_sequence <= 0:
             return 0
         lo, hi = 0, size
@@ -136,7 +161,7 @@ def offset_after(path: Path, after_sequence: int) -> int:
 def read_lines(path: Path, offset: int, limit: int) -> LinesPage:
     """Up to `limit` complete lines starting at byte `offset`."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_for_reading(path)
     except FileNotFoundError:
         return LinesPage([], offset)
     try:
@@ -168,8 +193,9 @@ class LogWriter:
         self._fsync = fsync
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            complete = _complete_size(self._fd)
+            root, relative = _below_data_dir(path)
+            self._fd = open_no_follow(root, relative, flags=os.O_RDWR | os.O_CREAT | os.O_APPEND)
+            complete = complete_size(self._fd)
             if complete != os.fstat(self._fd).st_size:
                 os.ftruncate(self._fd, complete)  # drop a torn tail: it was never published
             line = _last_line(self._fd, complete)

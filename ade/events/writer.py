@@ -27,6 +27,7 @@ from ade.core.outage import REDIS, Backoff
 from ade.events import eventlog
 from ade.events.envelope import Event, Source, StreamRef, encode_event
 from ade.events.eventlog import LogWriter
+from ade.events.masking import Masker
 from ade.events.payloads import Payload
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ class Identity:
 # An event to emit: its type, its payload (a catalog struct, or an `engine.*` event's dict), its source.
 EventSpec = tuple[str, Payload | dict[str, Any], Source]
 MAX_SLICE_EVENTS = 512
-MASK = "***"
 
 
 class StreamWriter:
@@ -86,7 +86,7 @@ class StreamWriter:
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
         self._acquire_timeout_s = acquire_timeout_s
         self._fsync = fsync
-        self._redact = sorted({value for value in redact if value}, key=len, reverse=True)
+        self._masker = Masker(redact)  # secret values, masked in every event (`ade.events.masking`)
         self._token = secrets.token_hex(16)
         self._lock = asyncio.Lock()
         self._lease_lost = False
@@ -142,6 +142,8 @@ class StreamWriter:
             event_ids = ids.new_ids(ids.EVENT, len(specs))
             for event_id, (type_, payload, source) in zip(event_ids, specs, strict=True):
                 sequence += 1
+                if source == "engine" and self._masker:  # a step chose this name: it may hold a secret
+                    type_ = self._masker.text(type_)
                 event = Event(
                     type=type_,
                     sequence=sequence,
@@ -152,7 +154,7 @@ class StreamWriter:
                     configuration_id=ident.configuration_id,
                     run_id=ident.run_id,
                     build_id=ident.build_id,
-                    payload=self._masked(msgspec.to_builtins(payload)) if self._redact else payload,
+                    payload=self._masked(msgspec.to_builtins(payload)) if self._masker else payload,
                 )
                 events.append(event)
                 encoded.append(encode_event(event))
@@ -162,16 +164,12 @@ class StreamWriter:
             return events
 
     def _masked(self, value: Any) -> Any:
-        """Secret values replaced by `***` in every string of a payload (keys and structure untouched)."""
-        if isinstance(value, str):
-            for secret in self._redact:
-                value = value.replace(secret, MASK)
-            return value
-        if isinstance(value, dict):
-            return {key: self._masked(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self._masked(item) for item in value]
-        return value
+        """Secret values replaced by `***` in every string, object key and number of a payload."""
+        return self._masker.value(value)
+
+    def reveals(self, text: str) -> bool:
+        """Whether `text` contains one of the secret values this writer masks."""
+        return self._masker.reveals(text)
 
     async def _publish(self, encoded: list[bytes]) -> None:
         """One message per slice: its events' encoded lines joined by newlines (the hub splits them)."""

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import shlex
+import stat
 import sys
 import tarfile
 import time
@@ -35,6 +36,7 @@ from ade.core.models import (
     plain_environment,
     secret_values,
 )
+from ade.core.settings import get_settings
 from ade.events.payloads import ConsoleLine, PhaseCompleted, PhaseStarted, StepEndStatus
 from ade.events.writer import StreamWriter
 from ade.execution import isolation
@@ -91,23 +93,98 @@ def check_member(name: str) -> None:
         )
 
 
-def unpack(archive: Path, destination: Path) -> int:
-    """Unpack a tar(.gz) or zip archive, refusing (not silently fixing) members that would escape."""
+class ArchiveTooLarge(Invalid):
+    """A source archive past ADE_MAX_ARCHIVE_UNPACKED_BYTES or ADE_MAX_ARCHIVE_MEMBERS: the build fails
+    `resource_limit` (the `source` phase turns every `Invalid` into the build's failure)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="resource_limit")
+
+
+BYTES_SETTING, MEMBERS_SETTING = "ADE_MAX_ARCHIVE_UNPACKED_BYTES", "ADE_MAX_ARCHIVE_MEMBERS"
+
+
+def _over(what: str, limit: int, setting: str) -> ArchiveTooLarge:
+    return ArchiveTooLarge(f"the source archive {what}, over the limit of {limit} ({setting})")
+
+
+class _Limits:
+    """Running totals against the limits: declared sizes before anything is written, then what was
+    written (the guard during extraction)."""
+
+    def __init__(self, max_bytes: int | None, max_members: int | None) -> None:
+        if max_bytes is None or max_members is None:
+            settings = get_settings()
+            max_bytes = settings.max_archive_unpacked_bytes if max_bytes is None else max_bytes
+            max_members = settings.max_archive_members if max_members is None else max_members
+        self.max_bytes, self.max_members = max_bytes, max_members
+        self.declared = self.written = self.members = 0
+
+    def member(self, size: int) -> None:
+        self.members += 1
+        self.declared += size
+        if self.members > self.max_members:
+            raise _over(f"has more than {self.max_members} entries", self.max_members, MEMBERS_SETTING)
+        if self.declared > self.max_bytes:
+            raise _over(f"unpacks to more than {self.max_bytes} bytes", self.max_bytes, BYTES_SETTING)
+
+    def extracted(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode):
+                self.written += info.st_size
+        if self.written > self.max_bytes:
+            raise _over(f"unpacked to more than {self.max_bytes} bytes", self.max_bytes, BYTES_SETTING)
+
+
+def _zip_entries(archive: Path) -> int | None:
+    """The entry count the zip's end record declares, read before its central directory is (a small
+    archive can declare millions of entries, each a Python object once read)."""
+    end_record = getattr(zipfile, "_EndRecData", None)
+    if end_record is None:
+        return None
+    with archive.open("rb") as handle:
+        record = end_record(handle)
+    return int(record[4]) if record else None  # zipfile._ECD_ENTRIES_TOTAL
+
+
+def unpack(
+    archive: Path, destination: Path, *, max_bytes: int | None = None, max_members: int | None = None
+) -> int:
+    """Unpack a tar(.gz) or zip archive, refusing (not silently fixing) members that would escape, and
+    archives past the limits (default: ADE_MAX_ARCHIVE_UNPACKED_BYTES, ADE_MAX_ARCHIVE_MEMBERS).
+
+    The limits are checked before anything is extracted, from the sizes the members' headers declare
+    (for a compressed tar, reading stops as soon as the declared total passes the limit, so a bomb is
+    never inflated in full), and again during extraction, from the sizes of the files written.
+    """
+    limits = _Limits(max_bytes, max_members)
     destination.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
+        declared = _zip_entries(archive)
+        if declared is not None and declared > limits.max_members:
+            raise _over(f"declares {declared} entries", limits.max_members, MEMBERS_SETTING)
         with zipfile.ZipFile(archive) as bundle:
-            for info in bundle.infolist():
+            infos = bundle.infolist()
+            for info in infos:
                 check_member(info.filename)
-            bundle.extractall(destination)
-            return len(bundle.infolist())
+                limits.member(info.file_size)  # zipfile never reads past the declared size
+            for info in infos:
+                limits.extracted(Path(bundle.extract(info, destination)))
+            return len(infos)
     try:
         with tarfile.open(archive, "r:*") as bundle:
-            members = bundle.getmembers()
-            for member in members:
+            members: list[tarfile.TarInfo] = []
+            for member in bundle:  # headers only: stops at the first member past a limit
                 check_member(member.name)
                 if member.issym() or member.islnk():
                     check_member(member.linkname)
-            bundle.extractall(destination, filter="data")  # also refuses devices and links leaving the tree
+                limits.member(member.size if member.isreg() else 0)
+                members.append(member)
+            for member in members:
+                # The data filter also refuses devices and links leaving the tree.
+                bundle.extract(member, destination, filter="data")
+                limits.extracted(destination / member.name)
             return len(members)
     except tarfile.TarError as exc:
         raise Invalid(

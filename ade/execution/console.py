@@ -1,13 +1,17 @@
-"""A step's output as events: console lines (scope `run` or `build`) and validated engine events."""
+"""A step's output as events: console lines (scope `run` or `build`) and validated engine events, within
+the stream's console budget."""
 
 from __future__ import annotations
 
 import re
+import weakref
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
 from ade.core.jsondepth import json_depth
+from ade.core.settings import get_settings
 from ade.events import envelope as ev
 from ade.events.payloads import ConsoleLine
 from ade.events.writer import EventSpec, StreamWriter
@@ -16,6 +20,9 @@ from ade.execution.process import Line
 ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 MAX_STEP_EVENT_DEPTH = 32  # levels of nested objects/arrays in an ADE_EVENTS_FD line, the object itself is 1
 _engine_decoder = msgspec.json.Decoder(dict[str, Any])
+# What a console line or step event costs the budget besides its own bytes: about what its envelope adds to
+# the log (type, sequence, ids, time), so the budget bounds the log, however short the lines.
+EVENT_OVERHEAD_BYTES = 360
 
 
 def engine_event(line: bytes, step: str, scope: Literal["run", "build"] = "run") -> EventSpec:
@@ -37,33 +44,101 @@ def engine_event(line: bytes, step: str, scope: Literal["run", "build"] = "run")
             raise ValueError(f"`type` {name!r} is not an allowed engine event name")
     except (msgspec.DecodeError, KeyError, ValueError) as exc:
         reason = "expected a JSON object with a `type`" if isinstance(exc, KeyError) else str(exc)
-        message = f"[ade] ignored an event written to ADE_EVENTS_FD: {reason}"
-        return (
-            ConsoleLine.TYPE,
-            ConsoleLine(scope=scope, stream="stderr", step=step, message=message),
-            "worker",
-        )
+        return _refused(step, scope, reason)
     body.pop("sequence", None)
     return ev.ENGINE_PREFIX + name, {**body, "step": step}, "engine"
 
 
-class StepSink:
-    """Turns a step's line batches into dispatcher batches."""
+def _refused(step: str, scope: Literal["run", "build"], reason: str) -> EventSpec:
+    message = f"[ade] ignored an event written to ADE_EVENTS_FD: {reason}"
+    return ConsoleLine.TYPE, ConsoleLine(scope=scope, stream="stderr", step=step, message=message), "worker"
 
-    def __init__(self, writer: StreamWriter, step: str, scope: Literal["run", "build"]) -> None:
+
+@dataclass(slots=True)
+class ConsoleBudget:
+    """The bytes of console lines and step events one stream (a run's, a build's) may still add to its log,
+    shared by all its steps (ADE_MAX_CONSOLE_BYTES_PER_RUN). Past it, output is dropped and one line says so;
+    the run goes on."""
+
+    limit_bytes: int
+    used_bytes: int = 0
+    exhausted: bool = False
+
+    def take(self, size: int) -> bool | None:
+        """True: within the budget. None: this is the first item past it (say so once). False: dropped."""
+        if self.exhausted:
+            return False
+        if self.used_bytes + size + EVENT_OVERHEAD_BYTES > self.limit_bytes:
+            self.exhausted = True
+            return None
+        self.used_bytes += size + EVENT_OVERHEAD_BYTES
+        return True
+
+
+_budgets: weakref.WeakKeyDictionary[StreamWriter, ConsoleBudget] = weakref.WeakKeyDictionary()
+
+
+def budget_of(writer: StreamWriter, limit_bytes: int | None = None) -> ConsoleBudget:
+    """The console budget of the stream `writer` writes (one per writer, so one per run or build)."""
+    budget = _budgets.get(writer)
+    if budget is None:
+        if limit_bytes is None:
+            limit_bytes = get_settings().max_console_bytes_per_run
+        budget = _budgets[writer] = ConsoleBudget(limit_bytes)
+    return budget
+
+
+class StepSink:
+    """Turns a step's line batches into dispatcher batches.
+
+    An `engine.*` name holding a secret value is refused like any bad event line (the dispatcher would
+    mask it, but a masked name is no name). Console lines and step events draw on the stream's
+    ConsoleBudget (`limit_bytes`: default ADE_MAX_CONSOLE_BYTES_PER_RUN).
+    """
+
+    def __init__(
+        self,
+        writer: StreamWriter,
+        step: str,
+        scope: Literal["run", "build"],
+        *,
+        limit_bytes: int | None = None,
+    ) -> None:
         self._writer = writer
         self._step = step
         self._scope = scope
+        self._budget = budget_of(writer, limit_bytes)
 
     async def __call__(self, pipe: str, lines: list[Line]) -> None:
-        step, scope = self._step, self._scope
+        step, scope, budget = self._step, self._scope, self._budget
         specs: list[EventSpec] = []
         for text, truncated in lines:
+            if pipe == "events" and not text.strip():
+                continue
+            allowed = budget.take(len(text))
+            if allowed is None:
+                specs.append(self._limit_reached())
+            if not allowed:
+                continue
             if pipe == "events":
-                if text.strip():
-                    specs.append(engine_event(text, step, self._scope))
+                spec = engine_event(text, step, scope)
+                if spec[2] == "engine" and self._writer.reveals(spec[0]):
+                    spec = _refused(step, scope, "its `type` contains a secret value")
+                specs.append(spec)
                 continue
             message = text.decode("utf-8", "replace")
             line = ConsoleLine(scope=scope, stream=pipe, step=step, message=message, truncated=truncated)
             specs.append((ConsoleLine.TYPE, line, "worker"))
-        await self._writer.emit_many(specs)
+        if specs:
+            await self._writer.emit_many(specs)
+
+    def _limit_reached(self) -> EventSpec:
+        limit = self._budget.limit_bytes
+        message = (
+            f"[ade] this {self._scope} reached its console limit of {limit} bytes "
+            f"(ADE_MAX_CONSOLE_BYTES_PER_RUN; each line or step event counts its bytes plus "
+            f"{EVENT_OVERHEAD_BYTES}): further console lines and step events of this {self._scope} are "
+            "dropped; it goes on running"
+        )
+        line = ConsoleLine(scope=self._scope, stream="stderr", step=self._step, message=message)
+        return ConsoleLine.TYPE, line, "worker"

@@ -22,6 +22,7 @@ from ade.core.models import (
     TERMINAL_BUILD_STATUSES,
     TERMINAL_RUN_STATUSES,
     Build,
+    Environment,
     Failure,
     Run,
     Step,
@@ -46,6 +47,7 @@ from ade.lifecycle.builds import build_stream
 from ade.lifecycle.runs import run_writer
 from ade.lifecycle.transitions import Recorder
 from ade.records.artifacts import safe_input_name
+from ade.records.outputs import outputs_size
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +94,7 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
         return
     if run.status in TERMINAL_RUN_STATUSES:
         return
-    secrets = secret_values(run.plan.environment)
-    for step in run.plan.steps:
-        secrets += secret_values(step.environment)
+    secrets = await _run_secrets(deps, run)
     cancel_event = deps.cancels.register(run.id)
     current_run_id.set(run.id)
     current_build_id.set(run.build_id)
@@ -116,6 +116,44 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
             await _execute(deps, run, rec, _Cancellation(deps, run, rec, cancel_event))
     finally:
         deps.cancels.unregister(run_id)
+
+
+def _spec_secrets(environment: Environment, steps: list[Step]) -> list[str]:
+    found = secret_values(environment)
+    for step in steps:
+        found += secret_values(step.environment)
+    return found
+
+
+async def _run_secrets(deps: WorkerDeps, run: Run) -> list[str]:
+    """What the run's stream masks: its own secret values and its build's (a build step may leave them in
+    files the run's steps read), from the plan's build spec and from the build it uses."""
+    secrets = _spec_secrets(run.plan.environment, run.plan.steps)
+    if run.plan.build is not None:
+        secrets += _spec_secrets(run.plan.build.environment, run.plan.build.steps)
+    if run.build_id is not None:
+        with contextlib.suppress(NotFound):
+            build = await deps.store.get_build(run.build_id)
+            secrets += _spec_secrets(build.spec.environment, build.spec.steps)
+            if build.reused_from is not None:  # its environment was made by that build
+                origin = await deps.store.get_build(build.reused_from)
+                secrets += _spec_secrets(origin.spec.environment, origin.spec.steps)
+    return secrets
+
+
+async def _outputs_over_limit(deps: WorkerDeps, run: Run, step: Step) -> Failure | None:
+    """A resource_limit failure if the run's outputs (measured without following links) exceed
+    ADE_MAX_OUTPUT_BYTES after `step`."""
+    limit = deps.settings.max_output_bytes
+    outputs_dir = paths.run_dir(deps.settings.data_dir, run.id).outputs
+    size, files = await asyncio.to_thread(outputs_size, outputs_dir, root=deps.settings.data_dir)
+    if size <= limit:
+        return None
+    message = (
+        f"step {step.name!r} left {size} bytes of outputs ({files} files), over the limit of {limit} bytes "
+        "(ADE_MAX_OUTPUT_BYTES)"
+    )
+    return Failure(stage="step", code="resource_limit", message=message, step=step.name)
 
 
 async def _execute(deps: WorkerDeps, run: Run, rec: Recorder, cancellation: _Cancellation) -> None:
@@ -261,6 +299,9 @@ async def _execute_steps(
             )
             await transitions.finish_step(rec, run, index, "failed", exit_code=exit_code, failure=failure)
             return exit_code, failure
+        if over := await _outputs_over_limit(deps, run, step):
+            await transitions.finish_step(rec, run, index, "failed", exit_code=exit_code, failure=over)
+            return exit_code, over
         await transitions.finish_step(rec, run, index, "succeeded", exit_code=exit_code)
     return exit_code, None
 

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,11 +84,16 @@ def load_signing_key(data_dir: Path) -> bytes:
 
 
 class StreamTokens:
-    """Signed, expiring tokens for one stream's read-only streaming endpoints (`?token=`)."""
+    """Signed, expiring tokens for one stream's read-only streaming endpoints (`?token=`).
+
+    A token names the key that minted it (`a`: the key id, or `bootstrap`); it is only as good as that key:
+    the API checks the key on every use and while a stream it opened is open (`KeyValidity`).
+    """
 
     def __init__(self, signing_key: bytes, ttl_s: float) -> None:
         self._serializer = URLSafeSerializer(signing_key, salt="ade-stream-token")
         self.ttl_s = ttl_s
+        self.keys = KeyValidity()  # this process's cache of the minting keys' validity
 
     def issue(self, principal: Principal, workspace_id: str, stream_id: str) -> tuple[str, datetime]:
         expires_at = datetime.now(UTC) + timedelta(seconds=self.ttl_s)
@@ -107,3 +114,33 @@ class StreamTokens:
         return Principal(
             actor=str(claims["a"]), role="viewer", workspace_id=str(claims["w"]), stream_id=stream_id
         )
+
+
+FindKey = Callable[[str], Awaitable[ApiKey | None]]
+
+
+class KeyValidity:
+    """Whether the API key behind a principal is still valid: it exists, is not revoked and has not
+    expired. Asked of the store at most once per `cache_s` per key in a process (so many streams of one
+    key cost one lookup); an expiry time is compared with the clock on every check, never cached. The
+    bootstrap token is always valid (it is configuration, not a key)."""
+
+    def __init__(self, cache_s: float = 0.5, max_entries: int = 10_000) -> None:
+        self._cache_s = cache_s
+        self._max_entries = max_entries
+        self._known: dict[str, tuple[float, bool, datetime | None]] = {}  # id -> (checked, valid, expires)
+
+    async def valid(self, find: FindKey, actor: str) -> bool:
+        if actor == BOOTSTRAP_ACTOR:
+            return True
+        now = time.monotonic()
+        known = self._known.get(actor)
+        if known is None or now - known[0] > self._cache_s:
+            key = await find(actor)
+            usable = key is not None and key.revoked_at is None
+            known = (now, usable, key.expires_at if key is not None else None)
+            if len(self._known) >= self._max_entries:
+                self._known = {k: v for k, v in self._known.items() if now - v[0] <= self._cache_s}
+            self._known[actor] = known
+        _, usable, expires_at = known
+        return usable and (expires_at is None or expires_at > datetime.now(UTC))

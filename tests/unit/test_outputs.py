@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from ade.core.errors import AdeError, Invalid, NotFound
-from ade.records.outputs import OutputFile, RangeNotSatisfiable, list_outputs, parse_range, resolve_output
+from ade.records.outputs import (
+    OutputFile,
+    RangeNotSatisfiable,
+    list_outputs,
+    open_output,
+    outputs_size,
+    parse_range,
+)
 
 
 @pytest.fixture
@@ -23,6 +30,11 @@ def outputs(tmp_path: Path) -> Path:
     (out / "empty").mkdir()
     (tmp_path / "run" / "secret.txt").write_bytes(b"secret")
     return out
+
+
+def read(output_dir: Path, requested: str, root: Path | None = None) -> bytes:
+    with open_output(output_dir, requested, root=root) as handle:
+        return handle.read()
 
 
 def sha(data: bytes) -> str:
@@ -81,13 +93,13 @@ def test_list_outputs_skips_fifos(tmp_path: Path) -> None:
     assert [output.path for output in list_outputs(tmp_path)] == ["file"]
 
 
-# resolve_output --------------------------------------------------------------------------------------
+# open_output ----------------------------------------------------------------------------------------
 
 
-def test_resolve_output_finds_nested_files(outputs: Path) -> None:
-    assert resolve_output(outputs, "reports/2024/data.bin") == outputs / "reports" / "2024" / "data.bin"
-    assert resolve_output(outputs, "report.txt").read_bytes() == b"done\n"
-    assert resolve_output(outputs, "./reports//summary.json") == outputs / "reports" / "summary.json"
+def test_open_output_finds_nested_files(outputs: Path) -> None:
+    assert read(outputs, "reports/2024/data.bin") == b"\x00" * 3000
+    assert read(outputs, "report.txt") == b"done\n"
+    assert read(outputs, "./reports//summary.json") == b"{}"
 
 
 @pytest.mark.parametrize(
@@ -112,9 +124,9 @@ def test_resolve_output_finds_nested_files(outputs: Path) -> None:
         "./",
     ],
 )
-def test_resolve_output_rejects_traversal_as_invalid_path(outputs: Path, requested: str) -> None:
+def test_open_output_rejects_traversal_as_invalid_path(outputs: Path, requested: str) -> None:
     with pytest.raises(Invalid) as caught:
-        resolve_output(outputs, requested)
+        open_output(outputs, requested)
     assert caught.value.code == "invalid_path"
 
 
@@ -133,30 +145,77 @@ def test_resolve_output_rejects_traversal_as_invalid_path(outputs: Path, request
         "x" * 300,  # name too long for the filesystem
     ],
 )
-def test_resolve_output_treats_non_files_and_symlinks_as_absent(
+def test_open_output_treats_non_files_and_symlinks_as_absent(
     outputs: Path, tmp_path: Path, requested: str
 ) -> None:
     add_symlinks(outputs, tmp_path)
     with pytest.raises(NotFound) as caught:
-        resolve_output(outputs, requested)
+        open_output(outputs, requested)
     assert caught.value.code == "output_not_found"
 
 
-def test_resolve_output_refuses_an_output_dir_replaced_by_a_symlink(tmp_path: Path) -> None:
+def test_open_output_refuses_an_output_dir_replaced_by_a_symlink(tmp_path: Path) -> None:
     (tmp_path / "secret.txt").write_bytes(b"secret")
     out = tmp_path / "outputs"
     out.symlink_to(tmp_path, target_is_directory=True)  # a step did `rm -r $ADE_OUTPUT_DIR; ln -s .. …`
     with pytest.raises(NotFound):
-        resolve_output(out, "secret.txt")
+        open_output(out, "secret.txt")
 
 
-def test_resolve_output_accepts_odd_but_harmless_names(outputs: Path) -> None:
+def test_open_output_accepts_odd_but_harmless_names(outputs: Path) -> None:
     (outputs / "100%.txt").write_bytes(b"full")
     (outputs / "a%20b.txt").write_bytes(b"literal")
     (outputs / "...").write_bytes(b"dots")
-    assert resolve_output(outputs, "100%.txt").read_bytes() == b"full"
-    assert resolve_output(outputs, "a%20b.txt").read_bytes() == b"literal"  # looked up as requested
-    assert resolve_output(outputs, "...").read_bytes() == b"dots"
+    assert read(outputs, "100%.txt") == b"full"
+    assert read(outputs, "a%20b.txt") == b"literal"  # looked up as requested
+    assert read(outputs, "...") == b"dots"
+
+
+def test_open_output_refuses_fifos_without_waiting_for_a_writer(outputs: Path) -> None:
+    os.mkfifo(outputs / "pipe")
+    with pytest.raises(NotFound):
+        open_output(outputs, "pipe")
+
+
+def test_every_component_below_the_root_is_checked(tmp_path: Path) -> None:
+    """A run directory swapped for a link to another run's: with the data directory as the root, the
+    outputs below the link are neither served, listed nor counted."""
+    other = tmp_path / "runs" / "run_other" / "outputs"
+    other.mkdir(parents=True)
+    (other / "theirs.txt").write_bytes(b"another tenant's")
+    (tmp_path / "runs" / "run_mine").symlink_to(other.parent, target_is_directory=True)
+    mine = tmp_path / "runs" / "run_mine" / "outputs"
+    assert read(mine, "theirs.txt") == b"another tenant's"  # what the old check on outputs/ alone allowed
+    with pytest.raises(NotFound):
+        open_output(mine, "theirs.txt", root=tmp_path)
+    assert list_outputs(mine, root=tmp_path) == []
+    assert outputs_size(mine, root=tmp_path) == (0, 0)
+
+
+def test_an_open_output_stays_the_file_that_was_checked(outputs: Path) -> None:
+    with open_output(outputs, "report.txt") as handle:
+        (outputs / "report.txt").unlink()
+        (outputs / "report.txt").symlink_to("/etc/passwd")
+        assert handle.read() == b"done\n"
+
+
+def test_outputs_size_counts_regular_files_only(outputs: Path, tmp_path: Path) -> None:
+    add_symlinks(outputs, tmp_path)
+    os.mkfifo(outputs / "pipe")
+    assert outputs_size(outputs) == (5 + 2 + 3000, 3)
+    with open(outputs / "sparse", "wb") as handle:
+        handle.truncate(10**9)  # a sparse file counts its apparent size
+    assert outputs_size(outputs) == (5 + 2 + 3000 + 10**9, 4)
+
+
+def test_deep_directories_are_neither_listed_nor_served(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*["d"] * 70)
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"x")
+    (tmp_path / "top").write_bytes(b"y")
+    assert [output.path for output in list_outputs(tmp_path)] == ["top"]
+    with pytest.raises(NotFound):
+        open_output(tmp_path, "/".join(["d"] * 70 + ["f"]))
 
 
 # parse_range -----------------------------------------------------------------------------------------

@@ -111,21 +111,28 @@ class AdeSystem:
         self.redis.stop()
 
 
-def live_processes_in_group(pgid: int) -> list[int]:
-    """Pids of processes (not zombies) whose process group is `pgid`, read from /proc."""
+def processes_running(marker: str) -> list[int]:
+    """Pids of live processes whose command line contains `marker` (a step's unique `sleep 4301`, say),
+    read from /proc: steps run in their own PID namespace, so the host sees them only this way."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            found.append(int(entry.name))
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline.replace(b"\0", b" "):
+                found.append(int(entry.name))
     return found
+
+
+async def assert_none_survive(marker: str) -> None:
+    """The kernel reaps a killed namespace's processes asynchronously: allow it a moment, not more."""
+    for _ in range(200):
+        if not processes_running(marker):
+            return
+        await anyio.sleep(0.05)
+    raise AssertionError(f"processes running {marker!r} outlived their step: {processes_running(marker)}")
 
 
 @contextlib.asynccontextmanager

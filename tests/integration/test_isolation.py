@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
@@ -26,7 +25,7 @@ from ade.core.settings import Settings
 from ade.execution.sandbox import probe_sandbox
 from tests.api import ade_events, collect_sse, configuration, run, wait_for_end, workspace
 from tests.images.busybox import build_image
-from tests.system import BOOTSTRAP_TOKEN, AdeSystem, running
+from tests.system import BOOTSTRAP_TOKEN, AdeSystem, assert_none_survive, running
 
 pytestmark = pytest.mark.anyio
 
@@ -173,28 +172,6 @@ async def test_a_step_cannot_reach_the_service_or_other_workspaces(
     assert _state_of_a(data_dir, cfg_a, run_a) == state
 
 
-def _survivors(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmdline.replace(b"\0", b" "):
-                found.append(int(entry.name))
-    return found
-
-
-async def _assert_none_survive(marker: str) -> None:
-    """The kernel reaps a killed namespace's processes asynchronously: allow it a moment, not more."""
-    for _ in range(200):
-        if not _survivors(marker):
-            return
-        await anyio.sleep(0.05)
-    raise AssertionError(f"processes running {marker!r} outlived their step: {_survivors(marker)}")
-
-
 async def test_nothing_a_step_starts_outlives_it(client: httpx.AsyncClient, executor: str) -> None:
     seconds = {"sandbox": 1231, "container": 1232}[executor]
     ws = await workspace(client)
@@ -207,7 +184,7 @@ async def test_nothing_a_step_starts_outlives_it(client: httpx.AsyncClient, exec
     resource, lines = await _run_to_end(client, cfg)
     assert resource["status"] == "succeeded" and "started" in lines
     for marker in (f"sleep {seconds}", f"sleep {seconds + 10}", f"sleep {seconds + 20}"):
-        await _assert_none_survive(marker)
+        await assert_none_survive(marker)
 
 
 async def test_a_fork_bomb_fails_resource_limit(
@@ -226,8 +203,8 @@ async def test_a_fork_bomb_fails_resource_limit(
     assert resource["failure"]["code"] == "resource_limit", resource["failure"]
     assert "process limit of 32" in resource["failure"]["message"]
     assert system.workers[0].poll() is None  # the host, and the worker, survived
-    await _assert_none_survive("sleep 4211")
-    await _assert_none_survive("sleep(4210)")
+    await assert_none_survive("sleep 4211")
+    await assert_none_survive("sleep(4210)")
 
 
 async def test_a_memory_hog_fails_resource_limit(client: httpx.AsyncClient, executor: str) -> None:
@@ -304,7 +281,7 @@ async def test_a_container_step_timeout_leaves_no_container(client: httpx.AsyncC
     resource, _ = await _run_to_end(client, cfg)
     assert resource["failure"]["code"] == "timeout"
     assert _containers_of(resource["id"]) == []
-    await _assert_none_survive("sleep 4300")
+    await assert_none_survive("sleep 4300")
 
 
 async def test_a_cancelled_container_step_leaves_no_container(client: httpx.AsyncClient, image: str) -> None:
@@ -320,7 +297,7 @@ async def test_a_cancelled_container_step_leaves_no_container(client: httpx.Asyn
     await wait_for_end(client, run_id)
     assert (await client.get(f"/runs/{run_id}")).json()["status"] == "cancelled"
     assert _containers_of(run_id) == []
-    await _assert_none_survive("sleep 4301")
+    await assert_none_survive("sleep 4301")
 
 
 async def test_a_missing_image_fails_image_unavailable(client: httpx.AsyncClient, image: str) -> None:

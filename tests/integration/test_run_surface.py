@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.api import ade_events, collect_sse, configuration, links, run, wait_for_end, workspace
-from tests.system import ARTIFACT_LIMIT_BYTES, live_processes_in_group
+from tests.system import ARTIFACT_LIMIT_BYTES, assert_none_survive, processes_running
 
 pytestmark = pytest.mark.anyio
 
@@ -222,17 +222,16 @@ async def test_follow_logs_streams_live_and_ends_with_the_run(client: httpx.Asyn
 # 5. Cancel -----------------------------------------------------------------------------------------
 
 
-async def test_cancel_a_running_run_kills_its_process_group(client: httpx.AsyncClient) -> None:
+async def test_cancel_a_running_run_kills_everything_its_step_started(client: httpx.AsyncClient) -> None:
     ws = await workspace(client)
-    script = "echo pgid=$(ps -o pgid= $$ | tr -d ' '); trap '' TERM; sleep 300 & sleep 300"
+    script = "echo started; trap '' TERM; sleep 3201 & sleep 3202"
     cfg = await configuration(
         client, ws, [{"name": "stubborn", "script": script}, {"name": "never", "script": "true"}]
     )
     run_id = (await run(client, cfg))["id"]
     url = f"/runs/{run_id}/events"
     first = ade_events(await collect_sse(client, url, params={"stream": "true"}, stop_after=4))
-    pgid_line = next(json.loads(f.data) for f in first if "pgid=" in f.data)
-    pgid = int(pgid_line["payload"]["message"].removeprefix("pgid="))
+    assert any('"started"' in f.data for f in first) and processes_running("sleep 3202")
     response = await client.post(f"/runs/{run_id}/cancel")
     assert response.status_code == 202
     events = await events_of(client, run_id)
@@ -247,7 +246,8 @@ async def test_cancel_a_running_run_kills_its_process_group(client: httpx.AsyncC
         and events[-1]["payload"]["cancelled_by"] == "bootstrap"
     )
     assert (await client.get(f"/runs/{run_id}")).json()["status"] == "cancelled"
-    assert live_processes_in_group(pgid) == []  # SIGTERM ignored, so SIGKILL after the grace period
+    await assert_none_survive("sleep 3201")  # SIGTERM ignored, so SIGKILL after the grace period
+    await assert_none_survive("sleep 3202")
     assert_error(await client.post(f"/runs/{run_id}/cancel"), 409, "run_finished")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.api import ade_events, collect_sse, configuration, run, workspace
-from tests.system import AdeSystem, live_processes_in_group, running
+from tests.system import AdeSystem, assert_none_survive, processes_running, running
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +25,7 @@ async def fragile(tmp_path: Path) -> AsyncIterator[AdeSystem]:
 async def test_killed_worker_fails_its_run_and_build_as_worker_lost(fragile: AdeSystem) -> None:
     async with fragile.api_client() as api:
         ws = await workspace(api)
-        script = "echo pgid=$(ps -o pgid= $$ | tr -d ' '); sleep 300"
+        script = "echo started; sleep 3301"
         steps = [{"name": "long", "script": script}, {"name": "after", "script": "echo never"}]
         cfg = await configuration(api, ws, steps)
         run_id = (await run(api, cfg))["id"]
@@ -35,7 +35,9 @@ async def test_killed_worker_fails_its_run_and_build_as_worker_lost(fragile: Ade
         started = ade_events(
             await collect_sse(api, f"/runs/{run_id}/events", params={"stream": "true"}, stop_after=4)
         )
-        pgid = int(json.loads(started[-1].data)["payload"]["message"].removeprefix("pgid="))
+        assert json.loads(started[-1].data)["payload"]["message"] == "started" and processes_running(
+            "sleep 3301"
+        )
         await collect_sse(api, f"/builds/{build['id']}/events", params={"stream": "true"}, stop_after=4)
 
         fragile.workers[0].send_signal(signal.SIGKILL)  # mid-step, mid-build
@@ -70,5 +72,5 @@ async def test_killed_worker_fails_its_run_and_build_as_worker_lost(fragile: Ade
         assert not (fragile.data_dir / "builds" / build["id"] / "READY").exists()
         again = (await api.post(f"/workspaces/{ws}/configurations/{build_cfg}/builds", json={})).json()
         assert again["id"] != build["id"] and again["reused_from"] is None  # a lost build is never reused
-        assert live_processes_in_group(pgid) == []  # the orphaned step was killed
+        await assert_none_survive("sleep 3301")  # the orphaned step was killed
         await api.post(f"/builds/{again['id']}/cancel")

@@ -156,6 +156,7 @@ def _configuration(data: ConfigurationCreate, current: Configuration | None, **f
         timeout_s=data.timeout_s,
         build=build,
         network=data.network,
+        limits=data.limits,
         **fields,
     )
 

@@ -128,6 +128,16 @@ class BuildSpec(Struct):
     network: bool = False  # the build's steps and commands reach the network (pip from an index)
 
 
+ByteCount = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class RunLimits(Struct):
+    """A configuration's own limits for its runs; each is capped by the operator's maximum."""
+
+    output_bytes: ByteCount | None = None  # the run's outputs (ADE_MAX_OUTPUT_BYTES caps it)
+    console_bytes: ByteCount | None = None  # console lines and step events (ADE_MAX_CONSOLE_BYTES_PER_RUN)
+
+
 class ConfigurationCreate(Struct):
     name: Name
     steps: Steps
@@ -135,6 +145,7 @@ class ConfigurationCreate(Struct):
     timeout_s: TimeoutS | None = None
     build: BuildSpec | None = None
     network: bool = False  # steps share the host's network (README "Security model")
+    limits: RunLimits = msgspec.field(default_factory=RunLimits)
 
 
 class Configuration(msgspec.Struct, kw_only=True):
@@ -148,6 +159,7 @@ class Configuration(msgspec.Struct, kw_only=True):
     updated_at: datetime
     build: BuildSpec | None = None
     network: bool = False
+    limits: RunLimits = msgspec.field(default_factory=RunLimits)
 
 
 # Runs -----------------------------------------------------------------------------------------------
@@ -209,6 +221,7 @@ class Plan(msgspec.Struct, kw_only=True):
     timeout_s: float | None
     build: BuildSpec | None = None
     network: bool = False
+    limits: RunLimits = msgspec.field(default_factory=RunLimits)
 
 
 class Run(msgspec.Struct, kw_only=True):

@@ -40,7 +40,7 @@ from ade.core.settings import get_settings
 from ade.events.payloads import ConsoleLine, PhaseCompleted, PhaseStarted, StepEndStatus
 from ade.events.writer import StreamWriter
 from ade.execution import isolation
-from ade.execution.console import StepSink
+from ade.execution.console import StepSink, budget_of
 from ade.execution.container import ImageUnavailable
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
 from ade.execution.limits import Limits, LimitWatch
@@ -406,7 +406,8 @@ async def _run(
         limits=limits,
         image=image,
     )
-    watch = LimitWatch(StepSink(rec.writer, step.name, "build"), limits)
+    budget = budget_of(rec.writer, settings.max_console_bytes_per_run)
+    watch = LimitWatch(StepSink(rec.writer, step.name, "build", budget), limits)
     try:
         outcome = await run_step(
             isolation.spawner(settings, job, executor),

@@ -11,7 +11,6 @@ from typing import Any, Literal
 import msgspec
 
 from ade.core.jsondepth import json_depth
-from ade.core.settings import get_settings
 from ade.events import envelope as ev
 from ade.events.payloads import ConsoleLine
 from ade.events.writer import EventSpec, StreamWriter
@@ -78,12 +77,11 @@ class ConsoleBudget:
 _budgets: weakref.WeakKeyDictionary[StreamWriter, ConsoleBudget] = weakref.WeakKeyDictionary()
 
 
-def budget_of(writer: StreamWriter, limit_bytes: int | None = None) -> ConsoleBudget:
-    """The console budget of the stream `writer` writes (one per writer, so one per run or build)."""
+def budget_of(writer: StreamWriter, limit_bytes: int) -> ConsoleBudget:
+    """The console budget of the stream `writer` writes: one per writer, so one per run or build, shared
+    by its steps (the first step's call sets the limit)."""
     budget = _budgets.get(writer)
     if budget is None:
-        if limit_bytes is None:
-            limit_bytes = get_settings().max_console_bytes_per_run
         budget = _budgets[writer] = ConsoleBudget(limit_bytes)
     return budget
 
@@ -92,22 +90,17 @@ class StepSink:
     """Turns a step's line batches into dispatcher batches.
 
     An `engine.*` name holding a secret value is refused like any bad event line (the dispatcher would
-    mask it, but a masked name is no name). Console lines and step events draw on the stream's
-    ConsoleBudget (`limit_bytes`: default ADE_MAX_CONSOLE_BYTES_PER_RUN).
+    mask it, but a masked name is no name). Console lines and step events draw on the run's (or build's)
+    ConsoleBudget, shared by all its steps.
     """
 
     def __init__(
-        self,
-        writer: StreamWriter,
-        step: str,
-        scope: Literal["run", "build"],
-        *,
-        limit_bytes: int | None = None,
+        self, writer: StreamWriter, step: str, scope: Literal["run", "build"], budget: ConsoleBudget
     ) -> None:
         self._writer = writer
         self._step = step
         self._scope = scope
-        self._budget = budget_of(writer, limit_bytes)
+        self._budget = budget
 
     async def __call__(self, pipe: str, lines: list[Line]) -> None:
         step, scope, budget = self._step, self._scope, self._budget
@@ -136,7 +129,7 @@ class StepSink:
         limit = self._budget.limit_bytes
         message = (
             f"[ade] this {self._scope} reached its console limit of {limit} bytes "
-            f"(ADE_MAX_CONSOLE_BYTES_PER_RUN; each line or step event counts its bytes plus "
+            f"(limits.console_bytes, at most ADE_MAX_CONSOLE_BYTES_PER_RUN; each line or step event counts its bytes plus "
             f"{EVENT_OVERHEAD_BYTES}): further console lines and step events of this {self._scope} are "
             "dropped; it goes on running"
         )

@@ -36,10 +36,10 @@ from ade.events.payloads import BuildCompleted, RunEndStatus
 from ade.events.writer import EventSpec
 from ade.execution import isolation
 from ade.execution.builder import environment_for, execute_build, run_binds_of_build
-from ade.execution.console import StepSink
+from ade.execution.console import StepSink, budget_of
 from ade.execution.container import ImageUnavailable
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
-from ade.execution.limits import Limits, LimitWatch
+from ade.execution.limits import Limits, LimitWatch, capped
 from ade.execution.process import StepOutcome, run_step
 from ade.execution.sandbox import WORK_DIR, Bind, ExecutorName, prepare_dirs
 from ade.lifecycle import transitions
@@ -142,16 +142,16 @@ async def _run_secrets(deps: WorkerDeps, run: Run) -> list[str]:
 
 
 async def _outputs_over_limit(deps: WorkerDeps, run: Run, step: Step) -> Failure | None:
-    """A resource_limit failure if the run's outputs (measured without following links) exceed
-    ADE_MAX_OUTPUT_BYTES after `step`."""
-    limit = deps.settings.max_output_bytes
+    """A resource_limit failure if the run's outputs (measured without following links) exceed its limit
+    (the configuration's `limits.output_bytes`, at most ADE_MAX_OUTPUT_BYTES) after `step`."""
+    limit = capped(run.plan.limits.output_bytes, deps.settings.max_output_bytes)
     outputs_dir = paths.run_dir(deps.settings.data_dir, run.id).outputs
     size, files = await asyncio.to_thread(outputs_size, outputs_dir, root=deps.settings.data_dir)
     if size <= limit:
         return None
     message = (
         f"step {step.name!r} left {size} bytes of outputs ({files} files), over the limit of {limit} bytes "
-        "(ADE_MAX_OUTPUT_BYTES)"
+        "(the configuration's limits.output_bytes, at most ADE_MAX_OUTPUT_BYTES)"
     )
     return Failure(stage="step", code="resource_limit", message=message, step=step.name)
 
@@ -350,7 +350,8 @@ async def _step(
         limits=limits,
         image=image,
     )
-    watch = LimitWatch(StepSink(rec.writer, step.name, "run"), limits)
+    budget = budget_of(rec.writer, capped(run.plan.limits.console_bytes, settings.max_console_bytes_per_run))
+    watch = LimitWatch(StepSink(rec.writer, step.name, "run", budget), limits)
     try:
         outcome = await run_step(
             isolation.spawner(settings, job, executor),

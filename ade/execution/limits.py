@@ -47,8 +47,8 @@ class Limits:
     @classmethod
     def of(cls, settings: Settings, step: Step) -> Limits:
         return cls(
-            memory_mb=_capped(step.memory_mb, settings.step_max_memory_mb),
-            processes=_capped(step.max_processes, settings.step_max_processes),
+            memory_mb=capped(step.memory_mb, settings.step_max_memory_mb),
+            processes=capped(step.max_processes, settings.step_max_processes),
         )
 
     def describe(self, kind: str) -> str:
@@ -57,7 +57,9 @@ class Limits:
         return f"its process limit of {self.processes} (max_processes, at most ADE_STEP_MAX_PROCESSES)"
 
 
-def _capped(asked: int | None, maximum: int) -> int:
+def capped(asked: int | None, maximum: int) -> int:
+    """A configuration's own limit, never above the operator's maximum, which applies when it asks none
+    (a maximum of 0: no maximum)."""
     if maximum <= 0:
         return asked or 0
     return min(asked, maximum) if asked else maximum

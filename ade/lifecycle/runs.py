@@ -49,6 +49,7 @@ def plan_of(cfg: Configuration) -> Plan:
         timeout_s=cfg.timeout_s,
         build=cfg.build,
         network=cfg.network,
+        limits=cfg.limits,
     )
 
 

@@ -383,3 +383,28 @@ async def test_console_past_the_limit_is_dropped_after_one_marker_and_the_run_go
     assert console[-1] == markers[0] and "second-step-line" not in console
     assert 100 < len(console) < 1000
     assert log_size < limit + 20_000  # the lifecycle events are the rest
+
+
+async def test_a_configuration_sets_its_own_output_and_console_limits_under_the_operators(
+    client: httpx.AsyncClient,
+) -> None:
+    ws = await workspace(client)
+    limits = {"output_bytes": 1000, "console_bytes": 3000}
+    steps = [
+        {"name": "chatty", "script": "seq 1 200"},  # past 3000 bytes of console (each line counts ~360)
+        {"name": "big", "script": "head -c 2000 /dev/zero > $ADE_OUTPUT_DIR/big.bin"},
+    ]
+    cfg = await configuration(client, ws, steps, limits=limits)
+    assert (await client.get(f"/configurations/{cfg}")).json()["limits"] == limits
+    run_id = (await run(client, cfg))["id"]
+    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    console = [e["payload"]["message"] for e in events if e["type"] == "console.line"]
+    assert len(console) < 20 and "limits.console_bytes" in console[-1]  # one marker, then nothing
+    completed = events[-1]["payload"]
+    assert completed["status"] == "failed" and completed["failure"]["code"] == "resource_limit"
+    assert completed["failure"]["step"] == "big" and "1000 bytes" in completed["failure"]["message"]
+    bad = await client.post(
+        f"/workspaces/{ws}/configurations",
+        json={"name": "x", "steps": [{"name": "s", "script": "true"}], "limits": {"output_bytes": 0}},
+    )
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"

@@ -10,7 +10,7 @@ import pytest
 from ade.events.masking import Masker
 from ade.events.payloads import ConsoleLine
 from ade.events.writer import EventSpec, StreamWriter
-from ade.execution.console import EVENT_OVERHEAD_BYTES, StepSink
+from ade.execution.console import EVENT_OVERHEAD_BYTES, ConsoleBudget, StepSink
 
 pytestmark = pytest.mark.anyio
 
@@ -35,9 +35,10 @@ def messages(writer: FakeWriter) -> list[str]:
 async def test_past_the_budget_lines_are_dropped_after_one_marker_across_steps() -> None:
     writer = FakeWriter()
     limit = 3 * (EVENT_OVERHEAD_BYTES + 3)
-    first = StepSink(cast(StreamWriter, writer), "one", "run", limit_bytes=limit)
+    budget = ConsoleBudget(limit)  # one per run, shared by its steps
+    first = StepSink(cast(StreamWriter, writer), "one", "run", budget)
     await first("stdout", [(b"abc", False), (b"def", False)])
-    second = StepSink(cast(StreamWriter, writer), "two", "run")  # same writer: same budget
+    second = StepSink(cast(StreamWriter, writer), "two", "run", budget)
     await second("stderr", [(b"ghi", False), (b"jkl", False), (b"mno", False)])
     await second("events", [(b'{"type": "progress"}', False)])
     await second("stdout", [(b"pqr", False)])
@@ -49,7 +50,7 @@ async def test_past_the_budget_lines_are_dropped_after_one_marker_across_steps()
 
 async def test_an_engine_event_named_with_a_secret_is_refused() -> None:
     writer = FakeWriter(["hunter22"])
-    sink = StepSink(cast(StreamWriter, writer), "s", "run", limit_bytes=10**6)
+    sink = StepSink(cast(StreamWriter, writer), "s", "run", ConsoleBudget(10**6))
     await sink("events", [(b'{"type": "hunter22"}', False), (b'{"type": "ok", "v": 1}', False)])
     assert writer.specs[0][0] == "console.line" and "secret" in messages(writer)[0]
     assert "hunter22" not in messages(writer)[0]

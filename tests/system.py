@@ -56,8 +56,11 @@ class AdeSystem:
 
     def _spawn(self, command: str, name: str) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        env = self.env()
+        if command == "worker":  # as in production: a worker never holds the bootstrap token
+            env.pop("ADE_BOOTSTRAP_TOKEN")
         return subprocess.Popen(
-            [sys.executable, "-m", "ade.cli", command], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "ade.cli", command], env=env, stdout=log, stderr=subprocess.STDOUT
         )
 
     def start(self) -> AdeSystem:

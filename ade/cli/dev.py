@@ -118,10 +118,12 @@ def run_dev(host: str | None, port: int | None) -> int:
                 f"embedded Redis on 127.0.0.1:{redis.port} (data in {redis.directory}, "
                 f"password in {password_path})"
             )
-        for name, command in (("api", "serve"), ("worker", "worker")):
+        # The worker never holds the bootstrap token: it has no use for it, and it runs tenants' steps.
+        worker_env = {name: value for name, value in env.items() if name != "ADE_BOOTSTRAP_TOKEN"}
+        for name, command, child_env in (("api", "serve", env), ("worker", "worker", worker_env)):
             children[name] = subprocess.Popen(
                 [sys.executable, "-m", "ade.cli", command],
-                env=env,
+                env=child_env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -85,6 +85,8 @@ def test_ctrl_c_stops_ade_dev_in_order_and_its_run_ends_worker_lost(tmp_path: Pa
         assert processes_running("sleep 3401")  # the step is running
         children = children_of(dev.pid)
         assert len(children) == 3  # redis-server, the API, the worker
+        (worker,) = [pid for pid in children if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert b"ADE_BOOTSTRAP_TOKEN=" not in Path(f"/proc/{worker}/environ").read_bytes()  # not the worker
 
         pressed = time.monotonic()
         os.killpg(dev.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group

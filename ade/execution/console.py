@@ -128,9 +128,9 @@ class StepSink:
     def _limit_reached(self) -> EventSpec:
         limit = self._budget.limit_bytes
         message = (
-            f"[ade] this {self._scope} reached its console limit of {limit} bytes "
-            "(limits.console_bytes, at most ADE_MAX_CONSOLE_BYTES_PER_RUN; each line or step event counts "
-            f"its bytes plus {EVENT_OVERHEAD_BYTES}): further console lines and step events of this {self._scope} are "
+            f"[ade] this {self._scope} reached its console limit of {limit} bytes (limits.console_bytes, "
+            f"at most ADE_MAX_CONSOLE_BYTES_PER_RUN; each line or step event counts its bytes plus "
+            f"{EVENT_OVERHEAD_BYTES}): further console lines and step events of this {self._scope} are "
             "dropped; it goes on running"
         )
         line = ConsoleLine(scope=self._scope, stream="stderr", step=self._step, message=message)

@@ -122,6 +122,9 @@ async def run_step(
         _pump(proc.stderr, "stderr", max_line_bytes, on_lines),
         _pump(events_reader, "events", max_line_bytes, on_lines),
     )
+    # Read in every path: when the step is abandoned (worker shutdown) nobody awaits the pumps any more,
+    # and an exception they ended with would be logged as "never retrieved".
+    pumps.add_done_callback(lambda done: done.cancelled() or done.exception())
     timed_out = cancelled = False
     exited = asyncio.ensure_future(proc.wait())
     cancelled_wait = asyncio.ensure_future(cancel.wait())

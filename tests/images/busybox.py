@@ -46,9 +46,12 @@ def _rootfs_tar(busybox: Path) -> bytes:
 
 
 def build_image(runtime: str = "podman") -> str | None:
-    """Import the image (again: cheap); None when there is no runtime or no static busybox."""
+    """Import the image unless the runtime has it already (re-importing would leave dangling images);
+    None when there is no runtime or no static busybox."""
     if shutil.which(runtime) is None or (busybox := _busybox()) is None:
         return None
+    if subprocess.run([runtime, "image", "exists", IMAGE], capture_output=True, check=False).returncode == 0:
+        return IMAGE
     done = subprocess.run(
         [runtime, "import", "-", IMAGE], input=_rootfs_tar(busybox), capture_output=True, check=False
     )

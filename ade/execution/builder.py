@@ -1,11 +1,13 @@
 """Preparing a build's environment: unpack the source, make the virtualenv, install requirements, run the
-build steps — each a phase with its own events, all in the build's own stream. Plain functions.
+build steps, build a docker build's image — each a phase with its own events, all in the build's own
+stream. Plain functions.
 
 A build is prepared in its own directory (`builds/<id>/env`, `builds/<id>/source`), which nothing uses
 until the build is `ready`: the status and a `READY` marker are written only when every phase succeeded.
 (A virtualenv cannot be moved after creation — its scripts hold absolute paths — so "temporary" means
 "private to this build id until ready" rather than a renamed directory.) A failed or cancelled build's
-directories are removed.
+directories are removed. A docker build's image is tagged (`Build.image`) only when `podman build`
+succeeded, as its last phase.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from collections import deque
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -39,12 +42,19 @@ from ade.core.models import (
 from ade.core.settings import get_settings
 from ade.events.payloads import ConsoleLine, PhaseCompleted, PhaseStarted, StepEndStatus
 from ade.events.writer import StreamWriter
-from ade.execution import isolation
+from ade.execution import containerfile, isolation
 from ade.execution.console import StepSink
-from ade.execution.container import ImageUnavailable
+from ade.execution.container import (
+    CONTAINERFILES,
+    IGNORE_FILES,
+    UNAVAILABLE,
+    ImageBuildJob,
+    ImageUnavailable,
+    spawn_image_build,
+)
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
 from ade.execution.limits import Limits, LimitWatch
-from ade.execution.process import run_step
+from ade.execution.process import Line, run_step
 from ade.execution.sandbox import Bind, prepare_dirs
 from ade.lifecycle import transitions
 from ade.lifecycle.builds import build_writer, interpreter
@@ -323,6 +333,9 @@ async def _phases(
         async with _phase(rec.writer, f"step:{step.name}"):
             step_env = {**environment, **plain_environment(step.environment), "ADE_BUILD_ID": build.id}
             await _run(deps, rec, build, cancel, deadline, step, step_env)
+    if spec.constructor == "docker":
+        async with _phase(rec.writer, "image"):
+            await _image(deps, rec, build, cancel, deadline)
 
 
 class _phase:
@@ -440,3 +453,97 @@ async def _run(
         raise BuildStopped(
             failure or Failure(stage="build", code="exit_nonzero", message=message, step=step.name)
         )
+
+
+IMAGE_PHASE = "image"
+
+
+def _image_failure(code: str, message: str) -> BuildStopped:
+    return BuildStopped(Failure(stage="build", code=code, message=message, step=IMAGE_PHASE))
+
+
+def _containerfile(source: Path, *, network: bool) -> Path:
+    """The source's Containerfile (else Dockerfile), checked (`ade.execution.containerfile`). The runtime
+    reads it and the ignore files as the worker's user: none of them may be a link (a build step could
+    have made one pointing at any host file)."""
+    for name in CONTAINERFILES + IGNORE_FILES:
+        if (source / name).is_symlink():
+            raise _image_failure("unsafe_archive", f"the source's {name} is a symbolic link")
+    found = next((source / name for name in CONTAINERFILES if (source / name).is_file()), None)
+    if found is None:
+        raise _image_failure(
+            "no_containerfile", "a docker build needs a Containerfile or Dockerfile at the root of its source"
+        )
+    problems = containerfile.problems(found.read_text(errors="replace"), network=network)
+    if problems:
+        raise _image_failure("unsafe_containerfile", f"{found.name}: " + "; ".join(problems))
+    return found
+
+
+class _ErrorTail:
+    """Passes the image phase's lines on, keeping the last lines of stderr: the runtime's error."""
+
+    def __init__(self, inner: LimitWatch) -> None:
+        self.inner = inner
+        self.stderr: deque[str] = deque(maxlen=5)
+
+    async def __call__(self, name: str, lines: list[Line]) -> None:
+        if name == "stderr":
+            self.stderr.extend(text.decode(errors="replace").strip() for text, _ in lines)
+        await self.inner(name, lines)
+
+    @property
+    def error(self) -> str:
+        errors = [line for line in self.stderr if line.startswith("Error")]
+        return (errors or [line for line in self.stderr if line] or [""])[-1]
+
+
+async def _image(
+    deps: WorkerDeps, rec: Recorder, build: Build, cancel: asyncio.Event, deadline: float
+) -> None:
+    """`podman build` of the source's Containerfile, tagged `build.image`; its output is the phase's console
+    lines. A FROM image the runtime lacks (and may not pull) is `image_unavailable`, other failures
+    `exit_nonzero`, each with the runtime's message."""
+    settings, spec = deps.settings, build.spec
+    source = source_dir(deps, build)
+    found = await asyncio.to_thread(partial(_containerfile, source, network=spec.network))
+    assert build.image is not None
+    build_args = {  # secret values are not: a build arg is recorded in the image's history
+        name: value if isinstance(value, str) else (value.value or "")
+        for name, value in spec.environment.items()
+        if isinstance(value, str) or not value.secret
+    }
+    job = ImageBuildJob(
+        build_id=build.id,
+        tag=build.image,
+        context=source,
+        containerfile=found,
+        network=spec.network,
+        limits=Limits.of(settings, Step(name=IMAGE_PHASE, script=f"{settings.container_runtime} build")),
+        build_args=build_args,
+        labels={"ade.build": build.id, "ade.workspace": build.workspace_id},
+    )
+    tail = _ErrorTail(LimitWatch(StepSink(rec.writer, IMAGE_PHASE, "build"), job.limits))
+    outcome = await run_step(
+        partial(spawn_image_build, job, settings=settings),
+        timeout_s=max(deadline - time.monotonic(), 0.0),
+        grace_s=settings.kill_grace_s,
+        max_line_bytes=settings.console_line_max_bytes,
+        on_lines=tail,
+        cancel=cancel,
+        on_cancel=partial(_announce_cancel, deps, rec, build),
+        on_spawn=process_recorder(deps, build.id),
+    )
+    if outcome.cancelled:
+        raise BuildStopped(None)
+    if outcome.timed_out:
+        raise _image_failure("timeout", f"{IMAGE_PHASE!r} exceeded the build's time")
+    if outcome.exit_code != 0:
+        runtime, error = settings.container_runtime, tail.error
+        if UNAVAILABLE.search(error) and "building at STEP" not in error:
+            raise _image_failure(
+                "image_unavailable", f"{runtime} build: a FROM image is not available: {error}"
+            )
+        limit = tail.inner.failure(IMAGE_PHASE, "build", oom_killed=False)
+        message = f"{runtime} build exited with code {outcome.exit_code}: {error}"
+        raise BuildStopped(limit) if limit else _image_failure("exit_nonzero", message)

@@ -3,7 +3,9 @@
 - **Lost writer.** A started run or build whose stream lease is gone has lost its worker. It is ended
   `failed` / `worker_lost` (a build so ended is never reused) once the lease has been missing for a whole
   lease TTL — a writer that lived through a Redis outage takes its lease back well within that — and its
-  step's process group is killed when it ran on this host.
+  step's process group is killed when it ran on this host, its step's container removed (`podman rm
+  --force` of the containers named after the stream: the container outlives the killed client under its
+  monitor), and a docker build's leftovers (`container.stop_image_build`) removed.
 - **Queued too long.** A run or build queued longer than `ADE_QUEUE_TIMEOUT_S` fails `queue_timeout`
   without starting.
 - **Lost job.** A queued run or build whose arq job is gone (expired, or lost with Redis) is enqueued again.
@@ -14,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 from ade.core import keys
 from ade.core.errors import Conflict, NotFound
 from ade.core.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, Build, Failure, Run, utcnow
+from ade.execution import container
 from ade.execution.deps import WorkerDeps
 from ade.lifecycle import queue, transitions
 from ade.lifecycle.builds import build_writer
@@ -73,11 +78,13 @@ async def _tend(deps: WorkerDeps, record: Run | Build) -> bool:
     if not await _missing_long_enough(deps, record.id):
         return False
     leftover = await deps.redis.get(keys.step_process(record.id))  # `<host> <pgid>` of its step, if any
-    if not await _end(deps, record, Failure(stage=_stage(record), code="worker_lost", message=LOST)):
-        return False
-    if leftover is not None:
-        _kill_group_here(leftover.decode())
-    return True
+
+    async def stop_leftovers() -> None:  # before the record says it ended: then nothing of it runs
+        if leftover is not None and _kill_group_here(leftover.decode()):
+            await _remove_containers_here(deps, record)
+
+    failure = Failure(stage=_stage(record), code="worker_lost", message=LOST)
+    return await _end(deps, record, failure, stop_leftovers)
 
 
 def _stage(record: Run | Build) -> str:
@@ -92,27 +99,55 @@ async def _missing_long_enough(deps: WorkerDeps, stream_id: str) -> bool:
     return since is not None and now_s - float(since) >= deps.settings.lease_ttl_s
 
 
-async def _end(deps: WorkerDeps, record: Run | Build, failure: Failure) -> bool:
-    """End the run or build `failed` under its lease, unless it changed meanwhile."""
+async def _end(
+    deps: WorkerDeps,
+    record: Run | Build,
+    failure: Failure,
+    before: Callable[[], Awaitable[None]] | None = None,
+) -> bool:
+    """End the run or build `failed` under its lease, unless it changed meanwhile (`before` runs first)."""
     if isinstance(record, Run):
         async with run_writer(deps.settings, deps.redis, record, acquire_timeout_s=0.0) as writer:
             run = await deps.store.get_run(record.id)
             if run.status != record.status:
                 return False
+            if before is not None:
+                await before()
             await transitions.finish_run(Recorder(deps.store, writer), run, "failed", failure=failure)
     else:
         async with build_writer(deps.settings, deps.redis, record, acquire_timeout_s=0.0) as writer:
             build = await deps.store.get_build(record.id)
             if build.status != record.status:
                 return False
+            if before is not None:
+                await before()
             await transitions.finish_build(Recorder(deps.store, writer), build, "failed", failure=failure)
     await deps.redis.hdel(keys.REAPER_SUSPECTS, record.id)  # type: ignore[misc]
     return True
 
 
-def _kill_group_here(step_process: str) -> None:
-    """Kill a dead worker's step process group if it ran on this host."""
+def _kill_group_here(step_process: str) -> bool:
+    """Kill a dead worker's step process group if it ran on this host; whether it did."""
     host, _, pgid = step_process.partition(" ")
     if host == socket.gethostname() and pgid.isdigit() and int(pgid) > 1 and int(pgid) != os.getpgid(0):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(int(pgid), signal.SIGKILL)
+        return True
+    return False
+
+
+async def _remove_containers_here(deps: WorkerDeps, record: Run | Build) -> None:
+    """A dead worker's containers on this host: its step's (a run's, a build step's) and, for a build, what
+    its `podman build` left. Only where the runtime is installed; a failure is logged, never raised."""
+    settings = deps.settings
+    if shutil.which(settings.container_runtime) is None:
+        return
+    try:
+        removed = await container.remove_stream_containers(settings, record.id)
+        if isinstance(record, Build):
+            await container.stop_image_build(settings, record.id)
+    except Exception:
+        log.exception("could not remove the containers of %s", record.id)
+        return
+    if removed:
+        log.warning("removed %s's container(s) left by its lost worker: %s", record.id, ", ".join(removed))

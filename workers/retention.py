@@ -1,16 +1,20 @@
 """Build retention: builds whose logs are past ADE_BUILD_LOG_RETENTION_S, or whose environment has not
 been used for ADE_BUILD_ENV_RETENTION_S, become `expired` and their directories are freed — never while a
-queued or running run needs the environment (`keys.build_users`)."""
+queued or running run needs the environment (`keys.build_users`). A docker build's image is removed from
+this host's runtime store first (the worker that built it has it; elsewhere there is nothing to remove)."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Awaitable
 from typing import cast
 
 from ade.core import keys
 from ade.core.errors import NotFound
 from ade.core.models import Build, utcnow
+from ade.core.settings import Settings
+from ade.execution import container
 from ade.execution.deps import WorkerDeps
 from ade.lifecycle import transitions
 
@@ -44,8 +48,21 @@ async def sweep(deps: WorkerDeps) -> list[str]:
             continue
         if await cast(Awaitable[int], redis.scard(keys.build_users(build.id))):
             continue  # an unfinished run needs this environment
+        await remove_image(settings, build)
         await transitions.expire_build(store, build)
         expired.append(build.id)
     if expired:
         log.info("retention expired %d build(s): %s", len(expired), ", ".join(expired))
     return expired
+
+
+async def remove_image(settings: Settings, build: Build) -> None:
+    """The image a ready docker build made, out of this host's runtime store (a reuse record shares its
+    origin's image: that one goes when the origin expires)."""
+    if build.image is None or build.reused_from is not None or build.status != "ready":
+        return
+    if shutil.which(settings.container_runtime) is None:
+        return
+    removed, message = await container.remove_image(settings, build.image)
+    if not removed:
+        log.warning("retention could not remove image %s of %s: %s", build.image, build.id, message)

@@ -82,8 +82,8 @@ async def check_build_source(services: Services, workspace_id: str, build: Build
 
 async def check_images(services: Services, workspace_id: str, data: ConfigurationCreate) -> None:
     """Each step's `image` must name a docker image the workspace sees (its own or a public one), or be
-    `build` — the image of the configuration's build, so only with a `build` spec (and never in the build's
-    own steps, which make it)."""
+    `build` — the image of the configuration's build, so only with a `docker` build spec (and never in the
+    build's own steps, which run before it is made)."""
     steps = [(f"steps[{index}]", step) for index, step in enumerate(data.steps)]
     if data.build is not None:
         steps += [(f"build.steps[{index}]", step) for index, step in enumerate(data.build.steps)]
@@ -98,6 +98,9 @@ async def check_images(services: Services, workspace_id: str, data: Configuratio
             problem = f"no docker image {step.image!r} in this workspace, nor a public one"
         elif data.build is None:
             problem = "`build` names the image of the configuration's build, and it has no `build`"
+        elif data.build.constructor != "docker":
+            constructor = data.build.constructor
+            problem = f"`build` names the image a `docker` build makes; this build is {constructor!r}"
         elif where.startswith("build."):
             problem = "a build step cannot run in the image its build makes"
         else:

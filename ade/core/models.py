@@ -110,10 +110,12 @@ RelativePath = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, patter
 class BuildSpec(Struct):
     """How a configuration's environment is prepared. `python`: a virtualenv, `requirements` installed with
     pip (offline with `find_links`: directories inside the source, plus ADE_PIP_FIND_LINKS), then `steps`;
-    `shell`: `steps` only. `environment` is for the build only; `source` is an artifact (tar.gz or zip)
-    unpacked into the build's source directory, where the build steps run."""
+    `shell`: `steps` only; `docker`: `steps`, then a container image built from the `Containerfile` (or
+    `Dockerfile`) at the source's root, which steps with `image: build` run in. `environment` is for the
+    build only (a docker build's non-secret values are its build args); `source` is an artifact (tar,
+    tar.gz or zip) unpacked into the build's source directory, where the build steps run."""
 
-    constructor: Literal["python", "shell"]
+    constructor: Literal["python", "shell", "docker"]
     requirements: Annotated[list[Requirement], msgspec.Meta(max_length=200)] = msgspec.field(
         default_factory=list
     )
@@ -440,6 +442,14 @@ class Build(msgspec.Struct, kw_only=True):
     def environment_build_id(self) -> str:
         """Whose directory holds this build's environment."""
         return self.reused_from or self.id
+
+    @property
+    def image(self) -> str | None:
+        """The image a `docker` build makes (in the runtime's store of the worker that built it), which a
+        step's `image: build` runs in; None for other constructors."""
+        if self.spec.constructor != "docker":
+            return None
+        return f"localhost/ade-{self.environment_build_id.lower()}"
 
 
 class BuildLinks(msgspec.Struct, kw_only=True):

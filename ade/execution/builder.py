@@ -1,11 +1,13 @@
 """Preparing a build's environment: unpack the source, make the virtualenv, install requirements, run the
-build steps — each a phase with its own events, all in the build's own stream. Plain functions.
+build steps, build a docker build's image — each a phase with its own events, all in the build's own
+stream. Plain functions.
 
 A build is prepared in its own directory (`builds/<id>/env`, `builds/<id>/source`), which nothing uses
 until the build is `ready`: the status and a `READY` marker are written only when every phase succeeded.
 (A virtualenv cannot be moved after creation — its scripts hold absolute paths — so "temporary" means
 "private to this build id until ready" rather than a renamed directory.) A failed or cancelled build's
-directories are removed.
+directories are removed. A docker build's image is tagged (`Build.image`) only when `podman build`
+succeeded, as its last phase.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import contextlib
 import logging
 import os
 import shlex
-import stat
 import sys
-import tarfile
 import time
-import zipfile
+from collections import deque
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from redis.exceptions import RedisError
 
@@ -36,15 +36,22 @@ from ade.core.models import (
     plain_environment,
     secret_values,
 )
-from ade.core.settings import get_settings
 from ade.events.payloads import ConsoleLine, PhaseCompleted, PhaseStarted, StepEndStatus
 from ade.events.writer import StreamWriter
-from ade.execution import isolation
+from ade.execution import containerfile, isolation
+from ade.execution.archives import check_member, unpack
 from ade.execution.console import StepSink, budget_of
-from ade.execution.container import ImageUnavailable
+from ade.execution.container import (
+    CONTAINERFILES,
+    IGNORE_FILES,
+    UNAVAILABLE,
+    ImageBuildJob,
+    ImageUnavailable,
+    spawn_image_build,
+)
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
 from ade.execution.limits import Limits, LimitWatch
-from ade.execution.process import run_step
+from ade.execution.process import Line, run_step
 from ade.execution.sandbox import Bind, prepare_dirs
 from ade.lifecycle import transitions
 from ade.lifecycle.builds import build_writer, interpreter
@@ -83,113 +90,6 @@ def environment_for(deps: WorkerDeps, build: Build) -> dict[str, str]:
         extra["VIRTUAL_ENV"] = str(venv)
         extra["PATH"] = f"{venv / 'bin'}{os.pathsep}" + os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     return extra
-
-
-def check_member(name: str) -> None:
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or name.startswith(("/", "\\")) or (name[1:2] == ":"):
-        raise Invalid(
-            f"the source archive has a member escaping its directory: {name!r}", code="unsafe_archive"
-        )
-
-
-class ArchiveTooLarge(Invalid):
-    """A source archive past ADE_MAX_ARCHIVE_UNPACKED_BYTES or ADE_MAX_ARCHIVE_MEMBERS: the build fails
-    `resource_limit` (the `source` phase turns every `Invalid` into the build's failure)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="resource_limit")
-
-
-BYTES_SETTING, MEMBERS_SETTING = "ADE_MAX_ARCHIVE_UNPACKED_BYTES", "ADE_MAX_ARCHIVE_MEMBERS"
-
-
-def _over(what: str, limit: int, setting: str) -> ArchiveTooLarge:
-    return ArchiveTooLarge(f"the source archive {what}, over the limit of {limit} ({setting})")
-
-
-class _Limits:
-    """Running totals against the limits: declared sizes before anything is written, then what was
-    written (the guard during extraction)."""
-
-    def __init__(self, max_bytes: int | None, max_members: int | None) -> None:
-        if max_bytes is None or max_members is None:
-            settings = get_settings()
-            max_bytes = settings.max_archive_unpacked_bytes if max_bytes is None else max_bytes
-            max_members = settings.max_archive_members if max_members is None else max_members
-        self.max_bytes, self.max_members = max_bytes, max_members
-        self.declared = self.written = self.members = 0
-
-    def member(self, size: int) -> None:
-        self.members += 1
-        self.declared += size
-        if self.members > self.max_members:
-            raise _over(f"has more than {self.max_members} entries", self.max_members, MEMBERS_SETTING)
-        if self.declared > self.max_bytes:
-            raise _over(f"unpacks to more than {self.max_bytes} bytes", self.max_bytes, BYTES_SETTING)
-
-    def extracted(self, path: Path) -> None:
-        with contextlib.suppress(OSError):
-            info = os.lstat(path)
-            if stat.S_ISREG(info.st_mode):
-                self.written += info.st_size
-        if self.written > self.max_bytes:
-            raise _over(f"unpacked to more than {self.max_bytes} bytes", self.max_bytes, BYTES_SETTING)
-
-
-def _zip_entries(archive: Path) -> int | None:
-    """The entry count the zip's end record declares, read before its central directory is (a small
-    archive can declare millions of entries, each a Python object once read)."""
-    end_record = getattr(zipfile, "_EndRecData", None)
-    if end_record is None:
-        return None
-    with archive.open("rb") as handle:
-        record = end_record(handle)
-    return int(record[4]) if record else None  # zipfile._ECD_ENTRIES_TOTAL
-
-
-def unpack(
-    archive: Path, destination: Path, *, max_bytes: int | None = None, max_members: int | None = None
-) -> int:
-    """Unpack a tar(.gz) or zip archive, refusing (not silently fixing) members that would escape, and
-    archives past the limits (default: ADE_MAX_ARCHIVE_UNPACKED_BYTES, ADE_MAX_ARCHIVE_MEMBERS).
-
-    The limits are checked before anything is extracted, from the sizes the members' headers declare
-    (for a compressed tar, reading stops as soon as the declared total passes the limit, so a bomb is
-    never inflated in full), and again during extraction, from the sizes of the files written.
-    """
-    limits = _Limits(max_bytes, max_members)
-    destination.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        declared = _zip_entries(archive)
-        if declared is not None and declared > limits.max_members:
-            raise _over(f"declares {declared} entries", limits.max_members, MEMBERS_SETTING)
-        with zipfile.ZipFile(archive) as bundle:
-            infos = bundle.infolist()
-            for info in infos:
-                check_member(info.filename)
-                limits.member(info.file_size)  # zipfile never reads past the declared size
-            for info in infos:
-                limits.extracted(Path(bundle.extract(info, destination)))
-            return len(infos)
-    try:
-        with tarfile.open(archive, "r:*") as bundle:
-            members: list[tarfile.TarInfo] = []
-            for member in bundle:  # headers only: stops at the first member past a limit
-                check_member(member.name)
-                if member.issym() or member.islnk():
-                    check_member(member.linkname)
-                limits.member(member.size if member.isreg() else 0)
-                members.append(member)
-            for member in members:
-                # The data filter also refuses devices and links leaving the tree.
-                bundle.extract(member, destination, filter="data")
-                limits.extracted(destination / member.name)
-            return len(members)
-    except tarfile.TarError as exc:
-        raise Invalid(
-            f"the source artifact is not a tar or zip archive: {exc}", code="unsafe_archive"
-        ) from exc
 
 
 async def execute_build(deps: WorkerDeps, build_id: str, *, wait_for_lease: bool = True) -> Build:
@@ -260,7 +160,15 @@ async def _phases(
             archive = paths.build_dir(deps.settings.data_dir, build.id).source_archive
             await deps.artifacts.copy_into(build.workspace_id, spec.source, archive)
             try:
-                count = await asyncio.to_thread(unpack, archive, source)
+                count = await asyncio.to_thread(
+                    partial(
+                        unpack,
+                        archive,
+                        source,
+                        max_bytes=deps.settings.max_archive_unpacked_bytes,
+                        max_members=deps.settings.max_archive_members,
+                    )
+                )
             except Invalid as exc:
                 raise BuildStopped(Failure(stage="source", code=exc.code, message=exc.message)) from exc
             finally:
@@ -323,6 +231,9 @@ async def _phases(
         async with _phase(rec.writer, f"step:{step.name}"):
             step_env = {**environment, **plain_environment(step.environment), "ADE_BUILD_ID": build.id}
             await _run(deps, rec, build, cancel, deadline, step, step_env)
+    if spec.constructor == "docker":
+        async with _phase(rec.writer, "image"):
+            await _image(deps, rec, build, cancel, deadline)
 
 
 class _phase:
@@ -441,3 +352,98 @@ async def _run(
         raise BuildStopped(
             failure or Failure(stage="build", code="exit_nonzero", message=message, step=step.name)
         )
+
+
+IMAGE_PHASE = "image"
+
+
+def _image_failure(code: str, message: str) -> BuildStopped:
+    return BuildStopped(Failure(stage="build", code=code, message=message, step=IMAGE_PHASE))
+
+
+def _containerfile(source: Path, *, network: bool) -> Path:
+    """The source's Containerfile (else Dockerfile), checked (`ade.execution.containerfile`). The runtime
+    reads it and the ignore files as the worker's user: none of them may be a link (a build step could
+    have made one pointing at any host file)."""
+    for name in CONTAINERFILES + IGNORE_FILES:
+        if (source / name).is_symlink():
+            raise _image_failure("unsafe_archive", f"the source's {name} is a symbolic link")
+    found = next((source / name for name in CONTAINERFILES if (source / name).is_file()), None)
+    if found is None:
+        raise _image_failure(
+            "no_containerfile", "a docker build needs a Containerfile or Dockerfile at the root of its source"
+        )
+    problems = containerfile.problems(found.read_text(errors="replace"), network=network)
+    if problems:
+        raise _image_failure("unsafe_containerfile", f"{found.name}: " + "; ".join(problems))
+    return found
+
+
+class _ErrorTail:
+    """Passes the image phase's lines on, keeping the last lines of stderr: the runtime's error."""
+
+    def __init__(self, inner: LimitWatch) -> None:
+        self.inner = inner
+        self.stderr: deque[str] = deque(maxlen=5)
+
+    async def __call__(self, name: str, lines: list[Line]) -> None:
+        if name == "stderr":
+            self.stderr.extend(text.decode(errors="replace").strip() for text, _ in lines)
+        await self.inner(name, lines)
+
+    @property
+    def error(self) -> str:
+        errors = [line for line in self.stderr if line.startswith("Error")]
+        return (errors or [line for line in self.stderr if line] or [""])[-1]
+
+
+async def _image(
+    deps: WorkerDeps, rec: Recorder, build: Build, cancel: asyncio.Event, deadline: float
+) -> None:
+    """`podman build` of the source's Containerfile, tagged `build.image`; its output is the phase's console
+    lines. A FROM image the runtime lacks (and may not pull) is `image_unavailable`, other failures
+    `exit_nonzero`, each with the runtime's message."""
+    settings, spec = deps.settings, build.spec
+    source = source_dir(deps, build)
+    found = await asyncio.to_thread(partial(_containerfile, source, network=spec.network))
+    assert build.image is not None
+    build_args = {  # secret values are not: a build arg is recorded in the image's history
+        name: value if isinstance(value, str) else (value.value or "")
+        for name, value in spec.environment.items()
+        if isinstance(value, str) or not value.secret
+    }
+    job = ImageBuildJob(
+        build_id=build.id,
+        tag=build.image,
+        context=source,
+        containerfile=found,
+        network=spec.network,
+        limits=Limits.of(settings, Step(name=IMAGE_PHASE, script=f"{settings.container_runtime} build")),
+        build_args=build_args,
+        labels={"ade.build": build.id, "ade.workspace": build.workspace_id},
+    )
+    budget = budget_of(rec.writer, settings.max_console_bytes_per_run)
+    tail = _ErrorTail(LimitWatch(StepSink(rec.writer, IMAGE_PHASE, "build", budget), job.limits))
+    outcome = await run_step(
+        partial(spawn_image_build, job, settings=settings),
+        timeout_s=max(deadline - time.monotonic(), 0.0),
+        grace_s=settings.kill_grace_s,
+        max_line_bytes=settings.console_line_max_bytes,
+        on_lines=tail,
+        cancel=cancel,
+        on_cancel=partial(_announce_cancel, deps, rec, build),
+        on_spawn=process_recorder(deps, build.id),
+    )
+    if outcome.cancelled:
+        raise BuildStopped(None)
+    if outcome.timed_out:
+        raise _image_failure("timeout", f"{IMAGE_PHASE!r} exceeded the build's time")
+    if outcome.exit_code != 0:
+        runtime, error = settings.container_runtime, tail.error
+        if UNAVAILABLE.search(error) and "building at STEP" not in error:
+            raise _image_failure(
+                "image_unavailable", f"{runtime} build: a FROM image is not available: {error}"
+            )
+        limit = tail.inner.failure(IMAGE_PHASE, "build", oom_killed=False)
+        message = f"{runtime} build exited with code {outcome.exit_code}: {error}"
+        raise BuildStopped(limit) if limit else _image_failure("exit_nonzero", message)

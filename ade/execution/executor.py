@@ -270,7 +270,7 @@ async def _execute_steps(
         step_limit_s = min(step.timeout_s or remaining_s, remaining_s)
         await transitions.start_step(rec, run, index)
         outcome, failure = await _step(
-            deps, run, rec, cancellation, index, max(step_limit_s, 0.0), build_env, binds
+            deps, run, rec, cancellation, index, max(step_limit_s, 0.0), build_env, binds, build
         )
         if failure is not None:
             await transitions.finish_step(rec, run, index, "failed", failure=failure)
@@ -327,12 +327,13 @@ async def _step(
     timeout_s: float,
     build_env: dict[str, str],
     binds: list[Bind],
+    build: Build | None = None,
 ) -> tuple[_Outcome | None, Failure | None]:
     """One step in its executor: (outcome, None), or (None, failure) when it could not start."""
     settings = deps.settings
     step = run.plan.steps[index]
     run_dir = paths.run_dir(settings.data_dir, run.id)
-    image, failure = await isolation.image_of(deps, run.workspace_id, step, "step")
+    image, failure = await isolation.image_of(deps, run.workspace_id, step, "step", build)
     if failure is not None:
         return None, failure
     executor = await isolation.executor_for(settings, image)

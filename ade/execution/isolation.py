@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ade.core import paths
 from ade.core.errors import NotFound
-from ade.core.models import Failure, Step
+from ade.core.models import BUILD_IMAGE, Build, Failure, Step
 from ade.core.settings import Settings
-from ade.execution.container import spawn_container
+from ade.execution.container import name_prefix, spawn_container
 from ade.execution.deps import WorkerDeps
 from ade.execution.limits import Limits
 from ade.execution.process import Spawn
@@ -156,17 +156,28 @@ def step_job(
 
 
 def container_name(stream_id: str, index: int | str) -> str:
-    """A name per step (podman/docker: [a-zA-Z0-9][a-zA-Z0-9_.-]*), unique per attempt."""
-    return f"ade-{stream_id}-{index}-{os.urandom(3).hex()}".lower()
+    """A name per step (podman/docker: [a-zA-Z0-9][a-zA-Z0-9_.-]*), unique per attempt; every container of
+    a stream starts with `container.name_prefix(stream_id)` (`ade-<stream id>-`, lower case), which is how
+    the reaper finds a lost worker's containers."""
+    return f"{name_prefix(stream_id)}{index}-{os.urandom(3).hex()}".lower()
 
 
 async def image_of(
-    deps: WorkerDeps, workspace_id: str, step: Step, stage: str
+    deps: WorkerDeps, workspace_id: str, step: Step, stage: str, build: Build | None = None
 ) -> tuple[str | None, Failure | None]:
-    """The container image reference a step's `image` slug names in its workspace (None: no image), or the
-    `image_unavailable` failure when the slug names nothing (any more)."""
+    """The container image reference a step's `image` names (None: no image): a slug, resolved in its
+    workspace, or `build`, the image of `build` (the run's ready build, a `docker` one). Else the
+    `image_unavailable` failure: the slug names nothing (any more), or there is no build image."""
     if step.image is None:
         return None, None
+    if step.image == BUILD_IMAGE:
+        if build is not None and build.image is not None:
+            return build.image, None
+        constructor = f"a {build.spec.constructor!r} build" if build is not None else "no build"
+        message = (
+            f"step {step.name!r}: `image: build` names the image of a docker build, and it has {constructor}"
+        )
+        return None, Failure(stage=stage, code="image_unavailable", message=message, step=step.name)
     try:
         return await resolve_image(deps.store, workspace_id, step.image), None
     except NotFound as exc:

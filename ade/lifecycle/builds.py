@@ -26,7 +26,7 @@ from ade.lifecycle.runs import signal_cancel
 from ade.lifecycle.transitions import Recorder
 from ade.records.store import Store
 
-CONSTRUCTOR_VERSIONS = {"python": "1", "shell": "1"}
+CONSTRUCTOR_VERSIONS = {"python": "1", "shell": "1", "docker": "1"}
 ACTIVE_TTL_S = 24 * 3600  # a build that is never finished stops blocking its fingerprint after this
 Mode = Literal["created", "joined", "reused"]
 

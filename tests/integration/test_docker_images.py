@@ -300,17 +300,24 @@ async def test_a_step_must_name_an_image_its_workspace_sees(client: httpx.AsyncC
             assert "'missing'" in one["error"] and one["details"][0]["step"] == "missing"
         assert (await client.get(f"/workspaces/{ws}/configurations")).json() == before  # nothing changed
 
-        # `build`: the image the configuration's build makes, so only with a build spec.
+        # `build`: the image the configuration's build makes, so only with a docker build spec.
         on_build = [{"name": "in-build", "script": "true", "image": "build"}]
         body = assert_error(
             await client.post(f"/workspaces/{ws}/configurations", json=config(on_build)), 400, "unknown_image"
         )
         assert body["details"][0]["key"] == "steps[0].image" and body["details"][0]["step"] == "in-build"
-        spec = {"constructor": "shell", "steps": [{"name": "b", "script": "true"}]}
+        shell = {"constructor": "shell", "steps": [{"name": "b", "script": "true"}]}
+        body = assert_error(
+            await client.put(f"/configurations/{cfg['id']}", json=config(on_build, build=shell)),
+            400,
+            "unknown_image",
+        )
+        assert body["details"][0]["key"] == "steps[0].image" and "'shell'" in body["details"][0]["message"]
+        spec = {"constructor": "docker", "steps": [{"name": "b", "script": "true"}]}
         with_build = await client.put(f"/configurations/{cfg['id']}", json=config(on_build, build=spec))
         assert with_build.status_code == 200, with_build.text
         assert with_build.json()["steps"][0]["image"] == "build"
-        recursive = {"constructor": "shell", "steps": [{"name": "b", "script": "true", "image": "build"}]}
+        recursive = {"constructor": "docker", "steps": [{"name": "b", "script": "true", "image": "build"}]}
         body = assert_error(
             await client.put(f"/configurations/{cfg['id']}", json=config(on_build, build=recursive)),
             400,
@@ -318,7 +325,7 @@ async def test_a_step_must_name_an_image_its_workspace_sees(client: httpx.AsyncC
         )
         assert body["details"][0]["key"] == "build.steps[0].image"
         bad_build_image = {
-            "constructor": "shell",
+            "constructor": "docker",
             "steps": [{"name": "b", "script": "true", "image": "nope"}],
         }
         body = assert_error(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ade.core.errors import Invalid
-from ade.execution.builder import unpack
+from ade.execution.archives import unpack
 
 
 def gz_bomb(path: Path, size: int) -> Path:

@@ -9,7 +9,7 @@ from litestar import Controller, delete, get, post, put
 
 from ade.api import auth
 from ade.api.deps import Services
-from ade.core import ids
+from ade.core import ids, workflow
 from ade.core.errors import Invalid, NotFound
 from ade.core.models import (
     BUILD_IMAGE,
@@ -59,11 +59,19 @@ def check_limits(settings: Settings, data: ConfigurationCreate) -> None:
         if len(step.script.encode()) > settings.max_script_bytes:
             limit = f"at most {settings.max_script_bytes} bytes (ADE_MAX_SCRIPT_BYTES)"
             details.append({"key": f"steps[{index}].script", "message": limit})
-    names = [step.name for step in data.steps]
-    if len(set(names)) != len(names):
-        details.append({"key": "steps", "message": "step names must be unique"})
     if details:
         raise Invalid("the configuration exceeds a limit", details=details)
+
+
+def check_workflow(data: ConfigurationCreate) -> None:
+    """The steps as a graph (`ade.core.workflow`): unique names, known dependencies, no cycle, paths inside
+    the work directory. A build's steps run in order: they take paths, not `depends_on` or `when`."""
+    problems = workflow.check(data.steps)
+    if data.build is not None:
+        problems += workflow.check_build_steps(data.build.steps, "build.steps")
+    if problems:
+        message = problems[0].message if len(problems) == 1 else f"{len(problems)} problems with the steps"
+        raise Invalid(message, details=[problem.detail() for problem in problems])
 
 
 async def check_build_source(services: Services, workspace_id: str, build: BuildSpec | None) -> None:
@@ -173,6 +181,7 @@ class ConfigurationController(Controller):
     ) -> Configuration:
         await auth.workspace(services, principal, workspace_id, "admin")
         check_limits(services.settings, data)
+        check_workflow(data)
         await check_build_source(services, workspace_id, data.build)
         await check_images(services, workspace_id, data)
         now = utcnow()
@@ -205,6 +214,7 @@ class ConfigurationController(Controller):
     ) -> Configuration:
         current = await auth.configuration(services, principal, configuration_id, "admin")
         check_limits(services.settings, data)
+        check_workflow(data)
         await check_build_source(services, current.workspace_id, data.build)
         await check_images(services, current.workspace_id, data)
         cfg = _configuration(

@@ -144,7 +144,10 @@ class RunViewController(Controller):
             duration_ms=_ms(run.started_at, run.completed_at),
             exit_code=run.exit_code,
             failure=msgspec.to_builtins(run.failure) if run.failure else None,
-            steps=[StepSummary.of(state) for state in transitions.steps_of(run)],
+            steps=[
+                StepSummary.of(state, step)
+                for state, step in zip(transitions.steps_of(run), run.plan.steps, strict=True)
+            ],
             events=services.summaries.counts(fold),
             last_progress=fold.last_progress,
             summary=fold.summary,

@@ -1,8 +1,11 @@
 """`ade runs watch` and `ade builds watch`: a run's or a build's event stream rendered live with rich.
 
-- step starts (`▶ name`) and completions (`✓ name succeeded in 1.2s`, `✗ name failed (exit 3) in 0.4s`);
-  a build's phases the same way, named `build: <phase>` (`▶ build: environment`, `✓ build: step:prep
-  succeeded in 12ms`), whether they come from the build's own stream or from a run waiting for its build;
+- step starts (`▶ name`) and completions (`✓ name succeeded in 1.2s`, `✗ name failed (exit 3) in 0.4s`),
+  skipped steps with why (`○ deploy skipped: dependency 'test' failed`); a build's phases the same way,
+  named `build: <phase>` (`▶ build: environment`, `✓ build: step:prep succeeded in 12ms`), whether they
+  come from the build's own stream or from a run waiting for its build;
+- steps running at the same time (a workflow with `depends_on`): each start and end says which still run
+  (`▶ test (running: lint, test)`), and console lines carry their step (`  lint | …`);
 - console lines indented under their step or phase: stdout as is, stderr in red behind `! ` (so the two stay
   apart without colour too, e.g. in a pipe or a CI log);
 - `engine.progress` as a progress bar per step (the bar's final state stays on screen; without a terminal
@@ -88,6 +91,7 @@ class StreamView:
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._step: str | None = None
+        self._running: list[str] = []  # steps running now, in the order they started
 
     def __enter__(self) -> StreamView:
         return self
@@ -110,7 +114,8 @@ class StreamView:
                 self._console_line(payload)
             case StepStarted() | PhaseStarted():
                 self._step = _step_name(payload)
-                self._line(f"▶ {self._step}", "bold")
+                self._running.append(self._step)
+                self._line(f"▶ {self._step}{self._others()}", "bold")
             case StepCompleted() | PhaseCompleted():
                 self._step_completed(payload)
             case StepSkipped():
@@ -134,8 +139,14 @@ class StreamView:
                 details = json.dumps(event.payload, separators=(",", ":"), default=str)
                 self._line(f"  · {event.type} {details}", "dim cyan")
 
+    def _others(self, at_least: int = 2) -> str:
+        """`(running: a, b)` when steps run side by side: on a start, more than the one starting."""
+        return f" (running: {', '.join(self._running)})" if len(self._running) >= at_least else ""
+
     def _console_line(self, line: ConsoleLine) -> None:
         text = Text("  ")
+        if line.step and len(self._running) > 1:
+            text.append(f"{line.step} | ", style="dim")
         if line.stream == "stderr":
             text.append(f"! {line.message}", style="red")
         else:
@@ -177,8 +188,10 @@ class StreamView:
                 what = "timed out"
             elif status == "failed" and payload.exit_code is not None:
                 what += f" (exit {payload.exit_code})"
-        self._line(f"{mark} {name} {what} in {duration(payload.duration_ms)}", style)
-        self._step = None
+        if name in self._running:
+            self._running.remove(name)
+        self._line(f"{mark} {name} {what} in {duration(payload.duration_ms)}{self._others(1)}", style)
+        self._step = self._running[-1] if self._running else None
 
     def _completed(self, event: Event, payload: RunCompleted | BuildCompleted) -> None:
         """`run.completed` or `build.completed`: the outcome when it ends the watched stream, else (a run's

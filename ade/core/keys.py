@@ -168,7 +168,9 @@ REAPER_SUSPECTS = f"{PREFIX}:reaper:suspects"  # hash: stream id -> when its lea
 
 
 def step_process(stream_id: str) -> str:
-    """`<host> <pgid>` of the step process group a run or build is running now."""
+    """`<host> <pgid>` of the step process group a run or build started last (the reaper kills it when the
+    worker died). One is enough with parallel steps: a sandboxed step's processes die with their worker
+    (see `ade.execution.deps.process_recorder`)."""
     return f"{PREFIX}:pgid:{stream_id}"
 
 

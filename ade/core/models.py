@@ -89,6 +89,17 @@ MemoryMb = Annotated[int, msgspec.Meta(ge=1)]  # capped by Settings.step_max_mem
 ProcessCount = Annotated[int, msgspec.Meta(ge=1)]  # capped by Settings.step_max_processes
 
 
+# Workflows (README "Workflows"): msgspec checks each field; `ade.core.workflow` checks the graph (names,
+# cycles) and that paths stay inside the work directory.
+When = Literal["on_success", "always", "on_failure"]
+OutputWhen = Literal["on_success", "always"]
+WorkPath = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]  # relative to the work directory
+CacheKey = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=NO_NUL)]
+DependsOn = Annotated[list[StepName], msgspec.Meta(max_length=1000)]
+CacheDirs = Annotated[list[WorkPath], msgspec.Meta(max_length=20)]
+OutputPaths = Annotated[list[WorkPath], msgspec.Meta(max_length=100)]
+
+
 class Step(Struct):
     name: StepName
     script: Script
@@ -97,6 +108,12 @@ class Step(Struct):
     image: ImageRef | None = None  # a docker image slug (`DockerImage.slug`), or `build` (BUILD_IMAGE)
     memory_mb: MemoryMb | None = None  # at most ADE_STEP_MAX_MEMORY_MB
     max_processes: ProcessCount | None = None  # at most ADE_STEP_MAX_PROCESSES
+    depends_on: DependsOn = msgspec.field(default_factory=list)  # step names
+    when: When = "on_success"  # its dependencies succeeded; always: they ended; on_failure: one failed
+    cache_dirs: CacheDirs = msgspec.field(default_factory=list)
+    cache_key: CacheKey | None = None  # may use `{{ hashFiles('pattern') }}`
+    output_paths: OutputPaths = msgspec.field(default_factory=list)  # globs
+    output_when: OutputWhen = "on_success"
 
 
 Steps = Annotated[list[Step], msgspec.Meta(min_length=1)]  # count limit: Settings.max_steps

@@ -70,6 +70,9 @@ class Settings:
     max_console_bytes_per_run: int = 64 * 1024 * 1024  # console lines + step events; past it they are dropped
     max_archive_unpacked_bytes: int = 100 * 1024 * 1024  # a build source archive, summed from its headers
     max_archive_members: int = 50_000  # entries of a build source archive
+    # Workflows (README "Workflows")
+    max_parallel_steps: int = 4  # steps of one run running at once (below 1: 1)
+    cleanup_grace_s: float = 30.0  # after a cancel or the run's timeout, how long `when: always` steps get
 
     @classmethod
     def from_env(cls) -> Settings:

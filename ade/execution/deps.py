@@ -62,7 +62,15 @@ class WorkerDeps:
 
 
 def process_recorder(deps: WorkerDeps, stream_id: str) -> Callable[[int], Awaitable[None]]:
-    """Records where a stream's step runs, so a reaper can kill it if this worker dies."""
+    """Records where a stream's step runs, so a reaper can kill it if this worker dies.
+
+    A run's parallel steps share the one record: it names the step that started last. That is enough
+    for the default (sandbox) executor, whose steps do not need the reaper: bubblewrap runs with
+    `--die-with-parent`, so when the worker dies (even by SIGKILL) the kernel kills each step's bwrap, its
+    PID namespace's init, and with it every process of the step. The record matters for the host executor
+    (process groups outlive their parent), where with parallel steps only the last one started is killed;
+    a container step runs under its runtime's monitor (podman's conmon), which a process group kill does
+    not reach either way."""
 
     async def record(pgid: int) -> None:
         with contextlib.suppress(RedisError, OSError):  # best effort: a Redis blip must not fail the step

@@ -1,5 +1,5 @@
-"""Executing a run: its steps in order, every line and engine event through the run's dispatcher, every
-status change through `ade.lifecycle.transitions`.
+"""Executing a run: its steps (when each starts: `ade.execution.scheduler`), every line and engine event
+through the run's dispatcher, every status change through `ade.lifecycle.transitions`.
 
 Plain functions; nothing here knows arq or HTTP.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from functools import partial
 
 import anyio
@@ -34,7 +33,7 @@ from ade.events.envelope import EVENT_DECODER
 from ade.events.follow import follow
 from ade.events.payloads import BuildCompleted, RunEndStatus
 from ade.events.writer import EventSpec
-from ade.execution import isolation
+from ade.execution import isolation, scheduler
 from ade.execution.builder import environment_for, execute_build, run_binds_of_build
 from ade.execution.console import StepSink, budget_of
 from ade.execution.container import ImageUnavailable
@@ -42,6 +41,7 @@ from ade.execution.deps import WorkerDeps, base_environment, process_recorder
 from ade.execution.limits import Limits, LimitWatch, capped
 from ade.execution.process import StepOutcome, run_step
 from ade.execution.sandbox import WORK_DIR, Bind, ExecutorName, prepare_dirs
+from ade.execution.scheduler import Policy, RecordedSteps, StepResult, StepSlot
 from ade.lifecycle import transitions
 from ade.lifecycle.builds import build_stream
 from ade.lifecycle.runs import run_writer
@@ -254,56 +254,43 @@ async def _place_inputs(deps: WorkerDeps, run: Run) -> Failure | None:
 async def _execute_steps(
     deps: WorkerDeps, run: Run, rec: Recorder, cancellation: _Cancellation, build: Build | None
 ) -> tuple[int | None, Failure | None]:
-    """Run each step in order; the first failing step stops the run. Returns (exit code, failure)."""
+    """Run the steps, each when `ade.execution.scheduler` says (in order, or as a graph with
+    `depends_on`). Returns (exit code, failure)."""
     settings = deps.settings
     run_dir = paths.run_dir(settings.data_dir, run.id)
-    run_timeout_s = run.plan.timeout_s or settings.default_run_timeout_s
-    run_deadline = time.monotonic() + run_timeout_s
     build_env = environment_for(deps, build) if build else {}
     binds = isolation.run_binds(run_dir) + (run_binds_of_build(deps, build) if build else [])
-    exit_code: int | None = 0
-    for index, step in enumerate(run.plan.steps):
-        if cancellation.event.is_set():
-            await cancellation.announce()
-            return None, None
-        remaining_s = run_deadline - time.monotonic()
-        step_limit_s = min(step.timeout_s or remaining_s, remaining_s)
-        await transitions.start_step(rec, run, index)
-        outcome, failure = await _step(
-            deps, run, rec, cancellation, index, max(step_limit_s, 0.0), build_env, binds, build
-        )
+
+    async def execute_step(slot: StepSlot) -> StepResult:
+        step = run.plan.steps[slot.index]
+        outcome, failure = await _step(deps, run, rec, slot, build_env, binds, build)
         if failure is not None:
-            await transitions.finish_step(rec, run, index, "failed", failure=failure)
-            return None, failure
+            return StepResult(status="failed", failure=failure)
         assert outcome is not None
         exit_code = outcome.exit_code
         if outcome.cancelled:
-            await transitions.finish_step(rec, run, index, "cancelled", exit_code=exit_code)
-            return None, None
+            return StepResult(status="cancelled", exit_code=exit_code)
         if outcome.timed_out:
-            by_step = step.timeout_s is not None and step.timeout_s <= remaining_s
-            limit = (
-                f"its timeout of {step.timeout_s:g} s"
-                if by_step
-                else f"the run's timeout of {run_timeout_s:g} s"
-            )
-            failure = Failure(
-                stage="step", code="timeout", message=f"step {step.name!r} exceeded {limit}", step=step.name
-            )
-            await transitions.finish_step(rec, run, index, "failed", failure=failure)
-            return None, failure
+            message = f"step {step.name!r} exceeded {slot.limit}"
+            failure = Failure(stage="step", code="timeout", message=message, step=step.name)
+            return StepResult(status="failed", failure=failure)
         if exit_code != 0:
             message = f"step {step.name!r} exited with code {exit_code}"
             failure = outcome.limit_failure or Failure(
                 stage="step", code="exit_nonzero", message=message, step=step.name
             )
-            await transitions.finish_step(rec, run, index, "failed", exit_code=exit_code, failure=failure)
-            return exit_code, failure
+            return StepResult(status="failed", exit_code=exit_code, failure=failure)
         if over := await _outputs_over_limit(deps, run, step):
-            await transitions.finish_step(rec, run, index, "failed", exit_code=exit_code, failure=over)
-            return exit_code, over
-        await transitions.finish_step(rec, run, index, "succeeded", exit_code=exit_code)
-    return exit_code, None
+            return StepResult(status="failed", exit_code=exit_code, failure=over)
+        return StepResult(status="succeeded", exit_code=exit_code)
+
+    policy = Policy(
+        run_timeout_s=run.plan.timeout_s or settings.default_run_timeout_s,
+        max_parallel=settings.max_parallel_steps,
+        cleanup_grace_s=settings.cleanup_grace_s,
+    )
+    port = RecordedSteps(rec, run, cancellation.announce)
+    return await scheduler.execute(run.plan.steps, port, execute_step, cancellation.event, policy)
 
 
 class _Outcome:
@@ -322,15 +309,14 @@ async def _step(
     deps: WorkerDeps,
     run: Run,
     rec: Recorder,
-    cancellation: _Cancellation,
-    index: int,
-    timeout_s: float,
+    slot: StepSlot,
     build_env: dict[str, str],
     binds: list[Bind],
     build: Build | None = None,
 ) -> tuple[_Outcome | None, Failure | None]:
     """One step in its executor: (outcome, None), or (None, failure) when it could not start."""
     settings = deps.settings
+    index = slot.index
     step = run.plan.steps[index]
     run_dir = paths.run_dir(settings.data_dir, run.id)
     image, failure = await isolation.image_of(deps, run.workspace_id, step, "step", build)
@@ -356,12 +342,12 @@ async def _step(
     try:
         outcome = await run_step(
             isolation.spawner(settings, job, executor),
-            timeout_s=timeout_s,
+            timeout_s=slot.timeout_s,
             grace_s=settings.kill_grace_s,
             max_line_bytes=settings.console_line_max_bytes,
             on_lines=watch,
-            cancel=cancellation.event,
-            on_cancel=cancellation.announce,
+            cancel=slot.cancel,
+            on_cancel=slot.on_cancel,
             on_spawn=process_recorder(deps, run.id),
         )
     except ImageUnavailable as exc:

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ade.core.models import Failure, StepState, StepStatus
+from ade.core.models import Failure, Step, StepState, StepStatus, When
 from ade.events import eventlog, payloads
 from ade.events.envelope import EVENT_DECODER, Event
 from ade.events.payloads import ConsoleLine as ConsoleLinePayload
@@ -29,9 +29,11 @@ class StepSummary(msgspec.Struct, kw_only=True):
     duration_ms: int | None = None
     failure: Failure | None = None
     skipped_reason: str | None = None
+    depends_on: list[str] = msgspec.field(default_factory=list)  # as configured: none means "in order"
+    when: When = "on_success"
 
     @classmethod
-    def of(cls, state: StepState) -> StepSummary:
+    def of(cls, state: StepState, step: Step | None = None) -> StepSummary:
         duration_ms = None
         if state.started_at and state.completed_at:
             duration_ms = round((state.completed_at - state.started_at).total_seconds() * 1000)
@@ -42,6 +44,8 @@ class StepSummary(msgspec.Struct, kw_only=True):
             duration_ms=duration_ms,
             failure=state.failure,
             skipped_reason=state.skipped_reason,
+            depends_on=list(step.depends_on) if step else [],
+            when=step.when if step else "on_success",
         )
 
 

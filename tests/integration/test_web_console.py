@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -62,7 +63,7 @@ def tenant(system: AdeSystem) -> Tenant:
         key = boot.post(f"/workspaces/{ws}/api-keys", json={"name": "browser", "role": "operator"})
         assert key.status_code == 201, key.text
 
-        def configuration(name: str, steps: list[dict[str, str]]) -> str:
+        def configuration(name: str, steps: list[dict[str, Any]]) -> str:
             created = boot.post(f"/workspaces/{ws}/configurations", json={"name": name, "steps": steps})
             assert created.status_code == 201, created.text
             return str(created.json()["id"])
@@ -72,7 +73,10 @@ def tenant(system: AdeSystem) -> Tenant:
             key=key.json()["secret"],
             configuration_id=configuration(
                 "live-demo",
-                [{"name": "prepare", "script": "echo preparing"}, {"name": "count", "script": COUNT}],
+                [
+                    {"name": "prepare", "script": "echo preparing"},
+                    {"name": "count", "script": COUNT, "depends_on": ["prepare"]},  # the graph's "needs"
+                ],
             ),
             flood_configuration_id=configuration("flood", [{"name": "flood", "script": "seq 1 5200"}]),
         )
@@ -173,6 +177,8 @@ def test_sign_in_start_a_run_watch_it_live_and_download_its_output(
     expect(page.locator("#progress-label")).to_contain_text("5 / 10 · 50%")
     expect(page.locator("#steps-body tr[data-step=prepare] .step-status")).to_have_text("succeeded")
     expect(page.locator("#steps-body tr[data-step=count] .step-status")).to_have_text("running")
+    expect(page.locator("#steps-body tr[data-step=count] .step-needs")).to_have_text("prepare")
+    expect(page.locator("#steps-body tr[data-step=prepare] .step-needs")).to_have_text("—")
     expect(page.locator("#stream-state")).to_have_text("live")
     assert stdout_lines(page)[-5:] == [f"line {i}" for i in range(1, 6)]
 

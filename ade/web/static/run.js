@@ -27,7 +27,7 @@ const STREAM_STATES = {
 export function runView(root, runRef) {
   let run = null; // the run resource, kept current from events
   let runId = runRef;
-  let steps = new Map(); // name -> {name, status, startedAt, durationMs, exitCode}
+  let steps = new Map(); // name -> {name, status, startedAt, durationMs, exitCode, needs, when}
   let cancelRequested = false;
   let stream = null;
   let ticker = null;
@@ -117,7 +117,7 @@ export function runView(root, runRef) {
             h(
               "tr",
               {},
-              ["Step", "Status", "Duration", "Exit"].map((n) => h("th", {}, n)),
+              ["Step", "Needs", "Status", "Duration", "Exit"].map((n) => h("th", {}, n)),
             ),
           ),
           stepRows,
@@ -198,6 +198,11 @@ export function runView(root, runRef) {
           "tr",
           { dataset: { step: step.name } },
           h("td", { class: "mono" }, step.name),
+          h(
+            "td",
+            { class: "step-needs mono muted" },
+            (step.needs.join(", ") || "—") + (step.when === "on_success" ? "" : ` · ${step.when}`),
+          ),
           h("td", {}, statusBadge(step.status, { class: "step-status" })),
           h(
             "td",
@@ -302,7 +307,15 @@ export function runView(root, runRef) {
 
   function step(name) {
     if (!steps.has(name)) {
-      steps.set(name, { name, status: "pending", startedAt: null, durationMs: null, exitCode: null });
+      steps.set(name, {
+        name,
+        status: "pending",
+        startedAt: null,
+        durationMs: null,
+        exitCode: null,
+        needs: [],
+        when: "on_success",
+      });
     }
     return steps.get(name);
   }
@@ -466,7 +479,7 @@ export function runView(root, runRef) {
     try {
       const plan = await api(`/runs/${encodeURIComponent(runId)}/plan`);
       title.textContent = plan.name;
-      for (const s of plan.steps) step(s.name);
+      for (const s of plan.steps) Object.assign(step(s.name), { needs: s.depends_on ?? [], when: s.when });
       renderSteps();
     } catch {
       title.textContent = run.configuration_id;

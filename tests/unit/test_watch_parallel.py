@@ -1,0 +1,58 @@
+"""`ade runs watch` on a workflow: skipped steps with why, which steps run side by side, and each console
+line's step while more than one runs."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+
+from ade.cli.watch import StreamView
+from ade.events.envelope import Event
+
+
+def event(sequence: int, kind: str, **payload: Any) -> Event:
+    return Event(
+        type=kind,
+        sequence=sequence,
+        event_id=f"evt_{sequence}",
+        created_at=datetime.now(UTC),
+        source="worker",
+        workspace_id="ws_x",
+        run_id="run_x",
+        payload=payload,
+    )
+
+
+def test_watch_shows_parallel_steps_and_skips() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    events = [
+        ("run.step.started", {"step": "b", "index": 1}),
+        ("run.step.started", {"step": "c", "index": 2}),
+        ("console.line", {"scope": "run", "stream": "stdout", "step": "c", "message": "from c"}),
+        (
+            "run.step.completed",
+            {"step": "c", "index": 2, "status": "failed", "exit_code": 3, "duration_ms": 5},
+        ),
+        ("console.line", {"scope": "run", "stream": "stdout", "step": "b", "message": "from b"}),
+        ("run.step.skipped", {"step": "d", "index": 3, "reason": "dependency 'c' failed"}),
+        (
+            "run.step.completed",
+            {"step": "b", "index": 1, "status": "succeeded", "exit_code": 0, "duration_ms": 9},
+        ),
+    ]
+    with StreamView(console) as view:
+        for sequence, (kind, payload) in enumerate(events, start=1):
+            view.handle(event(sequence, kind, **payload))
+    assert out.getvalue().splitlines() == [
+        "▶ b",
+        "▶ c (running: b, c)",
+        "  c | from c",
+        "✗ c failed (exit 3) in 5ms (running: b)",
+        "  from b",
+        "○ d skipped: dependency 'c' failed",
+        "✓ b succeeded in 9ms",
+    ]

@@ -54,6 +54,8 @@ class Settings:
     build_log_retention_s: float = 30 * 24 * 3600.0
     build_env_retention_s: float = 7 * 24 * 3600.0
     build_sweep_interval_s: float = 600.0
+    # Fair share
+    max_running_per_workspace: int = 4  # runs of one workspace executing at once, all workers; 0: no cap
 
     @classmethod
     def from_env(cls) -> Settings:

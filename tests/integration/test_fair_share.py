@@ -8,6 +8,7 @@ run ends, and synchronises on the runs' events, never on sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -20,8 +21,13 @@ import pytest
 from httpx_sse import aconnect_sse
 from redis.asyncio import Redis
 
+from ade.cli.redis_server import RedisServer
 from ade.core import keys, paths
+from ade.core.models import Plan, Step, Workspace, utcnow
+from ade.lifecycle import queue
 from ade.lifecycle.queue import PARK_S
+from ade.lifecycle.runs import new_run
+from ade.records.store import Store
 from tests.api import configuration, run, wait_for_end, workspace
 from tests.system import AdeSystem, running
 
@@ -130,7 +136,7 @@ async def test_a_workspace_at_its_cap_does_not_starve_another(
             release(system, run_id)
             assert json.loads((await wait_for_end(api, run_id))[-1].data)["payload"]["status"] == "succeeded"
         assert await running_set(redis, a) == set() and await running_set(redis, b) == set()
-        assert await redis.hgetall(keys.RUNNING_RUNS) == {}  # type: ignore[misc]
+        assert await redis.hgetall(keys.RUNNING_RUNS) == {}
         bodies = [await record(api, run_id) for run_id in a_runs]
         spans = [(at(body, "started_at"), at(body, "completed_at")) for body in bodies]
         for moment, _ in spans:  # never more of A's runs at once than its cap (2 from the raise on)
@@ -165,3 +171,62 @@ async def test_a_lost_workers_run_gives_its_workspace_slot_back_once_reaped(
         release(system, second)
         await wait_for_end(api, second)
         assert await running_set(redis, ws) == set()
+
+
+async def test_workers_racing_for_a_workspaces_slots_never_exceed_its_cap(
+    tmp_path: Path, redis_server: RedisServer, redis_of: dict[str, Redis]
+) -> None:
+    """Eight workers (Redis clients) see the same twelve due runs of one workspace at once: exactly its cap
+    of them take a slot, the others are parked out of the queue's due range; a slot given back makes the
+    oldest parked run due at once."""
+    url = redis_server.url.removesuffix("/0") + "/7"  # a database of its own: this test owns `ade:queue`
+    stores = [Store(redis_of.setdefault(str(n), Redis.from_url(url)), tmp_path) for n in range(8)]
+    await stores[0].redis.flushdb()
+    ws = Workspace(id="ws_race", name="race", created_at=utcnow(), max_running_runs=3)
+    await stores[0].put_workspace(ws)
+    plan = Plan(
+        configuration_id="cfg_race",
+        name="race",
+        steps=[Step(name="s", script="true")],
+        environment={},
+        timeout_s=None,
+    )
+    runs = [new_run(plan, workspace_id=ws.id, commit=None, input_artifacts=[]) for _ in range(12)]
+    for each in runs:
+        paths.run_dir(tmp_path, each.id).create()
+        await stores[0].put_run(each)
+        await queue.enqueue(stores[0].redis, each.id)
+
+    async def worker(store: Store) -> None:
+        for each in runs:
+            await queue.admit(store, queue.job_id(each.id), default_cap=1)
+
+    await asyncio.gather(*(worker(store) for store in stores))
+    redis = stores[0].redis
+    holders = await running_set(redis, ws.id)
+    assert len(holders) == 3  # its own cap, not the default
+    queued = {raw.decode() for raw in await redis.zrangebyscore(keys.QUEUE_NAME, "-inf", "+inf")}
+    assert queued == {queue.job_id(r.id) for r in runs}  # every job is still in the queue...
+    parked = sorted({r.id for r in runs} - holders)
+    now_ms = utcnow().timestamp() * 1000
+    for run_id in parked:  # ...but a parked one is not due (arq skips it) before the safety net
+        assert (await redis.zscore(keys.QUEUE_NAME, queue.job_id(run_id)) or 0) > now_ms
+    waiting = await queue.waiting_for(redis, next(r for r in runs if r.id == parked[0]))
+    assert waiting is not None and waiting.reason == "workspace_cap"
+    assert waiting.message == "3 of 3 runs of this workspace are running"
+
+    async with redis.pubsub() as nudges:
+        await nudges.subscribe(keys.QUEUE_WAKE_CHANNEL)
+        await queue.give_back(redis, sorted(holders)[0], ws.id)
+        await queue.give_back(redis, sorted(holders)[0], ws.id)  # again: a no-op, nothing more made due
+        scores = [await redis.zscore(keys.QUEUE_NAME, queue.job_id(run_id)) or 0 for run_id in parked[:2]]
+        now_ms = utcnow().timestamp() * 1000
+        assert scores[0] <= now_ms < scores[1]  # the oldest parked run is due now, the next one is not
+        assert len(await running_set(redis, ws.id)) == 2
+        for _ in range(2):  # the first read may only consume the subscription's confirmation
+            message = await nudges.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            if message is not None:
+                break
+        assert message is not None and message["data"] == parked[0].encode()  # the workers are nudged
+    assert await queue.admit(stores[1], queue.job_id(parked[0]), default_cap=1)
+    assert await running_set(redis, ws.id) == {*sorted(holders)[1:], parked[0]}

@@ -150,10 +150,11 @@ async def waiting_for(redis: Redis, run: Run) -> Waiting | None:
         pipe.zscore(keys.workspace_capped(run.workspace_id), run.id)
         pipe.scard(keys.workspace_running(run.workspace_id))
         pipe.get(keys.workspace_cap(run.workspace_id))
-        parked, holding, cap = await pipe.execute()
-    # Parked at the cap, or due but its workspace is at its cap now (it will be parked): the cap is what it
-    # waits for, whatever the worker slots.
-    if parked is not None or (cap is not None and 0 < int(cap) <= holding):
+        pipe.sismember(keys.workspace_running(run.workspace_id), run.id)
+        parked, holding, cap, has_slot = await pipe.execute()
+    # Parked at the cap, or due while its workspace is at its cap (it will be parked): the cap is what it
+    # waits for, whatever the worker slots. (A run holding a slot of its own is being picked up.)
+    if parked is not None or (not has_slot and cap is not None and 0 < int(cap) <= holding):
         message = (
             f"{holding} of {cap.decode()} runs of this workspace are running"
             if cap

@@ -9,13 +9,16 @@ run ends, and synchronises on the runs' events, never on sleeps."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
@@ -33,7 +36,68 @@ from tests.system import AdeSystem, running
 
 pytestmark = pytest.mark.anyio
 
-HOLD = [{"name": "hold", "script": "until [ -e go ]; do sleep 0.02; done"}]
+# Waits for `go` in its work directory (at most a minute: a failed test leaves nothing spinning).
+HOLD = [{"name": "hold", "script": "for i in $(seq 1200); do [ -e go ] && exit 0; sleep 0.05; done; exit 1"}]
+WAIT_S = 60.0  # a test that is going wrong fails, it does not hang
+
+
+@dataclass
+class Scene:
+    """A real system (its API with the bootstrap token, its Redis) and the runs the test made."""
+
+    system: AdeSystem
+    api: httpx.AsyncClient
+    redis: Redis
+    runs: list[str] = field(default_factory=list)
+
+    async def submit(self, cfg: str) -> str:
+        run_id = str((await run(self.api, cfg))["id"])
+        self.runs.append(run_id)
+        return run_id
+
+    def release(self, run_id: str) -> None:
+        """Let a run's step finish."""
+        (paths.run_dir(self.system.data_dir, run_id).work / "go").touch()
+
+    async def started(self, run_id: str) -> dict[str, Any]:
+        """Follow a run's events until `run.started`; that event. (It comes before the record says so.)"""
+        with anyio.fail_after(WAIT_S):
+            url = f"/runs/{run_id}/events"
+            async with aconnect_sse(self.api, "GET", url, params={"stream": "true"}) as source:
+                async for sse in source.aiter_sse():
+                    assert sse.event != "end", f"{run_id} ended without starting"
+                    event: dict[str, Any] = json.loads(sse.data) if sse.event == "ade.event" else {}
+                    if event.get("type") == "run.started":
+                        return event
+        raise AssertionError(f"{run_id}'s stream closed before it started")
+
+    async def ended(self, run_id: str) -> dict[str, Any]:
+        """Follow a run's events until it ends; its `run.completed`."""
+        with anyio.fail_after(WAIT_S):
+            completed: dict[str, Any] = json.loads((await wait_for_end(self.api, run_id))[-1].data)
+            return completed
+
+    async def record(self, run_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = (await self.api.get(f"/runs/{run_id}")).json()
+        return body
+
+    async def holders(self, ws: str) -> set[str]:
+        """The runs holding one of the workspace's slots."""
+        return await running_set(self.redis, ws)
+
+
+@contextlib.asynccontextmanager
+async def scene(tmp_path: Path, **env: str) -> AsyncIterator[Scene]:
+    async with running(tmp_path, **env) as system, system.api_client() as api:
+        redis = Redis.from_url(system.redis.url)
+        made = Scene(system, api, redis)
+        try:
+            yield made
+        finally:
+            for run_id in made.runs:  # whatever happened, nothing is left waiting when the system stops
+                with contextlib.suppress(OSError):
+                    made.release(run_id)
+            await redis.aclose()
 
 
 @pytest.fixture
@@ -44,67 +108,41 @@ async def redis_of() -> AsyncIterator[dict[str, Redis]]:
         await client.aclose()
 
 
-def release(system: AdeSystem, run_id: str) -> None:
-    """Let a run's step finish."""
-    (paths.run_dir(system.data_dir, run_id).work / "go").touch()
-
-
-async def started(api: httpx.AsyncClient, run_id: str) -> None:
-    """Follow a run's events until `run.started`."""
-    async with aconnect_sse(api, "GET", f"/runs/{run_id}/events", params={"stream": "true"}) as source:
-        async for sse in source.aiter_sse():
-            assert sse.event != "end", f"{run_id} ended without starting"
-            if sse.event == "ade.event" and json.loads(sse.data)["type"] == "run.started":
-                return
-
-
-async def record(api: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = (await api.get(f"/runs/{run_id}")).json()
-    return body
-
-
-def at(body: dict[str, Any], field: str) -> datetime:
-    return datetime.fromisoformat(body[field])
+def at(body: dict[str, Any], field_name: str) -> datetime:
+    return datetime.fromisoformat(body[field_name])
 
 
 async def running_set(redis: Redis, ws: str) -> set[str]:
     return {raw.decode() for raw in await redis.smembers(keys.workspace_running(ws))}  # type: ignore[misc]
 
 
-async def test_a_workspace_at_its_cap_does_not_starve_another(
-    tmp_path: Path, redis_of: dict[str, Redis]
-) -> None:
-    async with (
-        running(tmp_path, ADE_WORKER_CONCURRENCY="3", ADE_MAX_RUNNING_PER_WORKSPACE="1") as system,
-        system.api_client() as api,
-    ):
-        redis = redis_of["r"] = Redis.from_url(system.redis.url)
+async def test_a_workspace_at_its_cap_does_not_starve_another(tmp_path: Path) -> None:
+    async with scene(tmp_path, ADE_WORKER_CONCURRENCY="3", ADE_MAX_RUNNING_PER_WORKSPACE="1") as it:
+        api = it.api
         a, b = await workspace(api, "a"), await workspace(api, "b")
         a_cfg, b_cfg = await configuration(api, a, HOLD), await configuration(api, b, HOLD)
-        a_runs = [(await run(api, a_cfg))["id"] for _ in range(4)]
-        b_run = (await run(api, b_cfg))["id"]
+        a_runs = [await it.submit(a_cfg) for _ in range(4)]
+        b_run = await it.submit(b_cfg)
 
-        await started(api, a_runs[0])
-        # B's run, queued after A's four, starts while A's three others wait: they hold no worker slot
-        # (3 slots: A's second, third and fourth would otherwise fill the two that are free).
-        await started(api, b_run)
+        await it.started(a_runs[0])
+        # B's run, queued after A's four, starts while A's three others wait: they hold no worker slot (of
+        # the 3, A's first holds one; A's three others would otherwise take the other two).
+        b_started = await it.started(b_run)
         for run_id in a_runs[1:]:
-            body = await record(api, run_id)
+            body = await it.record(run_id)
             assert body["status"] == "queued"
             assert body["waiting"]["reason"] == "workspace_cap"
             assert body["waiting"]["message"] == "1 of 1 runs of this workspace are running"
-        assert await running_set(redis, a) == {a_runs[0]}
-        assert await running_set(redis, b) == {b_run}
+        assert await it.holders(a) == {a_runs[0]} and await it.holders(b) == {b_run}
 
         # A's running run ends: its next one starts at once, not at the park's safety net.
-        release(system, a_runs[0])
-        await wait_for_end(api, a_runs[0])
-        await started(api, a_runs[1])
-        first, second = await record(api, a_runs[0]), await record(api, a_runs[1])
-        gap_s = (at(second, "started_at") - at(first, "completed_at")).total_seconds()
+        it.release(a_runs[0])
+        first_ended = await it.ended(a_runs[0])
+        second_started = await it.started(a_runs[1])
+        gap_s = (at(second_started, "created_at") - at(first_ended, "created_at")).total_seconds()
         assert 0 <= gap_s < 1.0 < PARK_S, gap_s  # and never two of A's runs at once
-        assert at(await record(api, b_run), "started_at") < at(second, "started_at")
-        assert (await record(api, a_runs[2]))["waiting"]["reason"] == "workspace_cap"
+        assert at(b_started, "created_at") < at(second_started, "created_at")
+        assert (await it.record(a_runs[2]))["waiting"]["reason"] == "workspace_cap"
 
         # Only the bootstrap token changes a workspace's cap.
         created = await api.post(f"/workspaces/{a}/api-keys", json={"name": "admin", "role": "admin"})
@@ -124,53 +162,54 @@ async def test_a_workspace_at_its_cap_does_not_starve_another(
         ]
 
         # Raised to 2: A's third run starts at once, beside its second; the fourth waits on the new cap.
-        await started(api, a_runs[2])
-        assert [(await record(api, r))["status"] for r in a_runs[1:3]] == ["running", "running"]
-        fourth = await record(api, a_runs[3])
+        await it.started(a_runs[2])
+        fourth = await it.record(a_runs[3])
         assert fourth["waiting"]["message"] == "2 of 2 runs of this workspace are running"
-        assert await running_set(redis, a) == set(a_runs[1:3])
+        assert await it.holders(a) == set(a_runs[1:3])
 
-        release(system, a_runs[1])
-        await started(api, a_runs[3])
-        for run_id in [*a_runs[1:], b_run]:
-            release(system, run_id)
-            assert json.loads((await wait_for_end(api, run_id))[-1].data)["payload"]["status"] == "succeeded"
-        assert await running_set(redis, a) == set() and await running_set(redis, b) == set()
-        assert await redis.hgetall(keys.RUNNING_RUNS) == {}
-        bodies = [await record(api, run_id) for run_id in a_runs]
+        # Every worker slot is busy (A's two, B's one), and B's next run queues behind A's fourth. B's run
+        # ends: the free slot goes to B's next run, not to A's fourth, ahead of it but over A's cap.
+        b_next = await it.submit(b_cfg)
+        it.release(b_run)
+        await it.started(b_next)
+        fourth = await it.record(a_runs[3])
+        assert fourth["status"] == "queued" and fourth["waiting"]["reason"] == "workspace_cap"
+
+        it.release(a_runs[1])
+        await it.started(a_runs[3])
+        for run_id in [*a_runs[1:], b_run, b_next]:
+            it.release(run_id)
+            assert (await it.ended(run_id))["payload"]["status"] == "succeeded"
+        assert await it.holders(a) == set() and await it.holders(b) == set()
+        assert await it.redis.hgetall(keys.RUNNING_RUNS) == {}  # type: ignore[misc]
+        bodies = [await it.record(run_id) for run_id in a_runs]
         spans = [(at(body, "started_at"), at(body, "completed_at")) for body in bodies]
         for moment, _ in spans:  # never more of A's runs at once than its cap (2 from the raise on)
             assert sum(start <= moment < end for start, end in spans) <= 2
+        assert spans[0][1] <= spans[1][0] and spans[2][0] < spans[1][1]  # one at a time, then two at once
 
 
-async def test_a_lost_workers_run_gives_its_workspace_slot_back_once_reaped(
-    tmp_path: Path, redis_of: dict[str, Redis]
-) -> None:
-    async with (
-        running(tmp_path, ADE_LEASE_TTL_S="1", ADE_MAX_RUNNING_PER_WORKSPACE="1") as system,
-        system.api_client() as api,
-    ):
-        redis = redis_of["r"] = Redis.from_url(system.redis.url)
-        ws = await workspace(api)
-        cfg = await configuration(api, ws, HOLD)
-        first, second = [(await run(api, cfg))["id"] for _ in range(2)]
-        await started(api, first)
-        assert await running_set(redis, ws) == {first}
+async def test_a_lost_workers_run_gives_its_workspace_slot_back_once_reaped(tmp_path: Path) -> None:
+    async with scene(tmp_path, ADE_LEASE_TTL_S="1", ADE_MAX_RUNNING_PER_WORKSPACE="1") as it:
+        ws = await workspace(it.api)
+        cfg = await configuration(it.api, ws, HOLD)
+        first, second = [await it.submit(cfg) for _ in range(2)]
+        await it.started(first)
+        assert await it.holders(ws) == {first}
 
-        system.workers[0].send_signal(signal.SIGKILL)  # mid-step, holding the workspace's only slot
-        system.workers[0].wait()
-        system.start_worker()  # its reaper ends the run, which gives the slot back
+        it.system.workers[0].send_signal(signal.SIGKILL)  # mid-step, holding the workspace's only slot
+        it.system.workers[0].wait()
+        it.system.start_worker()  # its reaper ends the run, which gives the slot back
 
-        ended = json.loads((await wait_for_end(api, first))[-1].data)
+        ended = await it.ended(first)
         assert ended["type"] == "run.completed" and ended["payload"]["failure"]["code"] == "worker_lost"
-        await started(api, second)
-        assert await running_set(redis, ws) == {second}
-        lost, after = await record(api, first), await record(api, second)
-        assert at(lost, "completed_at") <= at(after, "started_at")  # the cap held throughout
+        after = await it.started(second)
+        assert at(ended, "created_at") <= at(after, "created_at")  # the cap held throughout
+        assert await it.holders(ws) == {second}
 
-        release(system, second)
-        await wait_for_end(api, second)
-        assert await running_set(redis, ws) == set()
+        it.release(second)
+        await it.ended(second)
+        assert await it.holders(ws) == set()
 
 
 async def test_workers_racing_for_a_workspaces_slots_never_exceed_its_cap(

@@ -4,6 +4,10 @@ arq polls its queue every `poll_delay` (0.5 s by default). Polling faster would 
 the API publishes a nudge on `keys.QUEUE_WAKE_CHANNEL` after each enqueue and an idle worker polls at once;
 the regular poll stays as the safety net for a missed nudge.
 
+Fair share (DESIGN.md invariant 9): before a job takes a job slot, a run takes one of its workspace's slots
+(`queue.admit`); a run whose workspace is at its cap is parked in the queue instead, and the worker goes on
+to the next job, so a free slot goes to a workspace under its cap.
+
 A worker never exits because Redis is unreachable (DESIGN.md §2 invariant 5): it starts without it, and
 its poll loop, wake-up listener and job bookkeeping wait and retry with backoff (one log line per outage,
 see `ade.core.outage`) while running steps go on writing their logs.
@@ -53,13 +57,14 @@ class WakeableWorker(Worker):
         super().__init__(*args, **kwargs)
         self.on_job_start = self._job_starting
         self._jobs_begun: set[str] = set()  # jobs whose function was called
+        self._wake = asyncio.Event()  # poll now (a nudge, or more due jobs behind parked ones)
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
         log.info("worker %s started with %d job slots", self.ctx["deps"].name, self.max_jobs)
-        wake = asyncio.Event()
+        wake = self._wake
         listener = asyncio.create_task(self._listen(wake), name="queue-wake")
         backoff = Backoff()
         try:
@@ -80,11 +85,18 @@ class WakeableWorker(Worker):
                 await listener
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's, one job at a time: when Redis fails while arq marks a job in progress, arq has already
-        counted it as running; give that slot back (else every outage would leak worker slots)."""
+        """arq's, one job at a time, behind the fair share: a run whose workspace is at its cap is parked
+        without taking a job slot (`queue.admit`), and the next job gets the slot. When Redis fails while arq
+        marks a job in progress, arq has already counted it as running; give that slot back (else every
+        outage would leak worker slots)."""
+        deps: WorkerDeps = self.ctx["deps"]
+        parked = False
         for job_id in job_ids:
             if self.job_counter >= self.max_jobs:
                 return
+            if not await queue.admit(deps.store, job_id.decode(), deps.settings.max_running_per_workspace):
+                parked = True
+                continue
             before = self.tasks.get(job_id.decode())
             try:
                 await super().start_jobs([job_id])
@@ -93,6 +105,8 @@ class WakeableWorker(Worker):
                     self.job_counter -= 1
                     self.sem.release()
                 raise
+        if parked and len(job_ids) >= self.queue_read_limit:
+            self._wake.set()  # this read was full and slots are free: more jobs may be due behind it
 
     async def _job_starting(self, ctx: dict[str, Any]) -> None:
         self._jobs_begun.add(ctx["job_id"])
@@ -171,9 +185,7 @@ class WakeableWorker(Worker):
                     if loop.time() >= next_reap and (reaping is None or reaping.done()):
                         next_reap = loop.time() + max(deps.settings.lease_ttl_s / 2, 0.5)
                         reaping = asyncio.create_task(
-                            _once_per_interval(
-                                deps, keys.REAPER_LOCK, deps.settings.lease_ttl_s / 2, reaper.reap
-                            )
+                            _once_per_interval(deps, keys.REAPER_LOCK, deps.settings.lease_ttl_s / 2, _reap)
                         )
                     if loop.time() >= next_sweep and (sweeping is None or sweeping.done()):
                         next_sweep = loop.time() + deps.settings.build_sweep_interval_s
@@ -208,6 +220,15 @@ async def _once_per_interval(
         REDIS.lost(exc, getattr(job, "__qualname__", str(job)))  # the next interval tries again
     except Exception:
         log.exception("%s failed", getattr(job, "__qualname__", job))
+
+
+async def _reap(deps: WorkerDeps) -> None:
+    """The reaper, then the fair share's safety net: workspace slots still held by runs that ended (their
+    end could not give them back, e.g. Redis was down for longer than a worker retries) are given back."""
+    await reaper.reap(deps)
+    given_back = await queue.give_back_ended(deps.redis)
+    if given_back:
+        log.warning("gave back the workspace slots of ended runs: %s", ", ".join(given_back))
 
 
 async def _recheck_cancels(deps: WorkerDeps) -> None:

@@ -1,14 +1,19 @@
-"""Workspaces (tenants). Creating one takes the bootstrap token."""
+"""Workspaces (tenants). Creating one, and changing its cap on runs executing at once, take the bootstrap
+token."""
 
 from __future__ import annotations
 
-from litestar import Controller, get, post
+import contextlib
+
+from litestar import Controller, get, patch, post
+from redis.exceptions import RedisError
 
 from ade.api import auth
 from ade.api.deps import Services
 from ade.core import ids
 from ade.core.errors import Forbidden
-from ade.core.models import Workspace, WorkspaceCreate, utcnow
+from ade.core.models import Workspace, WorkspaceCreate, WorkspaceUpdate, utcnow
+from ade.lifecycle import queue
 from ade.records.auth import Principal
 
 
@@ -30,3 +35,30 @@ class WorkspaceController(Controller):
     @get("/{workspace_id:str}", summary="Get a workspace")
     async def read(self, workspace_id: str, services: Services, principal: Principal) -> Workspace:
         return await auth.workspace(services, principal, workspace_id)
+
+    @patch(
+        "/{workspace_id:str}",
+        summary="Change a workspace's cap on runs executing at once (bootstrap token only)",
+        description="`max_running_runs`: at most this many of the workspace's runs execute at once, across "
+        "all workers (`0`: no cap); `null`: `ADE_MAX_RUNNING_PER_WORKSPACE` applies. Runs waiting on the "
+        "old cap are reconsidered at once.",
+    )
+    async def update(
+        self, workspace_id: str, data: WorkspaceUpdate, services: Services, principal: Principal
+    ) -> Workspace:
+        workspace = await auth.workspace(services, principal, workspace_id)
+        if principal.workspace_id is not None:
+            raise Forbidden("changing a workspace's cap takes the bootstrap token", code="bootstrap_only")
+        before = workspace.max_running_runs
+        workspace.max_running_runs = data.max_running_runs
+        await services.store.put_workspace(workspace)
+        await services.audit.record(
+            principal.actor,
+            workspace.id,
+            "workspace.update",
+            workspace.id,
+            {"max_running_runs": data.max_running_runs, "previous_max_running_runs": before},
+        )
+        with contextlib.suppress(RedisError, OSError):  # else they are reconsidered within queue.PARK_S
+            await queue.reconsider(services.redis, workspace.id)
+        return workspace

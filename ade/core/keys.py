@@ -135,6 +135,28 @@ QUEUE_NAME = f"{PREFIX}:queue"
 BUILD_SWEEP_LOCK = f"{PREFIX}:builds:sweep-lock"
 QUEUE_WAKE_CHANNEL = f"{PREFIX}:queue:wake"
 
+
+# Fair share (DESIGN.md invariant 9): how many runs of a workspace hold a slot, and which wait for one.
+def workspace_running(workspace_id: str) -> str:
+    """Set of a workspace's run ids holding one of its slots (taken before the run starts, given back when
+    it ends); its size is compared with the workspace's cap."""
+    return f"{PREFIX}:workspace:{workspace_id}:running"
+
+
+def workspace_capped(workspace_id: str) -> str:
+    """Sorted set (all scores 0, lexical order = creation order) of a workspace's queued runs parked because
+    the workspace was at its cap; the oldest is made due again when a slot is given back."""
+    return f"{PREFIX}:workspace:{workspace_id}:capped"
+
+
+def workspace_cap(workspace_id: str) -> str:
+    """The cap the workers last applied to a workspace (what `GET /runs/{id}` of a waiting run reports)."""
+    return f"{PREFIX}:workspace:{workspace_id}:cap"
+
+
+RUNNING_RUNS = f"{PREFIX}:running"  # hash: run id -> workspace id of every run holding a workspace slot
+
+
 # Worker liveness: each worker refreshes its key; readiness looks for any.
 WORKER_TTL_S = 10
 

@@ -72,10 +72,21 @@ class WorkspaceCreate(Struct):
     name: Name
 
 
+RunningCap = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
+
+
+class WorkspaceUpdate(Struct):
+    """`PATCH /workspaces/{ws}` (bootstrap token only): the workspace's cap on runs executing at once;
+    `null` goes back to `ADE_MAX_RUNNING_PER_WORKSPACE`, `0` is no cap."""
+
+    max_running_runs: RunningCap | None
+
+
 class Workspace(msgspec.Struct, kw_only=True):
     id: str
     name: str
     created_at: datetime
+    max_running_runs: int | None = None  # its own cap (0: none); None: ADE_MAX_RUNNING_PER_WORKSPACE
 
 
 # Configurations ------------------------------------------------------------------------------------
@@ -284,7 +295,7 @@ class RunLinks(msgspec.Struct, kw_only=True):
 class Waiting(msgspec.Struct, kw_only=True):
     """What a run that has not started waits for (like Concourse's build preparation)."""
 
-    reason: Literal["queue", "no_worker", "build"]
+    reason: Literal["queue", "no_worker", "build", "workspace_cap"]
     message: str
     queue_position: int | None = None  # 1: the next job a worker takes
     build_id: str | None = None

@@ -73,6 +73,8 @@ class Settings:
     # Workflows (README "Workflows")
     max_parallel_steps: int = 4  # steps of one run running at once (below 1: 1)
     cleanup_grace_s: float = 30.0  # after a cancel or the run's timeout, how long `when: always` steps get
+    # Fair share
+    max_running_per_workspace: int = 4  # runs of one workspace executing at once, all workers; 0: no cap
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -85,6 +85,16 @@ class _Cancellation:
         await transitions.request_run_cancel(self._rec, self._run, requested_by)
 
 
+def _startable(run: Run) -> bool:
+    """Only a queued run is executed. A job delivered again (after a worker crash or a retry) for a run that
+    already started or ended must never execute it a second time: the reaper ends a run whose worker died."""
+    if run.status == "queued":
+        return True
+    if run.status not in TERMINAL_RUN_STATUSES:
+        log.warning("run %s is %s already: its job came again and is not executed twice", run.id, run.status)
+    return False
+
+
 async def execute_run(deps: WorkerDeps, run_id: str) -> None:
     settings, store = deps.settings, deps.store
     try:
@@ -92,7 +102,7 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
     except NotFound:
         log.error("run %s vanished before it started", run_id)
         return
-    if run.status in TERMINAL_RUN_STATUSES:
+    if not _startable(run):
         return
     secrets = await _run_secrets(deps, run)
     cancel_event = deps.cancels.register(run.id)
@@ -101,7 +111,7 @@ async def execute_run(deps: WorkerDeps, run_id: str) -> None:
     try:
         async with run_writer(settings, deps.redis, run, redact=secrets) as writer:
             run = await store.get_run(run_id)  # under the lease: a cancel of the queued run may have won
-            if run.status in TERMINAL_RUN_STATUSES:
+            if not _startable(run):
                 return
             with contextlib.suppress(RedisError, OSError):  # the pub/sub signal still reaches us
                 if await deps.redis.exists(keys.run_cancel(run.id)):

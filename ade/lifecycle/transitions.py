@@ -2,8 +2,8 @@
 
 Each transition is one function: it updates the record, persists it (the data directory first, then Redis),
 does the bookkeeping that goes with the new status (indexes, build users, active streams, metrics, the
-step-process record) and emits the event that says so, typed, through the stream's writer. The API, the
-execution engine, the reaper and cancel all call these; nothing else assigns a status.
+step-process record, the workspace slot) and emits the event that says so, typed, through the stream's
+writer. The API, the execution engine, the reaper and cancel all call these; nothing else assigns a status.
 
 A run that ends always ends its unfinished steps first: a running step `cancelled` (or `failed` with the
 run's failure), a pending one `skipped`, so no view ever shows a running step in a finished run.
@@ -49,6 +49,7 @@ from ade.events.payloads import (
     StepStarted,
 )
 from ade.events.writer import StreamWriter
+from ade.lifecycle import queue
 from ade.records import metrics
 from ade.records.store import Durability, Store
 
@@ -206,7 +207,20 @@ async def finish_run(
             cancelled_by=run.cancel_requested_by if status == "cancelled" else None,
         )
     )
-    await rec.writer.emit_many([(payload.TYPE, payload, rec.source) for payload in ended])
+    try:
+        await rec.writer.emit_many([(payload.TYPE, payload, rec.source) for payload in ended])
+    finally:
+        await _give_back_slot(rec, run)
+
+
+async def _give_back_slot(rec: Recorder, run: Run) -> None:
+    """Fair share: the run's workspace slot is given back last, once `run.completed` is out, so nobody sees
+    more of a workspace's runs running than its cap (`ade.lifecycle.queue`). Its next parked run starts."""
+    give_back = partial(queue.give_back, rec.store.redis, run.id, run.workspace_id)
+    try:
+        await (give_back() if rec.source == "api" else rec.store.retrying(give_back))
+    except (RedisError, OSError) as exc:
+        log.warning("the workspace slot of %s is not given back yet (%s); the reaper will", run.id, exc)
 
 
 # Builds -------------------------------------------------------------------------------------------

@@ -96,6 +96,9 @@ async def reindex(redis: Redis, data_dir: Path) -> Counts:
         attempts[run.original_run_id or run.id] = max(attempts[run.original_run_id or run.id], run.attempt)
         if run.build_id and run.status not in TERMINAL_RUN_STATUSES:
             pipe.sadd(keys.build_users(run.build_id), run.id)
+        if run.status in ("running", "waiting_for_build"):  # it holds a slot of its workspace's fair share
+            pipe.sadd(keys.workspace_running(run.workspace_id), run.id)
+            pipe.hset(keys.RUNNING_RUNS, run.id, run.workspace_id)
         counts.runs += 1
         pending += 1
         await flush()

@@ -3,6 +3,8 @@ that a restarted Redis no longer knows)."""
 
 from __future__ import annotations
 
+import weakref
+
 from redis.asyncio import Redis
 
 # KEYS: ready, active. ARGV: new id, force ("1"/"0"), active TTL. Decides, atomically across API processes
@@ -39,9 +41,75 @@ return 1
 """
 
 
+# Fair share between workspaces (ade.lifecycle.queue).
+# KEYS: running, capped, RUNNING_RUNS, queue, the job's in-progress key, the applied cap.
+# ARGV: run id, workspace id, cap, job id, now (ms), park until (ms).
+# 1: hand the job to arq (a slot is held, or the job is not arq's to start now); 0: parked at the cap.
+TAKE_WORKSPACE_SLOT = """
+if redis.call('sismember', KEYS[1], ARGV[1]) == 1 or redis.call('exists', KEYS[5]) == 1 then return 1 end
+local score = redis.call('zscore', KEYS[4], ARGV[4])
+if not score or tonumber(score) > tonumber(ARGV[5]) then return 1 end
+local cap = tonumber(ARGV[3])
+redis.call('set', KEYS[6], ARGV[3])
+if cap > 0 and redis.call('scard', KEYS[1]) >= cap then
+  redis.call('zadd', KEYS[2], 0, ARGV[1])
+  redis.call('zadd', KEYS[4], 'XX', ARGV[6], ARGV[4])
+  return 0
+end
+redis.call('sadd', KEYS[1], ARGV[1])
+redis.call('hset', KEYS[3], ARGV[1], ARGV[2])
+redis.call('zrem', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: running, capped, RUNNING_RUNS, queue. ARGV: run id, now (ms), run job id prefix.
+# Gives a run's slot back (idempotent); returns the parked run made due in its place, if any.
+GIVE_BACK_WORKSPACE_SLOT = """
+redis.call('zrem', KEYS[2], ARGV[1])
+redis.call('hdel', KEYS[3], ARGV[1])
+if redis.call('srem', KEYS[1], ARGV[1]) == 0 then return false end
+while true do
+  local parked = redis.call('zrange', KEYS[2], 0, 0)[1]
+  if not parked then return false end
+  redis.call('zrem', KEYS[2], parked)
+  if redis.call('zscore', KEYS[4], ARGV[3] .. parked) then
+    redis.call('zadd', KEYS[4], 'XX', ARGV[2], ARGV[3] .. parked)
+    return parked
+  end
+end
+"""
+
+# KEYS: capped, queue, the applied cap. ARGV: now (ms), run job id prefix. Every parked run due now, the
+# applied cap forgotten (the workspace's cap changed).
+UNPARK_ALL = """
+local parked = redis.call('zrange', KEYS[1], 0, -1)
+for _, run in ipairs(parked) do
+  if redis.call('zscore', KEYS[2], ARGV[2] .. run) then
+    redis.call('zadd', KEYS[2], 'XX', ARGV[1], ARGV[2] .. run)
+  end
+end
+redis.call('del', KEYS[1], KEYS[3])
+return #parked
+"""
+
+
 class Scripts:
     def __init__(self, redis: Redis) -> None:
         self.claim_build = redis.register_script(CLAIM_BUILD)
         self.release_fingerprint = redis.register_script(RELEASE_FINGERPRINT)
         self.forget_ready = redis.register_script(FORGET_READY)
         self.take_stream_slot = redis.register_script(TAKE_STREAM_SLOT)
+        self.take_slot = redis.register_script(TAKE_WORKSPACE_SLOT)
+        self.give_back = redis.register_script(GIVE_BACK_WORKSPACE_SLOT)
+        self.unpark_all = redis.register_script(UNPARK_ALL)
+
+
+_registered: weakref.WeakKeyDictionary[Redis, Scripts] = weakref.WeakKeyDictionary()
+
+
+def scripts_for(redis: Redis) -> Scripts:
+    """Every script, registered once per Redis client (EVALSHA; reloaded after a Redis restart)."""
+    found = _registered.get(redis)
+    if found is None:
+        found = _registered[redis] = Scripts(redis)
+    return found

@@ -31,7 +31,7 @@ from ade.core.models import (
     Run,
     Workspace,
 )
-from ade.records.scripts import Scripts
+from ade.records.scripts import scripts_for
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Store:
     def __init__(self, redis: Redis, data_dir: Path) -> None:
         self.redis = redis
         self.data_dir = data_dir
-        self.scripts = Scripts(redis)
+        self.scripts = scripts_for(redis)
 
     # Generic -----------------------------------------------------------------------------------
     async def _get(self, cls: type[T], key: str, what: str, ident: str, path: Path | None = None) -> T:

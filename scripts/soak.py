@@ -505,7 +505,8 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     root = Path(tempfile.mkdtemp(prefix="ade-soak-"))
     # One workspace keeps 8 runs in flight: no fair-share cap, so waits in the queue are not counted as stalls.
-    system = AdeSystem(root, extra_env={"ADE_LEASE_TTL_S": LEASE_TTL_S, "ADE_MAX_RUNNING_PER_WORKSPACE": "0"})
+    env = {"ADE_LEASE_TTL_S": LEASE_TTL_S, "ADE_MAX_RUNNING_PER_WORKSPACE": "0"}
+    system = AdeSystem(root, extra_env=env)
     soak = Soak(
         system,
         random.Random(seed),

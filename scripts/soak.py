@@ -504,7 +504,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the `finally` below stops everything
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     root = Path(tempfile.mkdtemp(prefix="ade-soak-"))
-    # One workspace keeps 8 runs in flight: no fair-share cap, so waits in the queue are not counted as stalls.
+    # One workspace keeps 8 runs in flight: no fair-share cap, so queue waits do not count as stalls.
     env = {"ADE_LEASE_TTL_S": LEASE_TTL_S, "ADE_MAX_RUNNING_PER_WORKSPACE": "0"}
     system = AdeSystem(root, extra_env=env)
     soak = Soak(

@@ -135,6 +135,16 @@ Requirement = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=
 RelativePath = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^/\\][^\\]*$")]
 
 
+ByteCount = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class SourceLimits(Struct):
+    """A build's own limits on its source archive; each is capped by the operator's maximum."""
+
+    unpacked_bytes: ByteCount | None = None  # at most ADE_MAX_ARCHIVE_UNPACKED_BYTES
+    members: Annotated[int, msgspec.Meta(ge=1)] | None = None  # at most ADE_MAX_ARCHIVE_MEMBERS
+
+
 class BuildSpec(Struct):
     """How a configuration's environment is prepared. `python`: a virtualenv, `requirements` installed with
     pip (offline with `find_links`: directories inside the source, plus ADE_PIP_FIND_LINKS), then `steps`;
@@ -156,9 +166,7 @@ class BuildSpec(Struct):
     source: ArtifactKey | None = None
     timeout_s: TimeoutS | None = None
     network: bool = False  # the build's steps and commands reach the network (pip from an index)
-
-
-ByteCount = Annotated[int, msgspec.Meta(ge=1)]
+    source_limits: SourceLimits = msgspec.field(default_factory=SourceLimits)
 
 
 class RunLimits(Struct):

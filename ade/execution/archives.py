@@ -29,7 +29,8 @@ class ArchiveTooLarge(Invalid):
         super().__init__(message, code="resource_limit")
 
 
-BYTES_SETTING, MEMBERS_SETTING = "ADE_MAX_ARCHIVE_UNPACKED_BYTES", "ADE_MAX_ARCHIVE_MEMBERS"
+BYTES_SETTING = "source_limits.unpacked_bytes, at most ADE_MAX_ARCHIVE_UNPACKED_BYTES"
+MEMBERS_SETTING = "source_limits.members, at most ADE_MAX_ARCHIVE_MEMBERS"
 
 
 def _over(what: str, limit: int, setting: str) -> ArchiveTooLarge:

@@ -50,7 +50,7 @@ from ade.execution.container import (
     spawn_image_build,
 )
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
-from ade.execution.limits import Limits, LimitWatch
+from ade.execution.limits import Limits, LimitWatch, capped
 from ade.execution.process import Line, run_step
 from ade.execution.sandbox import Bind, prepare_dirs
 from ade.lifecycle import transitions
@@ -159,14 +159,15 @@ async def _phases(
         async with _phase(rec.writer, "source"):
             archive = paths.build_dir(deps.settings.data_dir, build.id).source_archive
             await deps.artifacts.copy_into(build.workspace_id, spec.source, archive)
+            own = spec.source_limits
             try:
                 count = await asyncio.to_thread(
                     partial(
                         unpack,
                         archive,
                         source,
-                        max_bytes=deps.settings.max_archive_unpacked_bytes,
-                        max_members=deps.settings.max_archive_members,
+                        max_bytes=capped(own.unpacked_bytes, deps.settings.max_archive_unpacked_bytes),
+                        max_members=capped(own.members, deps.settings.max_archive_members),
                     )
                 )
             except Invalid as exc:

@@ -408,3 +408,25 @@ async def test_a_configuration_sets_its_own_output_and_console_limits_under_the_
         json={"name": "x", "steps": [{"name": "s", "script": "true"}], "limits": {"output_bytes": 0}},
     )
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
+
+
+async def test_a_build_sets_its_own_source_archive_limits_under_the_operators(
+    client: httpx.AsyncClient,
+) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name in ("a.txt", "b.txt", "c.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            archive.addfile(info, io.BytesIO(b"x"))
+    ws = await workspace(client)
+    source = (await client.post(f"/workspaces/{ws}/artifacts", content=buffer.getvalue())).json()["key"]
+    spec = {"constructor": "shell", "source": source, "source_limits": {"members": 2}}
+    cfg = await configuration(client, ws, [{"name": "s", "script": "true"}], build=spec)
+    response = await client.post(
+        f"/workspaces/{ws}/configurations/{cfg}/builds", json={"options": {"wait": True}}
+    )
+    build = response.json()
+    assert build["status"] == "failed" and build["failure"]["code"] == "resource_limit", build
+    assert "more than 2 entries" in build["failure"]["message"]
+    assert "source_limits.members" in build["failure"]["message"]

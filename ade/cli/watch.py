@@ -19,6 +19,7 @@ code: see `EXIT_CODES`. In a run's stream, `build.completed` is the build's news
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from rich.console import Console
@@ -116,6 +117,8 @@ class StreamView:
                 self._step = _step_name(payload)
                 self._running.append(self._step)
                 self._line(f"▶ {self._step}{self._others()}", "bold")
+                if self.console.is_terminal:  # a live timer while it runs (its true age, even mid-run)
+                    self._task_of(self._step, f"▶ {self._step}", since=event.created_at)
             case StepCompleted() | PhaseCompleted():
                 self._step_completed(payload)
             case StepSkipped():
@@ -155,8 +158,8 @@ class StreamView:
             text.append(" […truncated]", style="dim")
         self.console.print(text, soft_wrap=True)
 
-    def _update_progress(self, payload: dict[str, Any]) -> None:
-        step = str(payload.get("step") or self._step or "")
+    def _task_of(self, step: str, description: str, since: datetime | None = None) -> TaskID:
+        """The step's line in the live display (a timer, and a bar once it reports progress)."""
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("  {task.description}"),
@@ -166,21 +169,39 @@ class StreamView:
                 console=self.console,
             )
             self._progress.start()
+        if step not in self._tasks:
+            self._tasks[step] = self._progress.add_task(description, total=None)
+            if since is not None:  # elapsed from when the step really started, not from when we attached
+                age_s = max((datetime.now(UTC) - since).total_seconds(), 0.0)
+                self._progress.tasks[-1].start_time = self._progress.get_time() - age_s
+        return self._tasks[step]
+
+    def _update_progress(self, payload: dict[str, Any]) -> None:
+        step = str(payload.get("step") or self._step or "")
         description = str(payload.get("message") or step)
         total, current = _number(payload.get("total")), _number(payload.get("current"))
-        if step not in self._tasks:
-            self._tasks[step] = self._progress.add_task(description, total=total)
-        self._progress.update(self._tasks[step], description=description, total=total, completed=current or 0)
+        task = self._task_of(step, description)
+        assert self._progress is not None
+        self._progress.update(task, description=description, total=total, completed=current or 0)
 
-    def _stop_progress(self) -> None:
-        if self._progress is not None:
+    def _stop_progress(self, step: str | None = None) -> None:
+        """End a step's timer (a progress bar stays, in its final state), and the display once no step
+        runs; without `step`, all of it."""
+        if self._progress is None:
+            return
+        task = self._tasks.get(step) if step is not None else None
+        if task is not None and self._progress.tasks[self._progress.task_ids.index(task)].total is None:
+            self._progress.remove_task(self._tasks.pop(step))  # type: ignore[arg-type]
+        if step is None or not self._running:
             self._progress.stop()
             self._progress = None
             self._tasks.clear()
 
     def _step_completed(self, payload: StepCompleted | PhaseCompleted) -> None:
-        self._stop_progress()
         name, status = _step_name(payload), payload.status
+        if name in self._running:
+            self._running.remove(name)
+        self._stop_progress(name)
         mark, style = _STEP_MARKS.get(status, ("■", "yellow"))
         what: str = status
         if isinstance(payload, StepCompleted):
@@ -188,8 +209,6 @@ class StreamView:
                 what = "timed out"
             elif status == "failed" and payload.exit_code is not None:
                 what += f" (exit {payload.exit_code})"
-        if name in self._running:
-            self._running.remove(name)
         self._line(f"{mark} {name} {what} in {duration(payload.duration_ms)}{self._others(1)}", style)
         self._step = self._running[-1] if self._running else None
 

@@ -4,7 +4,7 @@ line's step while more than one runs."""
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console
@@ -56,3 +56,20 @@ def test_watch_shows_parallel_steps_and_skips() -> None:
         "○ d skipped: dependency 'c' failed",
         "✓ b succeeded in 9ms",
     ]
+
+
+def test_on_a_terminal_each_running_step_has_a_live_timer_of_its_true_age() -> None:
+    console = Console(file=io.StringIO(), width=120, force_terminal=True)
+    with StreamView(console) as view:
+        started = event(1, "run.step.started", step="build", index=0)
+        started.created_at = datetime.now(UTC) - timedelta(seconds=42)  # we attached mid-run
+        view.handle(started)
+        view.handle(event(2, "run.step.started", step="test", index=1))
+        assert view._progress is not None
+        ages = {task.description: task.elapsed or 0.0 for task in view._progress.tasks}
+        assert ages["▶ build"] >= 42 and ages["▶ test"] < 5
+        done = {"index": 0, "status": "succeeded", "exit_code": 0, "duration_ms": 42000}
+        view.handle(event(3, "run.step.completed", step="build", **done))
+        assert [task.description for task in view._progress.tasks] == ["▶ test"]  # its timer is gone
+        view.handle(event(4, "run.step.completed", step="test", **{**done, "index": 1}))
+        assert view._progress is None  # no step runs: the live display ended

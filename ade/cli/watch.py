@@ -190,6 +190,9 @@ class StreamView:
                 what += f" (exit {payload.exit_code})"
         if name in self._running:
             self._running.remove(name)
+        if isinstance(payload, StepCompleted) and payload.reused_from is not None:
+            self._line(f"{mark} {name} {what} in {payload.reused_from} (kept, not run again)", style)
+            return
         self._line(f"{mark} {name} {what} in {duration(payload.duration_ms)}{self._others(1)}", style)
         self._step = self._running[-1] if self._running else None
 

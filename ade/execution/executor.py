@@ -39,6 +39,7 @@ from ade.execution.console import StepSink, budget_of
 from ade.execution.container import ImageUnavailable
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
 from ade.execution.limits import Limits, LimitWatch, capped
+from ade.execution.outputs import collecting
 from ade.execution.process import StepOutcome, run_step
 from ade.execution.sandbox import WORK_DIR, Bind, ExecutorName, prepare_dirs
 from ade.execution.scheduler import Policy, RecordedSteps, StepResult, StepSlot
@@ -290,7 +291,8 @@ async def _execute_steps(
         cleanup_grace_s=settings.cleanup_grace_s,
     )
     port = RecordedSteps(rec, run, cancellation.announce)
-    return await scheduler.execute(run.plan.steps, port, execute_step, cancellation.event, policy)
+    collected = collecting(deps, run, rec, execute_step)  # each step, once ended: its outputs collected
+    return await scheduler.execute(run.plan.steps, port, collected, cancellation.event, policy)
 
 
 class _Outcome:

@@ -93,9 +93,15 @@ async def collect(
     ]
     window = _Window(_ns(state.started_at) if state.started_at else None, others)
     limit = capped(run.plan.limits.output_bytes, deps.settings.max_output_bytes)
-    found = await asyncio.to_thread(
-        gather, deps.settings.data_dir, run.id, step, declared, owners, window, limit
-    )
+    try:
+        found = await asyncio.to_thread(
+            gather, deps.settings.data_dir, run.id, step, declared, owners, window, limit
+        )
+    except OSError as exc:  # the outputs directory itself is unusable (each file's own trouble is a note)
+        log.exception("run %s: collecting the outputs of step %r failed", run.id, step.name)
+        message = f"step {step.name!r}: collecting its outputs failed: {exc}"
+        failure = Failure(stage="step", code="internal_error", message=message, step=step.name)
+        found = Found(notes=[f"[ade] {message}"], failure=failure)
     for note in found.notes:
         await rec.writer.emit(ConsoleLine(scope="run", stream="stderr", step=step.name, message=note))
     for output in found.outputs:

@@ -15,6 +15,8 @@ the run's timeout do:
   `timeout`) and skip every step not started, except `always` steps: they still start once their
   dependencies ended, within `ADE_CLEANUP_GRACE_S` (after a cancel, a cleanup step still running then is
   cancelled; past the run's timeout, the grace is its deadline), like GitHub's `if: always()`.
+- A failed-only re-run's kept steps (`ade.execution.outputs.kept_steps`) are recorded `succeeded` before
+  anything starts, their outputs copied, and never run.
 
 Every status change is made by this loop, one at a time, through a `Port` (`RecordedSteps`: the
 transitions, under a lock per run, which also covers a step's task announcing the cancel): the run's record

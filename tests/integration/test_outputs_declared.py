@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -14,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from ade.client import AdeClient, AsyncAdeClient, ConflictError, NotFoundError
 from tests.api import configuration, run, wait_for_end, workspace
-
-pytestmark = pytest.mark.anyio
+from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 Event = dict[str, Any]
 
@@ -70,6 +73,7 @@ echo direct > "$ADE_OUTPUT_DIR/direct.txt"
 """
 
 
+@pytest.mark.anyio
 async def test_output_paths_join_the_outputs_with_the_step_that_produced_them(
     client: httpx.AsyncClient,
 ) -> None:
@@ -118,6 +122,7 @@ async def test_output_paths_join_the_outputs_with_the_step_that_produced_them(
     assert summary["outputs_count"] == 5 and [s["outputs_count"] for s in summary["steps"]] == [4, 1, 1]
 
 
+@pytest.mark.anyio
 async def test_output_when_always_collects_from_a_failed_step_and_the_default_does_not(
     client: httpx.AsyncClient,
 ) -> None:
@@ -142,6 +147,7 @@ async def test_output_when_always_collects_from_a_failed_step_and_the_default_do
     assert (await contents(client, run_id)) == {"b.log": b"b\n"}
 
 
+@pytest.mark.anyio
 async def test_links_matching_output_paths_are_never_followed_in_or_out(
     client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
@@ -169,6 +175,7 @@ async def test_links_matching_output_paths_are_never_followed_in_or_out(
         assert (await client.get(f"/runs/{run_id}/outputs/{name}")).status_code == 404
 
 
+@pytest.mark.anyio
 async def test_the_archives_hold_exactly_the_outputs(client: httpx.AsyncClient) -> None:
     script = """
     mkdir -p out/deep
@@ -235,6 +242,7 @@ CHAIN: list[dict[str, Any]] = [
 ]
 
 
+@pytest.mark.anyio
 async def test_a_failed_only_rerun_keeps_what_succeeded_and_runs_the_rest(client: httpx.AsyncClient) -> None:
     ws = await workspace(client)
     first = (await run(client, await configuration(client, ws, CHAIN)))["id"]
@@ -288,3 +296,58 @@ async def test_a_failed_only_rerun_keeps_what_succeeded_and_runs_the_rest(client
     assert (whole.json()["attempt"], whole.json()["failed_only"]) == (3, False)  # the refusal used no attempt
     events = await finished(client, whole.json()["id"])
     assert started(events) == ["one", "two"] and events[-1]["payload"]["status"] == "failed"
+
+
+# Clients -----------------------------------------------------------------------------------------------
+
+
+def test_the_sync_client_and_the_cli_filter_download_and_rerun_failed_only(
+    system: AdeSystem, tmp_path: Path
+) -> None:
+    with AdeClient(system.base_url, BOOTSTRAP_TOKEN) as ade:
+        ws = ade.create_workspace("outputs-sync").id
+        cfg = ade.create_configuration(ws, {"name": "chain", "steps": CHAIN})
+        first = ade.wait_for_run(ade.create_run(cfg.id).id)
+        assert first.status == "failed"
+        assert [(o.path, o.step) for o in ade.list_run_outputs(first.id)] == [
+            ("first.txt", "one"),
+            ("one.txt", "one"),
+        ]
+        assert ade.list_run_outputs(first.id, step="two") == []
+        target = tmp_path / "outputs.zip"
+        written = ade.download_run_outputs(first.id, target, format="zip")
+        assert written == target.stat().st_size
+        with zipfile.ZipFile(target) as archive:
+            assert sorted(archive.namelist()) == ["first.txt", "one.txt"]
+        with pytest.raises(NotFoundError):
+            ade.download_run_outputs("run_01ZZZZZZZZZZZZZZZZZZZZZZZZ", tmp_path / "none.tar.gz")
+        assert not (tmp_path / "none.tar.gz").exists()
+
+        env = {**os.environ, "ADE_URL": system.base_url, "ADE_TOKEN": BOOTSTRAP_TOKEN}
+        command = [sys.executable, "-m", "ade.cli", "runs", "rerun", first.id, "--failed-only", "--follow"]
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert f"one succeeded in {first.id} (kept, not run again)" in rerun.stdout
+        second = ade.get_run(rerun.stdout.splitlines()[0])
+        kept = second.steps[0].reused_from
+        assert (second.status, second.failed_only, kept) == ("succeeded", True, first.id)
+        with pytest.raises(ConflictError) as refused:
+            ade.rerun(second.id, failed_only=True)
+        assert refused.value.code == "run_not_failed"
+
+
+@pytest.mark.anyio
+async def test_the_async_client_reruns_failed_only_and_downloads_an_archive(system: AdeSystem) -> None:
+    async with AsyncAdeClient(system.base_url, BOOTSTRAP_TOKEN) as ade:
+        ws = (await ade.create_workspace("outputs-async")).id
+        cfg = await ade.create_configuration(ws, {"name": "chain", "steps": CHAIN})
+        first = await ade.wait_for_run((await ade.create_run(cfg.id)).id)
+        second = await ade.wait_for_run((await ade.rerun(first.id, failed_only=True)).id)
+        assert second.status == "succeeded"
+        outputs = await ade.list_run_outputs(second.id, step="one")
+        assert [o.path for o in outputs] == ["first.txt", "one.txt"]
+        buffer = io.BytesIO()
+        await ade.download_run_outputs(second.id, buffer, step="one")
+        with tarfile.open(fileobj=io.BytesIO(buffer.getvalue()), mode="r:gz") as archive:
+            first_txt = archive.extractfile("first.txt")
+            assert first_txt is not None and first_txt.read() == f"{first.id}\n".encode()

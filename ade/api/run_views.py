@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from datetime import datetime
 from functools import partial
 from io import FileIO
@@ -31,17 +31,29 @@ from ade.api.streams import (
     wants_stream,
 )
 from ade.core import paths
-from ade.core.errors import NotFound
+from ade.core.errors import Invalid, NotFound
 from ade.core.models import InputArtifact, Plan, Run
 from ade.core.views import InputFile, OutputListing, RunDiagnostics, Timings
 from ade.events import eventlog
 from ade.events.envelope import StreamRef
 from ade.lifecycle import transitions
 from ade.records.auth import Principal
-from ade.records.outputs import content_type_of, list_outputs, open_output, outputs_size, parse_range
+from ade.records.outputs import (
+    ARCHIVE_MEDIA_TYPES,
+    ArchiveFormat,
+    content_type_of,
+    list_outputs,
+    open_output,
+    outputs_size,
+    owners_of,
+    parse_range,
+    tar_gz_pieces,
+    zip_pieces,
+)
 from ade.records.summary import ConsolePage, RunSummary, StepSummary
 
 ConsoleStream = Literal["stdout", "stderr"]
+StepFilter = Annotated[str | None, Parameter(description="only the outputs this step produced")]
 _CHUNK_BYTES = 256 * 1024
 
 
@@ -168,16 +180,49 @@ class RunViewController(Controller):
         run = await auth.run(services, principal, run_id)
         return [await _input_file(services, run, item) for item in run.input_artifacts]
 
-    @get("/runs/{run_id:str}/outputs", summary="Files the run wrote to $ADE_OUTPUT_DIR")
-    async def outputs(self, run_id: str, services: Services, principal: Principal) -> OutputListing:
+    @get("/runs/{run_id:str}/outputs", summary="The run's outputs, each with the step that produced it")
+    async def outputs(
+        self, run_id: str, services: Services, principal: Principal, step: StepFilter = None
+    ) -> OutputListing:
+        """Files its steps wrote to `$ADE_OUTPUT_DIR` and the files their `output_paths` matched (copied
+        there), with path, size, content type, sha256 and `step` (null: unknown); `step=` lists one step's."""
         run = await auth.run(services, principal, run_id)
+        owners = _owners(run, step)
         data_dir = services.settings.data_dir
         items = await anyio.to_thread.run_sync(
-            partial(list_outputs, paths.run_dir(data_dir, run.id).outputs, root=data_dir)
+            partial(list_outputs, paths.run_dir(data_dir, run.id).outputs, root=data_dir, owners=owners)
         )
+        if step is not None:
+            items = [item for item in items if item.step == step]
         base = f"{API_PREFIX}/runs/{run.id}/outputs"
         urls = {item.path: f"{base}/{quote(item.path)}" for item in items}
         return OutputListing(items=items, download_urls=urls)
+
+    @get(
+        "/runs/{run_id:str}/outputs.tar.gz",
+        summary="All the run's outputs as one gzip-compressed tar, streamed",
+        media_type=ARCHIVE_MEDIA_TYPES["tar.gz"],
+        response_description="a gzip-compressed tar of the outputs (Content-Disposition names it)",
+    )
+    async def outputs_tar_gz(
+        self, run_id: str, services: Services, principal: Principal, step: StepFilter = None
+    ) -> Stream:
+        """Every output (or one step's, `step=`) in a tar (pax) compressed with gzip, made while it is sent:
+        memory stays bounded whatever the outputs' size. Files are read without following links."""
+        return await _archive(services, principal, run_id, "tar.gz", step)
+
+    @get(
+        "/runs/{run_id:str}/outputs.zip",
+        summary="All the run's outputs as one zip, streamed",
+        media_type=ARCHIVE_MEDIA_TYPES["zip"],
+        response_description="a zip of the outputs (Content-Disposition names it)",
+    )
+    async def outputs_zip(
+        self, run_id: str, services: Services, principal: Principal, step: StepFilter = None
+    ) -> Stream:
+        """Every output (or one step's, `step=`) in a zip (deflate, ZIP64 when needed, sizes after each
+        entry's data), made while it is sent: memory stays bounded. Files are read without following links."""
+        return await _archive(services, principal, run_id, "zip", step)
 
     @get(
         "/runs/{run_id:str}/outputs/{path:path}",
@@ -254,6 +299,42 @@ async def _input_file(services: Services, run: Run, item: InputArtifact) -> Inpu
         content_type=artifact.content_type,
         download_url=f"{API_PREFIX}/artifacts/{item.key}",
     )
+
+
+def _owners(run: Run, step: str | None) -> dict[str, str]:
+    """Which step produced each output (`StepState.outputs`); `step`, when given, must be one of the run's."""
+    if step is not None and step not in {planned.name for planned in run.plan.steps}:
+        raise Invalid(
+            f"run {run.id!r} has no step {step[:100]!r}",
+            code="unknown_step",
+            details=[{"key": "step", "source": "query", "message": "not a step of the run's plan"}],
+        )
+    return owners_of(transitions.steps_of(run))
+
+
+async def _archive(
+    services: Services, principal: Principal, run_id: str, kind: ArchiveFormat, step: str | None
+) -> Stream:
+    run = await auth.run(services, principal, run_id)
+    owners = _owners(run, step)
+    data_dir = services.settings.data_dir
+    make = tar_gz_pieces if kind == "tar.gz" else zip_pieces
+    include = None if step is None else (lambda path: owners.get(path) == step)
+    pieces = make(paths.run_dir(data_dir, run.id).outputs, root=data_dir, include=include)
+    name = f"{run.id}-outputs{'' if step is None else '-' + step}.{kind}"
+    headers = {"Content-Disposition": _attachment(name)}
+    return Stream(_in_thread(pieces), media_type=ARCHIVE_MEDIA_TYPES[kind], headers=headers)
+
+
+async def _in_thread(pieces: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+    """A blocking generator's pieces, each made in a worker thread; closed (its files with it) however the
+    response ends."""
+    try:
+        while (piece := await anyio.to_thread.run_sync(next, pieces, None)) is not None:
+            if piece:
+                yield piece
+    finally:
+        pieces.close()
 
 
 def _attachment(name: str) -> str:

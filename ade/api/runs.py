@@ -20,7 +20,16 @@ from ade.api.deps import API_PREFIX, Services
 from ade.api.streams import sse_response, stream_token, wants_stream
 from ade.core import ids, keys
 from ade.core.errors import Invalid
-from ade.core.models import Configuration, Page, Run, RunCreate, RunResource, RunStatus, StreamToken
+from ade.core.models import (
+    Configuration,
+    Page,
+    Run,
+    RunCreate,
+    RunRerun,
+    RunResource,
+    RunStatus,
+    StreamToken,
+)
 from ade.events.envelope import StreamRef
 from ade.lifecycle import queue, runs
 from ade.lifecycle.builds import request_build
@@ -246,17 +255,25 @@ class RunController(Controller):
     @post(
         "/runs/{run_id:str}/rerun",
         status_code=201,
-        summary="Re-run: a new attempt with the same plan and inputs",
+        summary="Re-run: a new attempt with the same plan and inputs (failed_only: only what failed)",
     )
-    async def rerun(self, run_id: str, services: Services, principal: Principal) -> RunResource:
+    async def rerun(
+        self, run_id: str, services: Services, principal: Principal, data: RunRerun | None = None
+    ) -> RunResource:
+        """The body is optional. `{"failed_only": true}` (a failed run only, else `409 run_not_failed`) keeps
+        the steps that succeeded, with their outputs, and runs the failed, cancelled and skipped ones and
+        everything downstream of them."""
         source = await auth.run(services, principal, run_id, "operator")
-        run = await runs.rerun(services.settings, services.redis, services.arq, services.store, source)
+        failed_only = data is not None and data.failed_only
+        run = await runs.rerun(
+            services.settings, services.redis, services.arq, services.store, source, failed_only=failed_only
+        )
         await services.audit.record(
             principal.actor,
             run.workspace_id,
             "run.rerun",
             run.id,
-            {"rerun_of": source.id, "attempt": run.attempt},
+            {"rerun_of": source.id, "attempt": run.attempt, "failed_only": failed_only},
         )
         return RunResource.of(run, API_PREFIX)
 

@@ -334,10 +334,16 @@ def runs_cancel(ade: AdeClient, run_id: str) -> None:
 @runs.command("rerun")
 @click.argument("run_id", metavar="RUN")
 @click.option("--follow", is_flag=True, help="Watch the new run; exit with its outcome.")
+@click.option(
+    "--failed-only",
+    is_flag=True,
+    help="Keep the steps that succeeded (and their outputs); run the others and what depends on them. "
+    "RUN must have failed.",
+)
 @connected
-def runs_rerun(ade: AdeClient, run_id: str, follow: bool) -> None:
+def runs_rerun(ade: AdeClient, run_id: str, follow: bool, failed_only: bool) -> None:
     """Re-run RUN (same plan and inputs, next attempt); print the new run's id."""
-    run = ade.rerun(run_id)
+    run = ade.rerun(run_id, failed_only=failed_only)
     click.echo(run.id)
     if follow:
         sys.exit(watch_run(ade, run))

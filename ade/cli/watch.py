@@ -209,6 +209,9 @@ class StreamView:
                 what = "timed out"
             elif status == "failed" and payload.exit_code is not None:
                 what += f" (exit {payload.exit_code})"
+        if isinstance(payload, StepCompleted) and payload.reused_from is not None:
+            self._line(f"{mark} {name} {what} in {payload.reused_from} (kept, not run again)", style)
+            return
         self._line(f"{mark} {name} {what} in {duration(payload.duration_ms)}{self._others(1)}", style)
         self._step = self._running[-1] if self._running else None
 

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 
 import anyio
 import httpx
 from httpx_sse import EventSource, SSEError
 
 from ade.client import calls
-from ade.client.calls import CHUNK_BYTES, Artifact, Call, ConsoleStream, EventsPage, FileSource, WhoAmI
+from ade.client.calls import (
+    CHUNK_BYTES,
+    ArchiveFormat,
+    Artifact,
+    Call,
+    ConsoleStream,
+    EventsPage,
+    FileSource,
+    WhoAmI,
+)
 from ade.client.errors import GoneError, api_error
 from ade.client.paging import ConsolePages, Pager, list_builds_pages, list_runs_pages
 from ade.client.streams import RECONNECT, Lines, Resume, Retry, aconsole_lines, sse_error
@@ -192,8 +202,8 @@ class AsyncAdeClient:
     async def cancel_run(self, run_id: str) -> RunResource:
         return await self._send(calls.cancel_run(run_id))
 
-    async def rerun(self, run_id: str) -> RunResource:
-        return await self._send(calls.rerun(run_id))
+    async def rerun(self, run_id: str, *, failed_only: bool = False) -> RunResource:
+        return await self._send(calls.rerun(run_id, failed_only))
 
     def list_runs(
         self,
@@ -225,8 +235,39 @@ class AsyncAdeClient:
     async def list_run_inputs(self, run_id: str) -> list[InputFile]:
         return await self._send(calls.list_run_inputs(run_id))
 
-    async def list_run_outputs(self, run_id: str) -> list[OutputFile]:
-        return await self._send(calls.list_run_outputs(run_id))
+    async def list_run_outputs(self, run_id: str, *, step: str | None = None) -> list[OutputFile]:
+        return await self._send(calls.list_run_outputs(run_id, step))
+
+    async def download_run_outputs(
+        self,
+        run_id: str,
+        destination: str | os.PathLike[str] | BinaryIO,
+        *,
+        format: ArchiveFormat = "tar.gz",
+        step: str | None = None,
+    ) -> int:
+        """Like `AdeClient.download_run_outputs`: the archive streamed to a path or a binary file."""
+        path, params = calls.outputs_archive_request(run_id, format, step)
+        async with self._http.stream("GET", path, params=params, timeout=self._stream_timeout) as response:
+            if not response.is_success:
+                await response.aread()
+                raise api_error(response)
+            written = 0
+            if not isinstance(destination, str | os.PathLike):
+                async for chunk in response.aiter_bytes():
+                    destination.write(chunk)
+                    written += len(chunk)
+                return written
+            target = anyio.Path(destination)
+            try:
+                async with await anyio.open_file(target, "wb") as handle:
+                    async for chunk in response.aiter_bytes():
+                        await handle.write(chunk)
+                        written += len(chunk)
+            except BaseException:
+                await target.unlink(missing_ok=True)
+                raise
+            return written
 
     async def download_run_output(self, run_id: str, path: str) -> bytes:
         return await self._send(calls.download_run_output(run_id, path))

@@ -32,6 +32,7 @@ from ade.core.models import (
     Role,
     RunCreate,
     RunOptions,
+    RunRerun,
     RunResource,
     Workspace,
     WorkspaceCreate,
@@ -43,6 +44,7 @@ from ade.records.summary import ConsolePage, RunSummary
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
 ConsoleStream = Literal["stdout", "stderr"]
+ArchiveFormat = Literal["tar.gz", "zip"]  # how `download_run_outputs` packs a run's outputs
 FileSource = bytes | str | os.PathLike[str]
 CHUNK_BYTES = 64 * 1024  # the pieces a file is uploaded in
 
@@ -292,8 +294,9 @@ def cancel_run(run_id: str) -> Call[RunResource]:
     return json_call("POST", _run_path(run_id, "/cancel"), RunResource)
 
 
-def rerun(run_id: str) -> Call[RunResource]:
-    return json_call("POST", _run_path(run_id, "/rerun"), RunResource)
+def rerun(run_id: str, failed_only: bool = False) -> Call[RunResource]:
+    body = RunRerun(failed_only=True) if failed_only else None
+    return json_call("POST", _run_path(run_id, "/rerun"), RunResource, body)
 
 
 def get_run_summary(run_id: str) -> Call[RunSummary]:
@@ -308,9 +311,17 @@ def list_run_inputs(run_id: str) -> Call[list[InputFile]]:
     return json_call("GET", _run_path(run_id, "/inputs"), list[InputFile])
 
 
-def list_run_outputs(run_id: str) -> Call[list[OutputFile]]:
+def list_run_outputs(run_id: str, step: str | None = None) -> Call[list[OutputFile]]:
     listing = decoder(OutputListing)
-    return Call("GET", _run_path(run_id, "/outputs"), lambda response: listing(response).items)
+    params: Params = [("step", step)] if step is not None else []
+    return Call("GET", _run_path(run_id, "/outputs"), lambda response: listing(response).items, params=params)
+
+
+def outputs_archive_request(run_id: str, kind: ArchiveFormat, step: str | None) -> tuple[str, Params]:
+    """The path and parameters of a run's outputs as one archive (read as a stream, not decoded)."""
+    if kind not in ("tar.gz", "zip"):
+        raise ValueError(f"an archive is 'tar.gz' or 'zip', not {kind!r}")
+    return _run_path(run_id, f"/outputs.{kind}"), [("step", step)] if step is not None else []
 
 
 def download_run_output(run_id: str, path: str) -> Call[bytes]:

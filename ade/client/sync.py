@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 
 import httpx
 from httpx_sse import EventSource, SSEError
 
 from ade.client import calls
-from ade.client.calls import CHUNK_BYTES, Artifact, Call, ConsoleStream, EventsPage, FileSource, WhoAmI
+from ade.client.calls import (
+    CHUNK_BYTES,
+    ArchiveFormat,
+    Artifact,
+    Call,
+    ConsoleStream,
+    EventsPage,
+    FileSource,
+    WhoAmI,
+)
 from ade.client.errors import GoneError, api_error
 from ade.client.paging import ConsolePages, Pager, list_builds_pages, list_runs_pages
 from ade.client.streams import RECONNECT, Lines, Resume, Retry, console_lines, sse_error
@@ -207,9 +217,10 @@ class AdeClient:
         """Cancel: a queued run ends `cancelled` at once; a running one once its step is stopped."""
         return self._send(calls.cancel_run(run_id))
 
-    def rerun(self, run_id: str) -> RunResource:
-        """A new attempt with the same plan and inputs."""
-        return self._send(calls.rerun(run_id))
+    def rerun(self, run_id: str, *, failed_only: bool = False) -> RunResource:
+        """A new attempt with the same plan and inputs. `failed_only` (a failed run only, else
+        `ConflictError` run_not_failed): keep the steps that succeeded and their outputs, run the rest."""
+        return self._send(calls.rerun(run_id, failed_only))
 
     def list_runs(
         self,
@@ -243,8 +254,34 @@ class AdeClient:
     def list_run_inputs(self, run_id: str) -> list[InputFile]:
         return self._send(calls.list_run_inputs(run_id))
 
-    def list_run_outputs(self, run_id: str) -> list[OutputFile]:
-        return self._send(calls.list_run_outputs(run_id))
+    def list_run_outputs(self, run_id: str, *, step: str | None = None) -> list[OutputFile]:
+        """A run's outputs, each with the step that produced it (`step`: only that step's)."""
+        return self._send(calls.list_run_outputs(run_id, step))
+
+    def download_run_outputs(
+        self,
+        run_id: str,
+        destination: str | os.PathLike[str] | BinaryIO,
+        *,
+        format: ArchiveFormat = "tar.gz",
+        step: str | None = None,
+    ) -> int:
+        """All of a run's outputs (or one step's) as one archive, `tar.gz` or `zip`, streamed to a path (a
+        partly written file is removed) or to an open binary file. Returns the bytes written."""
+        path, params = calls.outputs_archive_request(run_id, format, step)
+        with self._http.stream("GET", path, params=params, timeout=self._stream_timeout) as response:
+            if not response.is_success:
+                response.read()
+                raise api_error(response)
+            if not isinstance(destination, str | os.PathLike):
+                return _write_all(response.iter_bytes(), destination)
+            target = Path(destination)
+            try:
+                with target.open("wb") as handle:
+                    return _write_all(response.iter_bytes(), handle)
+            except BaseException:
+                target.unlink(missing_ok=True)
+                raise
 
     def download_run_output(self, run_id: str, path: str) -> bytes:
         """An output file's bytes; `path` as listed (relative to the output directory)."""
@@ -377,3 +414,11 @@ def _iter_file(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):
             yield chunk
+
+
+def _write_all(chunks: Iterator[bytes], handle: BinaryIO) -> int:
+    written = 0
+    for chunk in chunks:
+        handle.write(chunk)
+        written += len(chunk)
+    return written

@@ -230,11 +230,29 @@ class RunCreate(Struct):
     commit: Commit | None = None
 
 
+class RunRerun(Struct):
+    """`POST /runs/{id}/rerun`'s optional body."""
+
+    failed_only: bool = False  # keep the steps that succeeded (and their outputs); run the rest
+
+
 class Failure(msgspec.Struct, kw_only=True):
     stage: str
     code: str
     message: str
     step: str | None = None
+
+
+OutputSource = Literal["output_paths", "output_dir"]
+
+
+class StepOutput(msgspec.Struct, kw_only=True):
+    """A file a step added to its run's outputs (README "Outputs")."""
+
+    path: str  # relative to the run's outputs directory, POSIX separators
+    size: int
+    source: OutputSource  # copied from the work directory (its output_paths), or written to $ADE_OUTPUT_DIR
+    replaced: str | None = None  # the step whose output at this path it replaced (the last writer wins)
 
 
 class StepState(msgspec.Struct, kw_only=True):
@@ -247,6 +265,9 @@ class StepState(msgspec.Struct, kw_only=True):
     exit_code: int | None = None
     failure: Failure | None = None
     skipped_reason: str | None = None
+    outputs: list[StepOutput] = msgspec.field(default_factory=list)  # what it added to the run's outputs
+    # A failed-only re-run keeps this step from the run it ran in (never started here; its outputs copied).
+    reused_from: str | None = None
 
 
 class Plan(msgspec.Struct, kw_only=True):
@@ -272,6 +293,7 @@ class Run(msgspec.Struct, kw_only=True):
     input_artifacts: list[InputArtifact] = msgspec.field(default_factory=list)
     attempt: int = 1
     rerun_of: str | None = None  # the run this one re-runs
+    failed_only: bool = False  # a failed-only re-run: keeps the steps of `rerun_of` that succeeded
     original_run_id: str | None = None  # the first attempt of the lineage (None: this is it)
     cancel_requested_by: str | None = None
     build_id: str | None = None
@@ -316,6 +338,7 @@ class RunResource(msgspec.Struct, kw_only=True):
     status: RunStatus
     attempt: int
     rerun_of: str | None
+    failed_only: bool
     build_id: str | None
     commit: Commit | None
     input_artifacts: list[InputArtifact]
@@ -339,6 +362,7 @@ class RunResource(msgspec.Struct, kw_only=True):
             status=run.status,
             attempt=run.attempt,
             rerun_of=run.rerun_of,
+            failed_only=run.failed_only,
             build_id=run.build_id,
             commit=run.commit,
             input_artifacts=run.input_artifacts,

@@ -27,6 +27,7 @@ class OutputFile(msgspec.Struct, kw_only=True):
     size: int
     content_type: str
     sha256: str  # hex digest
+    step: str | None = None  # the step that produced it; None when unknown (README "Outputs")
 
 
 class InputFile(msgspec.Struct, kw_only=True):

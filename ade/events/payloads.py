@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from ade.core.models import Failure
+from ade.core.models import Failure, StepOutput
 
 StepEndStatus = Literal["succeeded", "failed", "cancelled"]
 RunEndStatus = Literal["succeeded", "failed", "cancelled"]
@@ -55,7 +55,9 @@ class StepStarted(Payload, kw_only=True):
 
 class StepCompleted(Payload, kw_only=True):
     """A step ended: `failed` carries why (`exit_nonzero`, `timeout`, or the run's own failure when the run
-    ended around it); `cancelled` steps were running when the run was cancelled."""
+    ended around it); `cancelled` steps were running when the run was cancelled. `outputs`: the files it
+    added to the run's outputs. `reused_from`: a failed-only re-run kept this step, which succeeded in that
+    run, without running it (no `run.step.started`; its outputs were copied)."""
 
     TYPE = "run.step.completed"
     step: str
@@ -64,6 +66,8 @@ class StepCompleted(Payload, kw_only=True):
     exit_code: int | None = None
     duration_ms: int | None = None
     failure: Failure | None = None
+    outputs: list[StepOutput] = msgspec.field(default_factory=list)
+    reused_from: str | None = None
 
 
 class StepSkipped(Payload, kw_only=True):

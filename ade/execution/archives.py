@@ -42,7 +42,8 @@ class _Limits:
     written (the guard during extraction)."""
 
     def __init__(self, max_bytes: int, max_members: int) -> None:
-        self.max_bytes, self.max_members = max_bytes, max_members
+        unlimited = 2**63  # a maximum of 0: no maximum (as for every limit)
+        self.max_bytes, self.max_members = max_bytes or unlimited, max_members or unlimited
         self.declared = self.written = self.members = 0
 
     def member(self, size: int) -> None:

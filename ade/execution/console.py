@@ -67,7 +67,7 @@ class ConsoleBudget:
         """True: within the budget. None: this is the first item past it (say so once). False: dropped."""
         if self.exhausted:
             return False
-        if self.used_bytes + size + EVENT_OVERHEAD_BYTES > self.limit_bytes:
+        if self.limit_bytes and self.used_bytes + size + EVENT_OVERHEAD_BYTES > self.limit_bytes:
             self.exhausted = True
             return None
         self.used_bytes += size + EVENT_OVERHEAD_BYTES

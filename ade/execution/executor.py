@@ -39,6 +39,7 @@ from ade.execution.console import StepSink, budget_of
 from ade.execution.container import ImageUnavailable
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
 from ade.execution.limits import Limits, LimitWatch, capped
+from ade.execution.outputs import collecting
 from ade.execution.process import StepOutcome, run_step
 from ade.execution.sandbox import WORK_DIR, Bind, ExecutorName, prepare_dirs
 from ade.execution.scheduler import Policy, RecordedSteps, StepResult, StepSlot
@@ -157,7 +158,7 @@ async def _outputs_over_limit(deps: WorkerDeps, run: Run, step: Step) -> Failure
     limit = capped(run.plan.limits.output_bytes, deps.settings.max_output_bytes)
     outputs_dir = paths.run_dir(deps.settings.data_dir, run.id).outputs
     size, files = await asyncio.to_thread(outputs_size, outputs_dir, root=deps.settings.data_dir)
-    if size <= limit:
+    if not limit or size <= limit:  # 0: no maximum
         return None
     message = (
         f"step {step.name!r} left {size} bytes of outputs ({files} files), over the limit of {limit} bytes "
@@ -300,7 +301,8 @@ async def _execute_steps(
         cleanup_grace_s=settings.cleanup_grace_s,
     )
     port = RecordedSteps(rec, run, cancellation.announce)
-    return await scheduler.execute(run.plan.steps, port, execute_step, cancellation.event, policy)
+    collected = collecting(deps, run, rec, execute_step)  # each step, once ended: its outputs collected
+    return await scheduler.execute(run.plan.steps, port, collected, cancellation.event, policy)
 
 
 class _Outcome:

@@ -15,6 +15,8 @@ the run's timeout do:
   `timeout`) and skip every step not started, except `always` steps: they still start once their
   dependencies ended, within `ADE_CLEANUP_GRACE_S` (after a cancel, a cleanup step still running then is
   cancelled; past the run's timeout, the grace is its deadline), like GitHub's `if: always()`.
+- A failed-only re-run's kept steps (`ade.execution.outputs.kept_steps`) are recorded `succeeded` before
+  anything starts, their outputs copied, and never run.
 
 Every status change is made by this loop, one at a time, through a `Port` (`RecordedSteps`: the
 transitions, under a lock per run, which also covers a step's task announcing the cancel): the run's record
@@ -26,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ade.core import workflow
-from ade.core.models import Failure, Run, Step
+from ade.core.models import Failure, Run, Step, StepOutput
 from ade.events.payloads import StepEndStatus
+from ade.execution import outputs
 from ade.lifecycle import transitions
 from ade.lifecycle.transitions import Recorder
 
@@ -56,6 +59,7 @@ class StepResult:
     status: StepEndStatus
     exit_code: int | None = None
     failure: Failure | None = None
+    outputs: list[StepOutput] = field(default_factory=list)  # what it added to the run's outputs
 
 
 ExecuteStep = Callable[[StepSlot], Coroutine[Any, Any, StepResult]]
@@ -70,6 +74,8 @@ class Policy:
 
 class Port(Protocol):
     """Where the scheduler records what happens to steps."""
+
+    async def keep_succeeded(self) -> list[int]: ...
 
     async def start(self, index: int) -> None: ...
 
@@ -88,6 +94,17 @@ class RecordedSteps:
         self._rec, self._run, self._announce = rec, run, announce
         self._lock = asyncio.Lock()
 
+    async def keep_succeeded(self) -> list[int]:
+        """A failed-only re-run's kept steps (`ade.execution.outputs.keep_succeeded`), recorded `succeeded`
+        with `reused_from` and their copied outputs, never started. Their indexes."""
+        kept = await outputs.keep_succeeded(self._rec, self._run)
+        async with self._lock:
+            for index, origin, copied in kept:
+                await transitions.finish_step(
+                    self._rec, self._run, index, "succeeded", exit_code=0, outputs=copied, reused_from=origin
+                )
+        return [index for index, _, _ in kept]
+
     async def start(self, index: int) -> None:
         async with self._lock:
             await transitions.start_step(self._rec, self._run, index)
@@ -95,7 +112,13 @@ class RecordedSteps:
     async def finish(self, index: int, result: StepResult) -> None:
         async with self._lock:
             await transitions.finish_step(
-                self._rec, self._run, index, result.status, exit_code=result.exit_code, failure=result.failure
+                self._rec,
+                self._run,
+                index,
+                result.status,
+                exit_code=result.exit_code,
+                failure=result.failure,
+                outputs=result.outputs,
             )
 
     async def skip(self, index: int, reason: str) -> None:
@@ -137,6 +160,9 @@ class _Scheduler:
     async def run(self) -> tuple[int | None, Failure | None]:
         cancel_wait = asyncio.ensure_future(self.cancel.wait())
         try:
+            for index in await self.port.keep_succeeded():  # a failed-only re-run's: they never start
+                self.status[index] = "succeeded"
+                self._ended(index)
             while True:
                 now = time.monotonic()
                 await self._check_stop(now)

@@ -103,8 +103,21 @@ async def submit_run(settings: Settings, redis: Redis, arq: ArqRedis, store: Sto
     return run
 
 
-async def rerun(settings: Settings, redis: Redis, arq: ArqRedis, store: Store, source: Run) -> Run:
-    """A new run with the same plan and inputs, linked to `source`, numbered within its lineage."""
+async def rerun(
+    settings: Settings, redis: Redis, arq: ArqRedis, store: Store, source: Run, *, failed_only: bool = False
+) -> Run:
+    """A new run with the same plan and inputs, linked to `source`, numbered within its lineage.
+
+    `failed_only`: only for a failed `source` (else `Conflict` run_not_failed, and nothing changes); the new
+    run keeps the steps that succeeded there — they are recorded `succeeded` with `reused_from` and their
+    outputs copied when the run starts (`ade.execution.outputs.keep_succeeded`) — and runs the others and
+    everything downstream of them."""
+    if failed_only and source.status != "failed":
+        raise Conflict(
+            f"run {source.id!r} did not fail ({source.status}): only a failed run can be re-run with "
+            "failed_only; re-run it whole instead",
+            code="run_not_failed",
+        )
     original = source.original_run_id or source.id
     attempts_key = keys.run_attempts(original)
     await redis.set(attempts_key, 1, nx=True)
@@ -119,6 +132,7 @@ async def rerun(settings: Settings, redis: Redis, arq: ArqRedis, store: Store, s
         run,
         attempt=attempt,
         rerun_of=source.id,
+        failed_only=failed_only,
         original_run_id=original,
         build_id=source.build_id,
         build_reused=source.build_id is not None,

@@ -28,7 +28,7 @@ from typing import cast
 from redis.exceptions import RedisError
 
 from ade.core import keys, paths
-from ade.core.models import Build, Failure, Run, StepState, utcnow
+from ade.core.models import Build, Failure, Run, StepOutput, StepState, utcnow
 from ade.events.envelope import Source
 from ade.events.payloads import (
     BuildCancelRequested,
@@ -123,11 +123,18 @@ async def start_step(rec: Recorder, run: Run, index: int) -> None:
 
 
 def _end_step(
-    run: Run, index: int, status: StepEndStatus, exit_code: int | None, failure: Failure | None
+    run: Run,
+    index: int,
+    status: StepEndStatus,
+    exit_code: int | None,
+    failure: Failure | None,
+    outputs: list[StepOutput] | None = None,
+    reused_from: str | None = None,
 ) -> StepCompleted:
     state = steps_of(run)[index]
     state.status, state.completed_at = status, utcnow()
     state.exit_code, state.failure = exit_code, failure
+    state.outputs, state.reused_from = list(outputs or []), reused_from
     return StepCompleted(
         step=state.name,
         index=index,
@@ -135,6 +142,8 @@ def _end_step(
         exit_code=exit_code,
         duration_ms=_ms(state.started_at, state.completed_at),
         failure=failure,
+        outputs=state.outputs,
+        reused_from=reused_from,
     )
 
 
@@ -152,8 +161,12 @@ async def finish_step(
     *,
     exit_code: int | None = None,
     failure: Failure | None = None,
+    outputs: list[StepOutput] | None = None,
+    reused_from: str | None = None,
 ) -> None:
-    payload = _end_step(run, index, status, exit_code, failure)
+    """A step ended, with the files it added to the run's outputs (`ade.execution.outputs`). `reused_from`:
+    a failed-only re-run keeps the step from that run without running it (`succeeded`, never started)."""
+    payload = _end_step(run, index, status, exit_code, failure, outputs, reused_from)
     await rec.store.put_run(run, durability=rec.durability(final=False))
     await rec.writer.emit(payload, rec.source)
 

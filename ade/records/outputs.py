@@ -1,11 +1,16 @@
-"""A run's output files: listing them and resolving a download request, confined to the output directory.
+"""A run's output files: listing them (with the step that produced each), resolving a download request,
+confined to the output directory, and streaming all of them as one archive (tar.gz or zip).
 
 Steps write `$ADE_OUTPUT_DIR` freely, symlinks included, and may still be running, so everything here
 treats the directory as hostile: an output is a regular file reached from the output directory through
 real directories only. Symlinks are neither listed nor served (whatever they point at); a requested path
 is checked as text (before and after one more percent-decoding) and then opened component by component
 with O_NOFOLLOW from a directory fd (`ade.core.safe_open`), and served from that open fd — no
-check-then-open race for a step to win.
+check-then-open race for a step to win. Archives read every file the same way, one at a time, in bounded
+pieces.
+
+Which step produced an output is kept in the run record (`StepState.outputs`, written by
+`ade.execution.outputs` through `transitions.finish_step`); `owners_of` reads it back.
 """
 
 from __future__ import annotations
@@ -15,17 +20,28 @@ import mimetypes
 import os
 import re
 import stat
-from collections.abc import Iterator
+import tarfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from io import FileIO
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote
 
 from ade.core.errors import AdeError, Invalid, not_found
+from ade.core.models import StepState
 from ade.core.safe_open import open_directory, open_no_follow, split_below
 from ade.core.views import OutputFile
 
 _CHUNK = 1024 * 1024
 MAX_OUTPUT_DEPTH = 64  # directory levels below the output directory that are listed, counted and served
+# A file being copied into the outputs (`ade.execution.outputs`) is written under this name first, then
+# renamed: such names are never listed, counted, served or archived.
+PARTIAL_PREFIX = ".ade-partial-"
+ARCHIVE_PIECE_BYTES = 256 * 1024  # an archive is sent in pieces of about this size
+_ARCHIVE_LEVEL = 6  # deflate level of both archive formats
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
 
 
@@ -46,8 +62,34 @@ def content_type_of(path: str) -> str:
     return mimetypes.guess_type(path, strict=False)[0] or "application/octet-stream"
 
 
-def list_outputs(output_dir: Path, *, root: Path | None = None) -> list[OutputFile]:
+def owners_of(states: Sequence[StepState]) -> dict[str, str]:
+    """Which step produced each output path, from the run record's step states.
+
+    Each step lists the files it added (`StepState.outputs`); when two list the same path, the last writer
+    wins: the one whose entry names the other as `replaced` (when that does not settle it, the step that
+    completed last). A path no step lists has no known producer.
+    """
+    claims: dict[str, list[tuple[str, str | None]]] = {}
+    ordered = sorted(
+        (state for state in states if state.outputs),
+        key=lambda state: state.completed_at.timestamp() if state.completed_at else float("inf"),
+    )
+    for state in ordered:
+        for output in state.outputs:
+            claims.setdefault(output.path, []).append((state.name, output.replaced))
+    owners: dict[str, str] = {}
+    for path, claimants in claims.items():
+        replaced = {previous for _, previous in claimants if previous is not None}
+        last = [name for name, _ in claimants if name not in replaced]
+        owners[path] = last[-1] if last else claimants[-1][0]
+    return owners
+
+
+def list_outputs(
+    output_dir: Path, *, root: Path | None = None, owners: Mapping[str, str] | None = None
+) -> list[OutputFile]:
     """Every regular file under `output_dir`, recursively, sorted by path; [] when there is no directory.
+    Each carries its `step` from `owners` (path → step, see `owners_of`), None for a path not in it.
 
     `root` is the trusted directory `output_dir` lies below (the data directory; default: its parent):
     every component from there down is opened without following links. Symlinks are skipped entirely,
@@ -61,7 +103,13 @@ def list_outputs(output_dir: Path, *, root: Path | None = None) -> list[OutputFi
         if hashed := _hash_regular_file(dir_fd, name):
             size, digest = hashed
             found.append(
-                OutputFile(path=relative, size=size, content_type=content_type_of(relative), sha256=digest)
+                OutputFile(
+                    path=relative,
+                    size=size,
+                    content_type=content_type_of(relative),
+                    sha256=digest,
+                    step=(owners or {}).get(relative),
+                )
             )
     found.sort(key=lambda output: output.path)
     return found
@@ -85,14 +133,22 @@ def _trusted(output_dir: Path, root: Path | None) -> tuple[Path, list[str]]:
 
 
 def _regular_files(output_dir: Path, root: Path | None) -> Iterator[tuple[str, int, str, os.stat_result]]:
-    """(relative path, fd of its directory, its name, its lstat) of each regular file under `output_dir`.
+    return regular_files(output_dir, root=root)
+
+
+def regular_files(
+    directory: Path, *, root: Path | None = None, start: Sequence[str] = ()
+) -> Iterator[tuple[str, int, str, os.stat_result]]:
+    """(relative path, fd of its directory, its name, its lstat) of each regular file under `directory`
+    (or under its subdirectory `start`; paths stay relative to `directory`), at most MAX_OUTPUT_DEPTH
+    levels down, skipping names that are not UTF-8 and PARTIAL_PREFIX files.
 
     Directories are reached from the trusted root one `openat(O_NOFOLLOW | O_DIRECTORY)` at a time, so a
     directory swapped for a symlink while this walks is never entered; at most two directory fds are open
     at once, however wide or deep the tree. The directory fd is valid until the next item is asked for.
     """
-    base, below = _trusted(output_dir, root)
-    pending: list[list[str]] = [[]]
+    base, below = _trusted(directory, root)
+    pending: list[list[str]] = [list(start)]
     while pending:
         parts = pending.pop()
         try:
@@ -103,7 +159,7 @@ def _regular_files(output_dir: Path, root: Path | None) -> Iterator[tuple[str, i
             prefix = "".join(f"{part}/" for part in parts)
             with os.scandir(dir_fd) as entries:
                 for entry in entries:
-                    if not _is_utf8(entry.name):
+                    if not _is_utf8(entry.name) or entry.name.startswith(PARTIAL_PREFIX):
                         continue
                     try:
                         info = entry.stat(follow_symlinks=False)
@@ -223,3 +279,125 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if suffix == 0 or size == 0:
         raise RangeNotSatisfiable(size)
     return max(0, size - suffix), size - 1
+
+
+# Archives ---------------------------------------------------------------------------------------------
+
+ArchiveFormat = Literal["tar.gz", "zip"]
+ARCHIVE_MEDIA_TYPES: dict[ArchiveFormat, str] = {"tar.gz": "application/gzip", "zip": "application/zip"}
+
+
+class _Pieces:
+    """Where an archive writer puts its bytes: collected until the generator hands them on."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        if data:
+            self._parts.append(bytes(data))
+            self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        self.size = 0
+        return data
+
+
+def _archived_files(
+    output_dir: Path, root: Path | None, include: Callable[[str], bool] | None
+) -> Iterator[tuple[str, int, os.stat_result]]:
+    """(relative path, an open fd, its fstat) of each output to archive; the fd is closed when the next
+    item is asked for (or the walk is abandoned)."""
+    for relative, dir_fd, name, _ in regular_files(output_dir, root=root):
+        if include is not None and not include(relative):
+            continue
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            continue  # gone, or swapped for a link or a FIFO since the scan
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode):
+                yield relative, fd, info
+        finally:
+            os.close(fd)
+
+
+def _file_pieces(fd: int, size: int) -> Iterator[bytes]:
+    """Exactly `size` bytes of an open file, in pieces: a file that shrank since it was measured is padded
+    with zeros, one that grew is cut (an archive entry's size is declared before its bytes)."""
+    remaining = size
+    while remaining > 0:
+        try:
+            chunk = os.read(fd, min(remaining, ARCHIVE_PIECE_BYTES))
+        except OSError:
+            chunk = b""
+        if not chunk:
+            chunk = bytes(min(remaining, ARCHIVE_PIECE_BYTES))
+        remaining -= len(chunk)
+        yield chunk
+
+
+def tar_gz_pieces(
+    output_dir: Path, *, root: Path | None = None, include: Callable[[str], bool] | None = None
+) -> Generator[bytes, None, None]:
+    """The outputs (those `include` accepts) as a gzip-compressed tar (POSIX pax), generated piece by piece:
+    memory stays at about ARCHIVE_PIECE_BYTES whatever the outputs' size. Entries are regular files, mode
+    0644, with their modification time; files are opened without following links, like a download."""
+    compressor = zlib.compressobj(_ARCHIVE_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip container
+    pending = bytearray()
+    for relative, fd, info in _archived_files(output_dir, root, include):
+        entry = tarfile.TarInfo(relative)
+        entry.size, entry.mode, entry.type = info.st_size, 0o644, tarfile.REGTYPE
+        entry.mtime = max(0, int(info.st_mtime))
+        pending += compressor.compress(entry.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        for chunk in _file_pieces(fd, info.st_size):
+            pending += compressor.compress(chunk)
+            if len(pending) >= ARCHIVE_PIECE_BYTES:
+                yield bytes(pending)
+                pending.clear()
+        pending += compressor.compress(bytes(-info.st_size % tarfile.BLOCKSIZE))
+    end = bytes(2 * tarfile.BLOCKSIZE)  # two zero blocks, padded to a whole record as tarfile does
+    end += bytes(-len(end) % tarfile.RECORDSIZE)
+    pending += compressor.compress(end) + compressor.flush()
+    yield bytes(pending)
+
+
+def zip_pieces(
+    output_dir: Path, *, root: Path | None = None, include: Callable[[str], bool] | None = None
+) -> Generator[bytes, None, None]:
+    """The outputs (those `include` accepts) as a zip (deflate; ZIP64 where a file needs it), generated
+    piece by piece without seeking: each entry's sizes and CRC follow its data (a data descriptor), and the
+    central directory comes last. Memory: about ARCHIVE_PIECE_BYTES plus one directory entry per file."""
+    pieces = _Pieces()
+    deflate = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(pieces, "w", compression=deflate, compresslevel=_ARCHIVE_LEVEL) as archive:
+        for relative, fd, info in _archived_files(output_dir, root, include):
+            entry = zipfile.ZipInfo(relative, date_time=_zip_time(info.st_mtime))
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            entry.external_attr = (stat.S_IFREG | 0o644) << 16
+            entry.file_size = info.st_size  # lets zipfile choose ZIP64 up front
+            with archive.open(entry, "w", force_zip64=info.st_size >= zipfile.ZIP64_LIMIT) as member:
+                for chunk in _file_pieces(fd, info.st_size):
+                    member.write(chunk)
+                    if pieces.size >= ARCHIVE_PIECE_BYTES:
+                        yield pieces.take()
+            if pieces.size >= ARCHIVE_PIECE_BYTES:
+                yield pieces.take()
+    yield pieces.take()
+
+
+def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
+    """A zip entry's local time (zip cannot say anything before 1980 or after 2107)."""
+    moment = time.gmtime(min(max(mtime, 315532800.0), 4354819199.0))
+    return moment[0], moment[1], moment[2], moment[3], moment[4], moment[5]

@@ -31,6 +31,8 @@ class StepSummary(msgspec.Struct, kw_only=True):
     skipped_reason: str | None = None
     depends_on: list[str] = msgspec.field(default_factory=list)  # as configured: none means "in order"
     when: When = "on_success"
+    reused_from: str | None = None  # a failed-only re-run kept it from that run (it did not run here)
+    outputs_count: int = 0  # files it added to the run's outputs
 
     @classmethod
     def of(cls, state: StepState, step: Step | None = None) -> StepSummary:
@@ -46,6 +48,8 @@ class StepSummary(msgspec.Struct, kw_only=True):
             skipped_reason=state.skipped_reason,
             depends_on=list(step.depends_on) if step else [],
             when=step.when if step else "on_success",
+            reused_from=state.reused_from,
+            outputs_count=len(state.outputs),
         )
 
 

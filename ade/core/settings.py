@@ -73,6 +73,9 @@ class Settings:
     # Workflows (README "Workflows")
     max_parallel_steps: int = 4  # steps of one run running at once (below 1: 1)
     cleanup_grace_s: float = 30.0  # after a cancel or the run's timeout, how long `when: always` steps get
+    # Caches (README "Caches")
+    max_cache_bytes: int = 1024 * 1024 * 1024  # a step's cache (all its cache_dirs); larger: not saved
+    max_workspace_cache_bytes: int = 10 * 1024 * 1024 * 1024  # a workspace's: past it, LRU caches are evicted
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -23,6 +23,7 @@ from ade.api.artifacts import ArtifactController
 from ade.api.audit import AuditController
 from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal
 from ade.api.builds import BuildController
+from ade.api.caches import CacheController
 from ade.api.configurations import ConfigurationController
 from ade.api.deps import API_PREFIX, Services
 from ade.api.docker_images import DockerImageController
@@ -155,6 +156,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ApiKeyController,
             AuditController,
             DockerImageController,
+            CacheController,
         ],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
         security=[{"bearer": []}],

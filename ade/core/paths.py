@@ -5,6 +5,8 @@ workspaces/<ws>.json  configurations/<cfg>.json  api_keys/<key>.json  docker_ima
 audit/<ws>.ndjson  artifacts/…                           (see ade.records.artifacts)
 runs/<run>/run.json  runs/<run>/logs/events.ndjson  runs/<run>/{work,inputs,outputs}/
 builds/<build>/build.json  builds/<build>/logs/events.ndjson  builds/<build>/{env,source}/  READY
+caches/<ws>/<cfg>/<step>/<key hash>/{current,v-<ulid>/}  caches/<ws>/{.tmp,.trash}/  caches/<ws>/.lock
+                                                         (see ade.execution.caches; never bound into a step)
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ def builds_dir(data_dir: Path) -> Path:
     return data_dir / "builds"
 
 
+def caches_dir(data_dir: Path) -> Path:
+    return data_dir / "caches"
+
+
 @dataclass(frozen=True, slots=True)
 class RunDir:
     root: Path
@@ -145,3 +151,31 @@ def run_dir(data_dir: Path, run_id: str) -> RunDir:
 
 def build_dir(data_dir: Path, build_id: str) -> BuildDir:
     return BuildDir(builds_dir(data_dir) / build_id)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceCaches:
+    """A workspace's step caches (README "Caches"): one directory per configuration, step and key, each
+    holding complete versions (`v-<ulid>/`) and a `current` file naming the one a restore reads. Saves are
+    written in `.tmp/` first; deleted versions pass through `.trash/`; `.lock` serialises evictions."""
+
+    root: Path
+
+    def entry(self, configuration_id: str, step: str, key_hash: str) -> Path:
+        return self.root / configuration_id / step / key_hash
+
+    @property
+    def staging(self) -> Path:
+        return self.root / ".tmp"
+
+    @property
+    def trash(self) -> Path:
+        return self.root / ".trash"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+
+def workspace_caches(data_dir: Path, workspace_id: str) -> WorkspaceCaches:
+    return WorkspaceCaches(caches_dir(data_dir) / workspace_id)

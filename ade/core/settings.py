@@ -75,6 +75,9 @@ class Settings:
     cleanup_grace_s: float = 30.0  # after a cancel or the run's timeout, how long `when: always` steps get
     # Fair share
     max_running_per_workspace: int = 4  # runs of one workspace executing at once, all workers; 0: no cap
+    # Caches (README "Caches")
+    max_cache_bytes: int = 1024 * 1024 * 1024  # a step's cache (all its cache_dirs); larger: not saved
+    max_workspace_cache_bytes: int = 10 * 1024 * 1024 * 1024  # a workspace's: past it, LRU caches are evicted
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -79,6 +79,40 @@ class StepSkipped(Payload, kw_only=True):
     reason: str
 
 
+class CacheRestored(Payload, kw_only=True):
+    """Before a step with `cache_dirs` starts: whether its cache (`key`, as evaluated) was found and copied
+    into the work directory. `error` says why there is no cache (a key that cannot be evaluated, a failed
+    copy); a miss without one is simply a cache nobody saved yet (or one evicted)."""
+
+    TYPE = "run.cache.restored"
+    step: str
+    key: str | None  # None when the key could not be evaluated
+    hit: bool
+    paths: list[str]
+    bytes: int = 0
+    files: int = 0
+    duration_ms: int = 0
+    error: str | None = None
+
+
+class CacheSaved(Payload, kw_only=True):
+    """After a step with `cache_dirs` succeeded: its cache saved (`saved`), or skipped and why (`reason`:
+    over ADE_MAX_CACHE_BYTES, nothing to save, a key that cannot be evaluated, …; the step still
+    succeeded). `evicted` counts the workspace's least recently used caches removed to stay within
+    ADE_MAX_WORKSPACE_CACHE_BYTES."""
+
+    TYPE = "run.cache.saved"
+    step: str
+    key: str | None
+    saved: bool
+    paths: list[str]
+    bytes: int = 0
+    files: int = 0
+    duration_ms: int = 0
+    reason: str | None = None
+    evicted: int = 0
+
+
 class RunCancelRequested(Payload, kw_only=True):
     TYPE = "run.cancel_requested"
     requested_by: str | None = None
@@ -152,8 +186,8 @@ CATALOG: dict[str, type[Payload]] = {
     cls.TYPE: cls
     for cls in (
         RunQueued, RunWaitingForBuild, RunStarted, StepStarted, StepCompleted, StepSkipped,
-        RunCancelRequested, RunCompleted, BuildQueued, BuildStarted, PhaseStarted, PhaseCompleted,
-        BuildCancelRequested, BuildCompleted, ConsoleLine,
+        CacheRestored, CacheSaved, RunCancelRequested, RunCompleted, BuildQueued, BuildStarted,
+        PhaseStarted, PhaseCompleted, BuildCancelRequested, BuildCompleted, ConsoleLine,
     )
 }  # fmt: skip
 

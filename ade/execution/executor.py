@@ -33,7 +33,7 @@ from ade.events.envelope import EVENT_DECODER
 from ade.events.follow import follow
 from ade.events.payloads import BuildCompleted, RunEndStatus
 from ade.events.writer import EventSpec
-from ade.execution import isolation, scheduler
+from ade.execution import isolation, scheduler, step_cache
 from ade.execution.builder import environment_for, execute_build, run_binds_of_build
 from ade.execution.console import StepSink, budget_of
 from ade.execution.container import ImageUnavailable
@@ -274,6 +274,7 @@ async def _execute_steps(
 
     async def execute_step(slot: StepSlot) -> StepResult:
         step = run.plan.steps[slot.index]
+        cache = await step_cache.before_step(settings, run, step, rec.writer, slot)
         outcome, failure = await _step(deps, run, rec, slot, build_env, binds, build)
         if failure is not None:
             return StepResult(status="failed", failure=failure)
@@ -293,6 +294,7 @@ async def _execute_steps(
             return StepResult(status="failed", exit_code=exit_code, failure=failure)
         if over := await _outputs_over_limit(deps, run, step):
             return StepResult(status="failed", exit_code=exit_code, failure=over)
+        await step_cache.after_step(settings, run, step, rec.writer, cache)
         return StepResult(status="succeeded", exit_code=exit_code)
 
     policy = Policy(

@@ -120,6 +120,8 @@ MATRIX: list[tuple[str, str, dict[str, Any] | bytes | None, str]] = [
     ("GET", "/workspaces/{ws_a}/docker-images", None, "viewer"),
     ("GET", "/docker-images/{image_a}", None, "viewer"),
     ("DELETE", "/docker-images/{image_a}", None, "admin"),
+    ("GET", "/workspaces/{ws_a}/caches", None, "viewer"),
+    ("DELETE", "/workspaces/{ws_a}/caches?step=s", None, "operator"),
     ("DELETE", "/configurations/{cfg_a}", None, "admin"),
 ]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}

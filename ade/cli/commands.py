@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -96,9 +96,9 @@ def _local_time(moment: datetime) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def watch(kind: Kind, events: Iterator[Event]) -> int:
+def watch(kind: Kind, events: Iterator[Event], steps: Sequence[str] = ()) -> int:
     """Render a run's or a build's events from the start until it ends; the exit code for its outcome."""
-    with StreamView(console(), kind) as view:
+    with StreamView(console(), kind, steps) as view:
         try:
             for event in events:
                 view.handle(event)
@@ -231,7 +231,7 @@ def runs() -> None:
 
 def watch_run(ade: AdeClient, run: RunResource) -> int:
     """Render the run's events (its build's too, while it waits for it) until it ends; its exit code."""
-    return watch("run", ade.events(run.id))
+    return watch("run", ade.events(run.id), [step.name for step in run.steps])
 
 
 @runs.command("create")

@@ -19,6 +19,7 @@ code: see `EXIT_CODES`. In a run's stream, `build.completed` is the build's news
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -85,8 +86,9 @@ class StreamView:
     """Renders one run's or one build's events, in order, on a rich console; `outcome` is the watched
     run's or build's final status."""
 
-    def __init__(self, console: Console, kind: Kind = "run") -> None:
+    def __init__(self, console: Console, kind: Kind = "run", steps: Sequence[str] = ()) -> None:
         self.console = console
+        self._pending = set(steps)  # a run's steps that have neither started nor been skipped
         self.kind = kind
         self.outcome: str | None = None
         self._progress: Progress | None = None
@@ -115,6 +117,7 @@ class StreamView:
                 self._console_line(payload)
             case StepStarted() | PhaseStarted():
                 self._step = _step_name(payload)
+                self._pending.discard(self._step)
                 self._running.append(self._step)
                 self._line(f"▶ {self._step}{self._others()}", "bold")
                 if self.console.is_terminal:  # a live timer while it runs (its true age, even mid-run)
@@ -122,7 +125,8 @@ class StreamView:
             case StepCompleted() | PhaseCompleted():
                 self._step_completed(payload)
             case StepSkipped():
-                self._line(f"○ {payload.step} skipped: {payload.reason}", "dim")
+                self._pending.discard(payload.step)
+                self._line(f"○ {payload.step} skipped: {payload.reason}{self._others()}", "dim")
             case RunQueued():
                 self._line(f"{event.run_id} queued (attempt {payload.attempt})", "dim")
             case BuildQueued():
@@ -143,8 +147,12 @@ class StreamView:
                 self._line(f"  · {event.type} {details}", "dim cyan")
 
     def _others(self, at_least: int = 2) -> str:
-        """`(running: a, b)` when steps run side by side: on a start, more than the one starting."""
-        return f" (running: {', '.join(self._running)})" if len(self._running) >= at_least else ""
+        """`(running: a, b · pending: 3)`: the steps running side by side (on a start, more than the one
+        starting) and how many have yet to start, when there are any."""
+        parts = [f"running: {', '.join(self._running)}"] if len(self._running) >= at_least else []
+        if self._pending:
+            parts.append(f"pending: {len(self._pending)}")
+        return f" ({' · '.join(parts)})" if parts else ""
 
     def _console_line(self, line: ConsoleLine) -> None:
         text = Text("  ")
@@ -209,6 +217,7 @@ class StreamView:
                 what = "timed out"
             elif status == "failed" and payload.exit_code is not None:
                 what += f" (exit {payload.exit_code})"
+        self._pending.discard(name)
         if isinstance(payload, StepCompleted) and payload.reused_from is not None:
             self._line(f"{mark} {name} {what} in {payload.reused_from} (kept, not run again)", style)
             return

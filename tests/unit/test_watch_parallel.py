@@ -73,3 +73,13 @@ def test_on_a_terminal_each_running_step_has_a_live_timer_of_its_true_age() -> N
         assert [task.description for task in view._progress.tasks] == ["▶ test"]  # its timer is gone
         view.handle(event(4, "run.step.completed", step="test", **{**done, "index": 1}))
         assert view._progress is None  # no step runs: the live display ended
+
+
+def test_watch_counts_the_steps_yet_to_start() -> None:
+    out = io.StringIO()
+    with StreamView(Console(file=out, width=200, color_system=None), "run", ["a", "b", "c", "d"]) as view:
+        view.handle(event(1, "run.step.started", step="a", index=0))
+        view.handle(event(2, "run.step.skipped", step="d", index=3, reason="an earlier step ('a') failed"))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "▶ a (pending: 3)"
+    assert lines[1] == "○ d skipped: an earlier step ('a') failed (pending: 2)"

@@ -119,7 +119,8 @@ class StreamView:
                 self._step = _step_name(payload)
                 self._pending.discard(self._step)
                 self._running.append(self._step)
-                self._line(f"▶ {self._step}{self._others()}", "bold")
+                steps_only = isinstance(payload, StepStarted)  # a build's phases are not the run's steps
+                self._line(f"▶ {self._step}{self._others(pending=steps_only)}", "bold")
                 if self.console.is_terminal:  # a live timer while it runs (its true age, even mid-run)
                     self._task_of(self._step, f"▶ {self._step}", since=event.created_at)
             case StepCompleted() | PhaseCompleted():
@@ -146,11 +147,11 @@ class StreamView:
                 details = json.dumps(event.payload, separators=(",", ":"), default=str)
                 self._line(f"  · {event.type} {details}", "dim cyan")
 
-    def _others(self, at_least: int = 2) -> str:
+    def _others(self, at_least: int = 2, *, pending: bool = True) -> str:
         """`(running: a, b · pending: 3)`: the steps running side by side (on a start, more than the one
         starting) and how many have yet to start, when there are any."""
         parts = [f"running: {', '.join(self._running)}"] if len(self._running) >= at_least else []
-        if self._pending:
+        if pending and self._pending:
             parts.append(f"pending: {len(self._pending)}")
         return f" ({' · '.join(parts)})" if parts else ""
 
@@ -221,7 +222,8 @@ class StreamView:
         if isinstance(payload, StepCompleted) and payload.reused_from is not None:
             self._line(f"{mark} {name} {what} in {payload.reused_from} (kept, not run again)", style)
             return
-        self._line(f"{mark} {name} {what} in {duration(payload.duration_ms)}{self._others(1)}", style)
+        others = self._others(1, pending=isinstance(payload, StepCompleted))
+        self._line(f"{mark} {name} {what} in {duration(payload.duration_ms)}{others}", style)
         self._step = self._running[-1] if self._running else None
 
     def _completed(self, event: Event, payload: RunCompleted | BuildCompleted) -> None:

@@ -358,7 +358,9 @@ def main() -> None:
     print(f"throughput benchmark: a run printing {args.lines:,} lines, then Redis baselines ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="ade-bench-") as tmp:
         root = Path(tmp)
-        with ade_stack(root / "ade") as ade:
+        # A million lines is far past the default console limit per run (64 MiB): lift it, or the run's
+        # console would stop at ~180k lines (one marker, the rest dropped) and measure nothing.
+        with ade_stack(root / "ade", env={"ADE_MAX_CONSOLE_BYTES_PER_RUN": "0"}) as ade:
             result = asyncio.run(ade_throughput(ade, root / "ade", args.lines, probe=args.probe))
         with redis_server(root / "baseline-redis", appendonly=False) as server:
             bench_rps = redis_benchmark(server.port, server.password, result.stream.events, result.payload)

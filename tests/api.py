@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,22 @@ async def wait_for_end(client: httpx.AsyncClient, run_id: str) -> list[Frame]:
     frames = await collect_sse(client, f"/runs/{run_id}/events", params={"stream": "true"})
     assert frames[-1].event == "end"
     return ade_events(frames)
+
+
+async def events_to_end(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
+    """A run's events, decoded, once it has ended (followed over SSE from the start)."""
+    return [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+
+
+async def run_to_end(client: httpx.AsyncClient, cfg: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run a configuration to its end: (the run resource, its events)."""
+    run_id = (await run(client, cfg))["id"]
+    events = await events_to_end(client, run_id)
+    return (await client.get(f"/runs/{run_id}")).json(), events
+
+
+def console_lines(events: list[dict[str, Any]]) -> list[str]:
+    return [e["payload"]["message"] for e in events if e["type"] == "console.line"]
 
 
 def links(response: httpx.Response) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import httpx
 import pytest
 
 from ade.execution.console import MAX_STEP_EVENT_DEPTH
-from tests.api import ade_events, collect_sse, configuration, run, wait_for_end, workspace
+from tests.api import ade_events, collect_sse, configuration, events_to_end, run, wait_for_end, workspace
 
 pytestmark = pytest.mark.anyio
 STEP = {"name": "s", "script": "echo hi"}
@@ -131,7 +130,7 @@ async def test_a_deeply_nested_step_event_is_refused_and_the_run_stays_readable(
     steps = [deep_event_step("deep", 960), deep_event_step("past_the_limit", MAX_STEP_EVENT_DEPTH + 1)]
     cfg = await configuration(client, ws, steps)
     run_id = (await run(client, cfg))["id"]
-    replayed = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    replayed = await events_to_end(client, run_id)
     assert replayed[-1]["type"] == "run.completed" and replayed[-1]["payload"]["status"] == "succeeded"
     refusal = "[ade] ignored an event written to ADE_EVENTS_FD: "
     refusal += f"nested deeper than {MAX_STEP_EVENT_DEPTH} levels"

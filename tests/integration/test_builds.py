@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.api import ade_events, collect_sse, configuration, run, wait_for_end, workspace
+from tests.api import ade_events, collect_sse, configuration, events_to_end, run, workspace
 from tests.system import running
 
 pytestmark = pytest.mark.anyio
@@ -74,7 +74,7 @@ async def build_events(client: httpx.AsyncClient, build_id: str, **params: Any) 
 
 
 async def run_events(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
-    return [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    return await events_to_end(client, run_id)
 
 
 async def test_python_build_installs_a_local_wheel_and_runs_use_its_interpreter(

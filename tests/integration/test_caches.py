@@ -22,7 +22,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from ade.events.payloads import CATALOG
-from tests.api import configuration, run, wait_for_end, workspace
+from tests.api import configuration, console_lines, events_to_end, run, workspace
 from tests.system import AdeSystem, running
 
 pytestmark = pytest.mark.anyio
@@ -30,23 +30,15 @@ pytestmark = pytest.mark.anyio
 Event = dict[str, Any]
 
 
-async def finished(client: httpx.AsyncClient, run_id: str) -> list[Event]:
-    return [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
-
-
 async def run_to_end(client: httpx.AsyncClient, cfg: str) -> tuple[str, list[Event]]:
     run_id = (await run(client, cfg))["id"]
-    return run_id, await finished(client, run_id)
+    return run_id, await events_to_end(client, run_id)
 
 
 def one(events: list[Event], kind: str, step: str | None = None) -> dict[str, Any]:
     [found] = [e for e in events if e["type"] == kind and (step is None or e["payload"]["step"] == step)]
     payload: dict[str, Any] = found["payload"]
     return payload
-
-
-def lines(events: list[Event]) -> list[str]:
-    return [e["payload"]["message"] for e in events if e["type"] == "console.line"]
 
 
 def status(events: list[Event]) -> str:
@@ -84,7 +76,7 @@ async def test_a_cache_saved_by_one_run_is_restored_in_the_next_and_not_in_anoth
     ws, other_ws = await workspace(client), await workspace(client)
     cfg = await configuration(client, ws, [STAMP])
     first, events = await run_to_end(client, cfg)
-    assert status(events) == "succeeded" and lines(events) == ["miss"]
+    assert status(events) == "succeeded" and console_lines(events) == ["miss"]
     restored = one(events, "run.cache.restored")
     assert restored["hit"] is False and restored["key"] == "default" and restored["error"] is None
     saved = one(events, "run.cache.saved")
@@ -99,7 +91,7 @@ async def test_a_cache_saved_by_one_run_is_restored_in_the_next_and_not_in_anoth
     assert kinds.index(("run.cache.saved", "deps")) < kinds.index(("run.step.completed", "deps"))
 
     second, events = await run_to_end(client, cfg)
-    assert status(events) == "succeeded" and lines(events) == [f"found {first} tool", "writable"]
+    assert status(events) == "succeeded" and console_lines(events) == [f"found {first} tool", "writable"]
     restored = one(events, "run.cache.restored")
     assert restored["hit"] is True and restored["bytes"] == expected_bytes and restored["files"] == 3
     assert isinstance(restored["duration_ms"], int)
@@ -107,7 +99,7 @@ async def test_a_cache_saved_by_one_run_is_restored_in_the_next_and_not_in_anoth
     # The same configuration in another workspace has caches of its own.
     other_cfg = await configuration(client, other_ws, [STAMP])
     _, events = await run_to_end(client, other_cfg)
-    assert lines(events) == ["miss"] and one(events, "run.cache.restored")["hit"] is False
+    assert console_lines(events) == ["miss"] and one(events, "run.cache.restored")["hit"] is False
     [mine] = (await client.get(f"/workspaces/{ws}/caches")).json()["items"]
     assert [mine[k] for k in ("configuration_id", "step", "key", "run_id")] == [
         cfg,
@@ -135,14 +127,14 @@ async def test_hash_files_changes_the_key_when_a_file_changes(client: httpx.Asyn
         return "vendor-" + hashlib.sha256(b"deps.lock\0" + content).hexdigest()
 
     _, events = await run_to_end(client, cfg)
-    assert one(events, "run.cache.restored")["key"] == expected("1") and lines(events) == ["none"]
+    assert one(events, "run.cache.restored")["key"] == expected("1") and console_lines(events) == ["none"]
     _, events = await run_to_end(client, cfg)
-    assert one(events, "run.cache.restored")["hit"] is True and lines(events) == ["1"]
+    assert one(events, "run.cache.restored")["hit"] is True and console_lines(events) == ["1"]
     body = {"name": "cfg", "steps": steps, "environment": {"VERSION": "2"}}
     assert (await client.put(f"/configurations/{cfg}", json=body)).status_code == 200
     _, events = await run_to_end(client, cfg)
     restored = one(events, "run.cache.restored")
-    assert restored["key"] == expected("2") and restored["hit"] is False and lines(events) == ["none"]
+    assert restored["key"] == expected("2") and restored["hit"] is False and console_lines(events) == ["none"]
     keys = {item["key"] for item in (await client.get(f"/workspaces/{ws}/caches")).json()["items"]}
     assert keys == {expected("1"), expected("2")}
 
@@ -169,7 +161,7 @@ async def test_a_symlink_in_a_cache_dir_is_saved_as_a_link_and_never_followed(
     assert saved["saved"] is True and saved["files"] == 3
     assert saved["bytes"] == len("data\n") + len("/etc/passwd") + len("/")  # the links' texts, not targets
     _, events = await run_to_end(client, cfg)
-    assert lines(events) == ["link to /etc/passwd", "data"]
+    assert console_lines(events) == ["link to /etc/passwd", "data"]
     stored = regular_files(data_dir / "caches" / ws)
     assert stored and not [p for p in stored if HOST_PASSWD in p.read_bytes()]
 
@@ -222,12 +214,12 @@ async def test_a_worker_killed_while_saving_leaves_the_previous_cache_whole(frag
         [left] = os.listdir(staging)
         fragile.start_worker()
 
-        events = await finished(api, second)
+        events = await events_to_end(api, second)
         assert events[-1]["payload"]["failure"]["code"] == "worker_lost"
         assert not [e for e in events if e["type"] == "run.cache.saved"]  # it died before publishing
 
         _, events = await run_to_end(api, cfg)
-        assert lines(events)[0] == "restored v1 files=1"  # the previous cache, whole
+        assert console_lines(events)[0] == "restored v1 files=1"  # the previous cache, whole
         saved = one(events, "run.cache.saved")
         assert saved["files"] == 2 and saved["bytes"] == BLOB_BYTES + 3
         assert left not in os.listdir(staging)  # the dead save was swept
@@ -254,7 +246,7 @@ async def test_two_runs_saving_at_once_leave_one_whole_cache(
         await events_until(client, run_id, "ready")
     for run_id in runs:  # both steps end together, so their saves overlap
         (data_dir / "runs" / run_id / "work" / "go").touch()
-    ended = [await finished(client, run_id) for run_id in runs]
+    ended = [await events_to_end(client, run_id) for run_id in runs]
     saves = [one(events, "run.cache.saved") for events in ended]
     assert all(save["saved"] and save["files"] == 301 for save in saves)
     spans = [saved_span(events) for events in ended]
@@ -266,7 +258,7 @@ async def test_two_runs_saving_at_once_leave_one_whole_cache(
     body = {"name": "cfg", "steps": [{"name": "s", "cache_dirs": ["c"], "script": count}]}
     assert (await client.put(f"/configurations/{cfg}", json=body)).status_code == 200
     _, events = await run_to_end(client, cfg)
-    assert lines(events) == [f"300 {item['run_id']}"]  # every file from the one save that won
+    assert console_lines(events) == [f"300 {item['run_id']}"]  # every file from the one save that won
     assert (await client.delete(f"/workspaces/{ws}/caches")).status_code == 204
 
 

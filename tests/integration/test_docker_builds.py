@@ -17,7 +17,14 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from ade.execution.container import image_build_dir
-from tests.api import ade_events, collect_sse, configuration, run, wait_for_end, workspace
+from tests.api import (
+    ade_events,
+    collect_sse,
+    configuration,
+    run,
+    run_to_end,
+    workspace,
+)
 from tests.images.busybox import build_image
 from tests.integration.test_builds import build_events, create_build, tar_gz, upload
 from tests.system import AdeSystem, assert_none_survive, running
@@ -68,12 +75,6 @@ async def _until_line(client: httpx.AsyncClient, url: str, message: str) -> None
                 return
 
 
-async def _run_to_end(client: httpx.AsyncClient, cfg: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
-    return (await client.get(f"/runs/{run_id}")).json(), events
-
-
 def _lines(events: list[dict[str, Any]], step: str | None = None) -> list[str]:
     return [
         e["payload"]["message"]
@@ -101,7 +102,7 @@ async def test_a_docker_build_makes_the_image_its_steps_run_in_and_is_reused(
     )
     steps = [{"name": "inside", "script": script, "image": "build"}]
     cfg = await configuration(client, ws, steps, build=spec)
-    resource, events = await _run_to_end(client, cfg)
+    resource, events = await run_to_end(client, cfg)
     build_id = resource["build_id"]
     try:
         assert resource["status"] == "succeeded", resource
@@ -122,7 +123,7 @@ async def test_a_docker_build_makes_the_image_its_steps_run_in_and_is_reused(
 
         # The same spec elsewhere: the ready build (its image) is reused, nothing is built again.
         other = await configuration(client, ws, steps, build=spec)
-        again, again_events = await _run_to_end(client, other)
+        again, again_events = await run_to_end(client, other)
         assert again["status"] == "succeeded", again
         completed = next(e for e in again_events if e["type"] == "build.completed")
         assert completed["payload"]["reused"] is True and completed["payload"]["build_id"] == build_id
@@ -244,11 +245,11 @@ async def test_with_pull_missing_an_unreachable_image_fails_fast_image_unavailab
             assert (await api.post(f"/workspaces/{ws}/docker-images", json=body)).status_code == 201
         with anyio.fail_after(60):
             cfg = await configuration(api, ws, [{"name": "s", "script": "true", "image": "nowhere"}])
-            resource, _ = await _run_to_end(api, cfg)
+            resource, _ = await run_to_end(api, cfg)
             assert resource["failure"]["code"] == "image_unavailable", resource
             assert "registry.invalid" in resource["failure"]["message"]
             present = await configuration(api, ws, [{"name": "s", "script": "echo ok", "image": "busybox"}])
-            resource, events = await _run_to_end(api, present)  # an image the runtime has: no pull
+            resource, events = await run_to_end(api, present)  # an image the runtime has: no pull
             assert resource["status"] == "succeeded" and "ok" in _lines(events), resource
             source = await upload(api, ws, tar_gz({"Containerfile": b"FROM registry.invalid/ade/none:1\n"}))
             cfg = await configuration(

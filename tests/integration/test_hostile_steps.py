@@ -18,7 +18,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.api import configuration, run, wait_for_end, workspace
+from tests.api import configuration, events_to_end, run, wait_for_end, workspace
 from tests.system import AdeSystem, running
 
 pytestmark = pytest.mark.anyio
@@ -250,7 +250,7 @@ async def test_secrets_are_masked_in_keys_numbers_event_names_and_each_line(
     ws = await workspace(client)
     cfg = await configuration(client, ws, [{"name": "leak", "script": script}], environment=environment)
     run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     assert events[-1]["payload"]["status"] == "succeeded"
     x = next(event for event in events if event["type"] == "engine.x")
     assert x["payload"] == {"v": "***", "w": ["***", 1.5], "***": 1, "step": "leak"}
@@ -284,7 +284,7 @@ async def test_a_builds_secrets_are_masked_in_its_runs_streams(
     ws = await workspace(client)
     cfg = await configuration(client, ws, [{"name": "use", "script": script}], build=build)
     created = await run(client, cfg)
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, created["id"])]
+    events = await events_to_end(client, created["id"])
     assert events[-1]["payload"]["status"] == "succeeded", events[-1]
     console = [e["payload"]["message"] for e in events if e["type"] == "console.line"]
     assert "from the build: ***" in console and "env: unset" in console
@@ -397,7 +397,7 @@ async def test_a_configuration_sets_its_own_output_and_console_limits_under_the_
     cfg = await configuration(client, ws, steps, limits=limits)
     assert (await client.get(f"/configurations/{cfg}")).json()["limits"] == limits
     run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     console = [e["payload"]["message"] for e in events if e["type"] == "console.line"]
     assert len(console) < 20 and "limits.console_bytes" in console[-1]  # one marker, then nothing
     completed = events[-1]["payload"]

@@ -23,7 +23,17 @@ import pytest
 
 from ade.core.settings import Settings
 from ade.execution.sandbox import probe_sandbox
-from tests.api import ade_events, collect_sse, configuration, run, wait_for_end, workspace
+from tests.api import (
+    ade_events,
+    collect_sse,
+    configuration,
+    console_lines,
+    events_to_end,
+    run,
+    run_to_end,
+    wait_for_end,
+    workspace,
+)
 from tests.images.busybox import build_image
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem, assert_none_survive, running
 
@@ -82,10 +92,8 @@ def _step(executor: str, name: str, script: str, **extra: Any) -> dict[str, Any]
 
 async def _run_to_end(client: httpx.AsyncClient, cfg: str) -> tuple[dict[str, Any], list[str]]:
     """Run a configuration to its end: (the run resource, its console lines)."""
-    run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
-    lines = [e["payload"]["message"] for e in events if e["type"] == "console.line"]
-    return (await client.get(f"/runs/{run_id}")).json(), lines
+    resource, events = await run_to_end(client, cfg)
+    return resource, console_lines(events)
 
 
 def _fingerprint(root: Path) -> dict[str, str]:
@@ -232,7 +240,7 @@ async def test_steps_see_only_their_run_directories_and_events_fd_works(
     )
     cfg = await configuration(client, ws, [_step(executor, "look", script)])
     run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     lines = [e["payload"]["message"] for e in events if e["type"] == "console.line"]
     assert events[-1]["payload"]["status"] == "succeeded", events[-1]
     assert "dirs: inputs outputs work" in lines

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from ade.events.payloads import CATALOG
 from ade.lifecycle.queue import job_id
-from tests.api import configuration, run, wait_for_end, workspace
+from tests.api import configuration, events_to_end, run, wait_for_end, workspace
 from tests.system import AdeSystem, running
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +46,7 @@ async def test_a_run_queued_past_the_queue_timeout_fails_without_starting(one_sl
         blocker = await _blocker(api, ws)
         cfg = await configuration(api, ws, [{"name": "never", "script": "echo ran"}])
         waiting = (await run(api, cfg))["id"]
-        events = [json.loads(frame.data) for frame in await wait_for_end(api, waiting)]
+        events = await events_to_end(api, waiting)
         assert [e["type"] for e in events] == ["run.queued", "run.step.skipped", "run.completed"]
         completed = events[-1]["payload"]
         assert completed["status"] == "failed" and completed["failure"]["code"] == "queue_timeout"
@@ -84,7 +84,7 @@ async def test_a_queued_run_whose_job_was_lost_is_enqueued_again(tmp_path: Path)
         finally:
             await redis.aclose()
         await api.post(f"/runs/{blocker}/cancel")
-        events = [json.loads(frame.data) for frame in await wait_for_end(api, lost)]
+        events = await events_to_end(api, lost)
         assert events[-1]["payload"]["status"] == "succeeded"
         assert any(e["type"] == "console.line" and e["payload"]["message"] == "picked up" for e in events)
 
@@ -120,7 +120,7 @@ async def test_every_lifecycle_event_is_exactly_its_catalog_struct(client: httpx
         {"name": "unreached", "script": "true"},
     ]
     run_id = (await run(client, await configuration(client, ws, steps)))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     seen = set()
     for event in events:
         if event["type"].startswith("engine."):

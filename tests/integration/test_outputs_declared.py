@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -18,14 +17,14 @@ import httpx
 import pytest
 
 from ade.client import AdeClient, AsyncAdeClient, ConflictError, NotFoundError
-from tests.api import configuration, run, wait_for_end, workspace
+from tests.api import configuration, events_to_end, run, workspace
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 Event = dict[str, Any]
 
 
 async def finished(client: httpx.AsyncClient, run_id: str) -> list[Event]:
-    return [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    return await events_to_end(client, run_id)
 
 
 def completed(events: list[Event]) -> dict[str, dict[str, Any]]:

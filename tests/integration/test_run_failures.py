@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.api import configuration, run, wait_for_end, workspace
+from tests.api import configuration, events_to_end, run, workspace
 from tests.system import assert_none_survive
 
 pytestmark = pytest.mark.anyio
@@ -20,7 +19,7 @@ async def test_non_zero_exit_fails_the_run_and_stops_later_steps(client: httpx.A
         client, ws, [{"name": "bad", "script": "echo before; exit 3"}, {"name": "never", "script": "echo no"}]
     )
     run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     started_steps = [e["payload"]["step"] for e in events if e["type"] == "run.step.started"]
     assert started_steps == ["bad"]
     completed = events[-1]
@@ -39,7 +38,7 @@ async def test_step_timeout_fails_the_run_and_kills_everything_it_started(client
     script = "echo started; sleep 3101 & sleep 3102"
     cfg = await configuration(client, ws, [{"name": "stuck", "script": script, "timeout_s": 1}])
     run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     completed = events[-1]["payload"]
     assert completed["status"] == "failed"
     assert completed["failure"]["code"] == "timeout"
@@ -61,7 +60,7 @@ async def test_run_timeout_bounds_all_steps(client: httpx.AsyncClient) -> None:
         timeout_s=1,
     )
     run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     failure = events[-1]["payload"]["failure"]
     assert failure["code"] == "timeout" and failure["step"] == "long"
     assert "the run's timeout of 1 s" in failure["message"]
@@ -72,7 +71,7 @@ async def test_overlong_console_line_is_cut_and_marked(client: httpx.AsyncClient
     script = "python3 -c \"print('x' * 20000); print('short')\""
     cfg = await configuration(client, ws, [{"name": "long", "script": script}])
     run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     lines = [e["payload"] for e in events if e["type"] == "console.line"]
     assert len(lines[0]["message"]) == 16384 and lines[0]["truncated"] is True
     assert lines[1] == {"scope": "run", "stream": "stdout", "step": "long", "message": "short"}
@@ -86,7 +85,7 @@ async def test_steps_cannot_forge_lifecycle_events(client: httpx.AsyncClient) ->
     )
     cfg = await configuration(client, ws, [{"name": "s", "script": forged}])
     run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     assert [e["type"] for e in events].count("run.completed") == 1
     summary = next(e for e in events if e["type"] == "engine.summary")
     assert summary["payload"] == {"rows": 3, "step": "s"}
@@ -107,7 +106,7 @@ async def test_step_environment_has_ade_variables_and_no_service_settings(
         environment={"GREETING": "hi"},
     )
     run_id = (await run(client, cfg))["id"]
-    events = [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    events = await events_to_end(client, run_id)
     line = next(e["payload"]["message"] for e in events if e["type"] == "console.line")
     rid, inputs, outputs, greeting, step_only, redis_url = line.split("|")
     assert rid == run_id  # fixed paths inside the sandbox; the run's own directories under the host executor

@@ -10,14 +10,23 @@ import anyio
 import httpx
 import pytest
 
-from tests.api import ade_events, collect_sse, configuration, links, run, wait_for_end, workspace
+from tests.api import (
+    ade_events,
+    collect_sse,
+    configuration,
+    events_to_end,
+    links,
+    run,
+    wait_for_end,
+    workspace,
+)
 from tests.system import ARTIFACT_LIMIT_BYTES, assert_none_survive, processes_running
 
 pytestmark = pytest.mark.anyio
 
 
 async def events_of(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
-    return [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    return await events_to_end(client, run_id)
 
 
 async def upload(client: httpx.AsyncClient, ws: str, data: bytes, **kwargs: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from tests.api import configuration, run, wait_for_end, workspace
+from tests.api import configuration, events_to_end, run, workspace
 from tests.system import AdeSystem, assert_none_survive
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +23,7 @@ Event = dict[str, Any]
 
 
 async def finished(client: httpx.AsyncClient, run_id: str) -> list[Event]:
-    return [json.loads(frame.data) for frame in await wait_for_end(client, run_id)]
+    return await events_to_end(client, run_id)
 
 
 async def events_until(client: httpx.AsyncClient, run_id: str, seen: Callable[[Event], bool]) -> list[Event]:

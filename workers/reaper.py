@@ -66,6 +66,8 @@ async def _tend(deps: WorkerDeps, record: Run | Build) -> bool:
     if record.status in terminal:
         return False
     age_s = (utcnow() - record.created_at).total_seconds()
+    if isinstance(record, Run) and record.plan.runs_on:
+        return await _tend_runner_run(deps, record, age_s)
     if record.status == "queued":
         if age_s > deps.settings.queue_timeout_s:
             message = f"it waited in the queue longer than {deps.settings.queue_timeout_s:g} s"
@@ -85,6 +87,24 @@ async def _tend(deps: WorkerDeps, record: Run | Build) -> bool:
 
     failure = Failure(stage=_stage(record), code="worker_lost", message=LOST)
     return await _end(deps, record, failure, stop_leftovers)
+
+
+async def _tend_runner_run(deps: WorkerDeps, run: Run, age_s: float) -> bool:
+    """A run offered to runners: offered again if its offer was lost; `runner_lost` once the runner that
+    took it is not heard from for ADE_RUNNER_LOST_AFTER_S (its heartbeats and chunks keep it alive)."""
+    if run.runner_id is None:
+        if age_s > deps.settings.queue_timeout_s:
+            message = f"no runner took it within {deps.settings.queue_timeout_s:g} s"
+            return await _end(deps, run, Failure(stage="queue", code="queue_timeout", message=message))
+        if age_s > deps.settings.lease_ttl_s and not await queue.is_offered(deps.redis, run.id):
+            log.warning("%s was to be offered to runners but was not: offered again", run.id)
+            await queue.offer(deps.redis, run)
+        return False
+    if await deps.redis.exists(keys.runner_run_alive(run.id)):
+        return False
+    lost_after_s = deps.settings.runner_lost_after_s
+    message = f"runner {run.runner_id} stopped reporting (nothing heard from it for {lost_after_s:g} s)"
+    return await _end(deps, run, Failure(stage="run", code="runner_lost", message=message))
 
 
 def _stage(record: Run | Build) -> str:

@@ -72,6 +72,13 @@ def check_workflow(data: ConfigurationCreate) -> None:
     if problems:
         message = problems[0].message if len(problems) == 1 else f"{len(problems)} problems with the steps"
         raise Invalid(message, details=[problem.detail() for problem in problems])
+    if data.runs_on and data.build is not None:  # a runner shares no build environment with the service
+        raise Invalid(
+            "a configuration with runs_on cannot have a build: runners execute steps only "
+            "(use an image for the step's tools)",
+            code="runs_on_with_build",
+            details=[{"key": "runs_on", "message": "remove runs_on, or the build"}],
+        )
 
 
 async def check_build_source(services: Services, workspace_id: str, build: BuildSpec | None) -> None:
@@ -168,6 +175,7 @@ def _configuration(data: ConfigurationCreate, current: Configuration | None, **f
         build=build,
         network=data.network,
         limits=data.limits,
+        runs_on=list(data.runs_on),
         **fields,
     )
 

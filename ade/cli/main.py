@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import cast
 
 import click
@@ -69,6 +70,31 @@ def worker(concurrency: int | None) -> None:
 
     _configure_logging()
     build_worker(get_settings(), concurrency=concurrency).run()
+
+
+@main.command()
+@click.option("--url", required=True, envvar="ADE_RUNNER_URL", help="The API's base URL (http://host:8000).")
+@click.option("--token", required=True, envvar="ADE_RUNNER_TOKEN", help="The runner's token (rnr.…).")
+@click.option(
+    "--labels", default="", help="Comma-separated labels to take runs for (default: all registered)."
+)
+@click.option(
+    "--concurrency", default=1, type=click.IntRange(1, 64), help="Runs executed at once (default 1)."
+)
+@click.option(
+    "--dir",
+    "data_dir",
+    default=None,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Its private directory for runs in flight (default ADE_DATA_DIR or ./.ade-runner).",
+)
+def runner(url: str, token: str, labels: str, concurrency: int, data_dir: Path | None) -> None:
+    """Execute runs offered to runners, talking to the API over HTTP only (no Redis, no shared data)."""
+    from workers.runner import run_runner
+
+    _configure_logging()
+    wanted = [label.strip() for label in labels.split(",") if label.strip()]
+    run_runner(url, token, wanted, concurrency, data_dir)
 
 
 @main.command()

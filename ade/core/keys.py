@@ -199,3 +199,20 @@ def step_process(stream_id: str) -> str:
 def idempotency(scope_sha256: str) -> str:
     """The resource an Idempotency-Key created (TTL 24 h)."""
     return f"{PREFIX}:idempotency:{scope_sha256}"
+
+
+# Runners (README "Runners"): runs with `runs_on` are offered to runners instead of arq's queue.
+RUNNER_OFFERS = f"{PREFIX}:runner:offers"  # sorted set: run id -> when it was offered (ms); oldest first
+RUNNER_OFFER_TERMS = f"{PREFIX}:runner:offer-terms"  # hash: run id -> "<workspace id> <label> <label>…"
+
+
+def runner_run_alive(run_id: str) -> str:
+    """Set (TTL Settings.runner_lost_after_s) while the runner executing a run is heard from; the reaper
+    fails the run `runner_lost` once it is gone."""
+    return f"{PREFIX}:runner:alive:{run_id}"
+
+
+def runner_applied(run_id: str) -> str:
+    """How many of its runner's reports of a run the API has applied (`<count> <last sequence>`): a chunk
+    sent again is applied once."""
+    return f"{PREFIX}:runner:applied:{run_id}"

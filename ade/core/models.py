@@ -109,6 +109,9 @@ CacheKey = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=NO_
 DependsOn = Annotated[list[StepName], msgspec.Meta(max_length=1000)]
 CacheDirs = Annotated[list[WorkPath], msgspec.Meta(max_length=20)]
 OutputPaths = Annotated[list[WorkPath], msgspec.Meta(max_length=100)]
+# A runner's label; a configuration's `runs_on` lists the labels a runner must all carry to execute its runs.
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+Labels = Annotated[list[Label], msgspec.Meta(max_length=20)]
 
 
 class Step(Struct):
@@ -184,6 +187,7 @@ class ConfigurationCreate(Struct):
     build: BuildSpec | None = None
     network: bool = False  # steps share the host's network (README "Security model")
     limits: RunLimits = msgspec.field(default_factory=RunLimits)
+    runs_on: Labels = msgspec.field(default_factory=list)  # empty: the workers; else a runner with them all
 
 
 class Configuration(msgspec.Struct, kw_only=True):
@@ -198,6 +202,7 @@ class Configuration(msgspec.Struct, kw_only=True):
     build: BuildSpec | None = None
     network: bool = False
     limits: RunLimits = msgspec.field(default_factory=RunLimits)
+    runs_on: list[str] = msgspec.field(default_factory=list)
 
 
 # Runs -----------------------------------------------------------------------------------------------
@@ -281,6 +286,7 @@ class Plan(msgspec.Struct, kw_only=True):
     build: BuildSpec | None = None
     network: bool = False
     limits: RunLimits = msgspec.field(default_factory=RunLimits)
+    runs_on: list[str] = msgspec.field(default_factory=list)
 
 
 class Run(msgspec.Struct, kw_only=True):
@@ -298,6 +304,7 @@ class Run(msgspec.Struct, kw_only=True):
     cancel_requested_by: str | None = None
     build_id: str | None = None
     build_reused: bool = False  # the build was ready before this run asked for it
+    runner_id: str | None = None  # the runner that claimed it (a run with `runs_on`)
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -325,7 +332,7 @@ class RunLinks(msgspec.Struct, kw_only=True):
 class Waiting(msgspec.Struct, kw_only=True):
     """What a run that has not started waits for (like Concourse's build preparation)."""
 
-    reason: Literal["queue", "no_worker", "build", "workspace_cap"]
+    reason: Literal["queue", "no_worker", "build", "workspace_cap", "runner"]
     message: str
     queue_position: int | None = None  # 1: the next job a worker takes
     build_id: str | None = None

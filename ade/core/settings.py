@@ -75,6 +75,9 @@ class Settings:
     cleanup_grace_s: float = 30.0  # after a cancel or the run's timeout, how long `when: always` steps get
     # Fair share
     max_running_per_workspace: int = 4  # runs of one workspace executing at once, all workers; 0: no cap
+    # Runners (README "Runners")
+    runner_lost_after_s: float = 15.0  # a runner not heard from this long: offline, its runs `runner_lost`
+    runner_claim_wait_s: float = 20.0  # the longest a runner's claim (long poll) waits for a run
     # Caches (README "Caches")
     max_cache_bytes: int = 1024 * 1024 * 1024  # a step's cache (all its cache_dirs); larger: not saved
     max_workspace_cache_bytes: int = 10 * 1024 * 1024 * 1024  # a workspace's: past it, LRU caches are evicted

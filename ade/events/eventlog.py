@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from ade.core import paths
 from ade.core.errors import LogWriteFailed
 from ade.core.safe_open import open_no_follow, split_below
@@ -93,6 +95,26 @@ def tail(path: Path) -> EventHead | None:
     try:
         line = _last_line(fd, complete_size(fd))
         return HEAD_DECODER.decode(line) if line else None
+    finally:
+        os.close(fd)
+
+
+class _EventIdOnly(msgspec.Struct):
+    event_id: str
+
+
+_EVENT_ID_DECODER = msgspec.json.Decoder(_EventIdOnly)
+
+
+def tail_event_id(path: Path) -> str | None:
+    """The `event_id` of the last complete line (reading only the end of the file), None if there is none."""
+    try:
+        fd = open_for_reading(path)
+    except FileNotFoundError:
+        return None
+    try:
+        line = _last_line(fd, complete_size(fd))
+        return _EVENT_ID_DECODER.decode(line).event_id if line else None
     finally:
         os.close(fd)
 

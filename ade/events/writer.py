@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import msgspec
 from redis.asyncio import Redis
@@ -63,6 +63,17 @@ EventSpec = tuple[str, Payload | dict[str, Any], Source]
 MAX_SLICE_EVENTS = 512
 
 
+class Emitter(Protocol):
+    """Where the execution engine sends a stream's events: a `StreamWriter` in a worker, a runner's
+    `ade.execution.remote.RemoteWriter` (which sends them to the API, whose writer sequences them)."""
+
+    async def emit(self, payload: Payload, source: Source = "worker") -> object: ...
+
+    async def emit_many(self, specs: Sequence[EventSpec]) -> object: ...
+
+    def reveals(self, text: str) -> bool: ...
+
+
 class StreamWriter:
     """Holds a stream's lease while open; `emit` is safe to call from concurrent tasks."""
 
@@ -92,6 +103,7 @@ class StreamWriter:
         self._lease_lost = False
         self._renewer: asyncio.Task[None] | None = None
         self._log: LogWriter | None = None
+        self._stamp: str | None = None
 
     async def __aenter__(self) -> Self:
         await self._acquire_lease()
@@ -120,15 +132,29 @@ class StreamWriter:
     async def emit(self, payload: Payload, source: Source = "worker") -> Event:
         return (await self.emit_many([(payload.TYPE, payload, source)]))[0]
 
-    async def emit_many(self, specs: Sequence[EventSpec]) -> list[Event]:
+    async def emit_many(
+        self, specs: Sequence[EventSpec], event_ids: Sequence[str] | None = None
+    ) -> list[Event]:
         """Sequence, append, then publish events in order, in slices of at most MAX_SLICE_EVENTS: each slice
-        is one write to the log and one PUBLISH, and the event loop gets a turn between slices."""
+        is one write to the log and one PUBLISH, and the event loop gets a turn between slices.
+        `event_ids`: the events' ids, chosen by the caller (a runner's reports); else new ones."""
         events: list[Event] = []
         for start in range(0, len(specs), MAX_SLICE_EVENTS):
-            events += await self._emit_slice(specs[start : start + MAX_SLICE_EVENTS])
+            chosen = event_ids[start : start + MAX_SLICE_EVENTS] if event_ids is not None else None
+            events += await self._emit_slice(specs[start : start + MAX_SLICE_EVENTS], chosen)
         return events
 
-    async def _emit_slice(self, specs: Sequence[EventSpec]) -> list[Event]:
+    @contextlib.contextmanager
+    def stamping(self, event_id: str) -> Iterator[None]:
+        """Within it, the last event of each emit carries `event_id`: the API applies a runner's report this
+        way, so the log's tail tells whether a report was applied (`ade.lifecycle.remote`)."""
+        self._stamp = event_id
+        try:
+            yield
+        finally:
+            self._stamp = None
+
+    async def _emit_slice(self, specs: Sequence[EventSpec], chosen: Sequence[str] | None) -> list[Event]:
         async with self._lock:
             if self._lease_lost:
                 raise LeaseLost(f"lost the writer lease of {self.stream.id}")
@@ -139,7 +165,9 @@ class StreamWriter:
             events: list[Event] = []
             encoded: list[bytes] = []
             sequence = log_writer.last_sequence
-            event_ids = ids.new_ids(ids.EVENT, len(specs))
+            event_ids = list(chosen) if chosen is not None else ids.new_ids(ids.EVENT, len(specs))
+            if self._stamp is not None:
+                event_ids[-1] = self._stamp
             for event_id, (type_, payload, source) in zip(event_ids, specs, strict=True):
                 sequence += 1
                 if source == "engine" and self._masker:  # a step chose this name: it may hold a secret

@@ -13,7 +13,7 @@ import msgspec
 from ade.core.jsondepth import json_depth
 from ade.events import envelope as ev
 from ade.events.payloads import ConsoleLine
-from ade.events.writer import EventSpec, StreamWriter
+from ade.events.writer import Emitter, EventSpec
 from ade.execution.process import Line
 
 ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
@@ -74,10 +74,10 @@ class ConsoleBudget:
         return True
 
 
-_budgets: weakref.WeakKeyDictionary[StreamWriter, ConsoleBudget] = weakref.WeakKeyDictionary()
+_budgets: weakref.WeakKeyDictionary[Emitter, ConsoleBudget] = weakref.WeakKeyDictionary()
 
 
-def budget_of(writer: StreamWriter, limit_bytes: int) -> ConsoleBudget:
+def budget_of(writer: Emitter, limit_bytes: int) -> ConsoleBudget:
     """The console budget of the stream `writer` writes: one per writer, so one per run or build, shared
     by its steps (the first step's call sets the limit)."""
     budget = _budgets.get(writer)
@@ -95,7 +95,7 @@ class StepSink:
     """
 
     def __init__(
-        self, writer: StreamWriter, step: str, scope: Literal["run", "build"], budget: ConsoleBudget
+        self, writer: Emitter, step: str, scope: Literal["run", "build"], budget: ConsoleBudget
     ) -> None:
         self._writer = writer
         self._step = step

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 
 import anyio
@@ -29,10 +31,11 @@ from ade.core.models import (
     secret_values,
     utcnow,
 )
+from ade.core.settings import Settings
 from ade.events.envelope import EVENT_DECODER
 from ade.events.follow import follow
 from ade.events.payloads import BuildCompleted, RunEndStatus
-from ade.events.writer import EventSpec
+from ade.events.writer import Emitter, EventSpec
 from ade.execution import isolation, scheduler, step_cache
 from ade.execution.builder import environment_for, execute_build, run_binds_of_build
 from ade.execution.console import StepSink, budget_of
@@ -152,12 +155,12 @@ async def _run_secrets(deps: WorkerDeps, run: Run) -> list[str]:
     return secrets
 
 
-async def _outputs_over_limit(deps: WorkerDeps, run: Run, step: Step) -> Failure | None:
+async def outputs_over_limit(settings: Settings, run: Run, step: Step) -> Failure | None:
     """A resource_limit failure if the run's outputs (measured without following links) exceed its limit
     (the configuration's `limits.output_bytes`, at most ADE_MAX_OUTPUT_BYTES) after `step`."""
-    limit = capped(run.plan.limits.output_bytes, deps.settings.max_output_bytes)
-    outputs_dir = paths.run_dir(deps.settings.data_dir, run.id).outputs
-    size, files = await asyncio.to_thread(outputs_size, outputs_dir, root=deps.settings.data_dir)
+    limit = capped(run.plan.limits.output_bytes, settings.max_output_bytes)
+    outputs_dir = paths.run_dir(settings.data_dir, run.id).outputs
+    size, files = await asyncio.to_thread(outputs_size, outputs_dir, root=settings.data_dir)
     if not limit or size <= limit:  # 0: no maximum
         return None
     message = (
@@ -269,42 +272,80 @@ async def _execute_steps(
     `depends_on`). Returns (exit code, failure)."""
     settings = deps.settings
     run_dir = paths.run_dir(settings.data_dir, run.id)
-    build_env = environment_for(deps, build) if build else {}
-    binds = isolation.run_binds(run_dir) + (run_binds_of_build(deps, build) if build else [])
+    context = StepContext(
+        settings=settings,
+        run=run,
+        writer=rec.writer,
+        run_dir=run_dir,
+        binds=isolation.run_binds(run_dir) + (run_binds_of_build(deps, build) if build else []),
+        build_env=environment_for(deps, build) if build else {},
+        on_spawn=process_recorder(deps, run.id),
+    )
 
     async def execute_step(slot: StepSlot) -> StepResult:
         step = run.plan.steps[slot.index]
-        cache = await step_cache.before_step(settings, run, step, rec.writer, slot)
-        outcome, failure = await _step(deps, run, rec, slot, build_env, binds, build)
-        if failure is not None:
-            return StepResult(status="failed", failure=failure)
-        assert outcome is not None
-        exit_code = outcome.exit_code
-        if outcome.cancelled:
-            return StepResult(status="cancelled", exit_code=exit_code)
-        if outcome.timed_out:
-            message = f"step {step.name!r} exceeded {slot.limit}"
-            failure = Failure(stage="step", code="timeout", message=message, step=step.name)
-            return StepResult(status="failed", failure=failure)
-        if exit_code != 0:
-            message = f"step {step.name!r} exited with code {exit_code}"
-            failure = outcome.limit_failure or Failure(
-                stage="step", code="exit_nonzero", message=message, step=step.name
-            )
-            return StepResult(status="failed", exit_code=exit_code, failure=failure)
-        if over := await _outputs_over_limit(deps, run, step):
-            return StepResult(status="failed", exit_code=exit_code, failure=over)
-        await step_cache.after_step(settings, run, step, rec.writer, cache)
-        return StepResult(status="succeeded", exit_code=exit_code)
+        image, failure = await isolation.image_of(deps, run.workspace_id, step, "step", build)
+        return await execute_one_step(context, slot, image, failure)
 
-    policy = Policy(
+    port = RecordedSteps(rec, run, cancellation.announce)
+    collected = collecting(settings, run, rec.writer, execute_step)  # each step, once ended: its outputs
+    return await scheduler.execute(
+        run.plan.steps, port, collected, cancellation.event, policy_of(settings, run)
+    )
+
+
+def policy_of(settings: Settings, run: Run) -> Policy:
+    return Policy(
         run_timeout_s=run.plan.timeout_s or settings.default_run_timeout_s,
         max_parallel=settings.max_parallel_steps,
         cleanup_grace_s=settings.cleanup_grace_s,
     )
-    port = RecordedSteps(rec, run, cancellation.announce)
-    collected = collecting(deps, run, rec, execute_step)  # each step, once ended: its outputs collected
-    return await scheduler.execute(run.plan.steps, port, collected, cancellation.event, policy)
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What every step of a run is executed with, on a worker or a runner."""
+
+    settings: Settings
+    run: Run
+    writer: Emitter
+    run_dir: paths.RunDir
+    binds: list[Bind]
+    build_env: dict[str, str]
+    on_spawn: Callable[[int], Awaitable[None]] | None = None
+
+
+async def execute_one_step(
+    context: StepContext, slot: StepSlot, image: str | None, image_failure: Failure | None
+) -> StepResult:
+    """One step: its cache restored, its process in its executor (`image`: its container image, or
+    `image_failure`: why it has none it may use), its outcome as a result, its cache saved."""
+    settings, run, writer = context.settings, context.run, context.writer
+    step = run.plan.steps[slot.index]
+    cache = await step_cache.before_step(settings, run, step, writer, slot)
+    if image_failure is not None:
+        return StepResult(status="failed", failure=image_failure)
+    outcome, failure = await _step(context, slot, image)
+    if failure is not None:
+        return StepResult(status="failed", failure=failure)
+    assert outcome is not None
+    exit_code = outcome.exit_code
+    if outcome.cancelled:
+        return StepResult(status="cancelled", exit_code=exit_code)
+    if outcome.timed_out:
+        message = f"step {step.name!r} exceeded {slot.limit}"
+        failure = Failure(stage="step", code="timeout", message=message, step=step.name)
+        return StepResult(status="failed", failure=failure)
+    if exit_code != 0:
+        message = f"step {step.name!r} exited with code {exit_code}"
+        failure = outcome.limit_failure or Failure(
+            stage="step", code="exit_nonzero", message=message, step=step.name
+        )
+        return StepResult(status="failed", exit_code=exit_code, failure=failure)
+    if over := await outputs_over_limit(settings, run, step):
+        return StepResult(status="failed", exit_code=exit_code, failure=over)
+    await step_cache.after_step(settings, run, step, writer, cache)
+    return StepResult(status="succeeded", exit_code=exit_code)
 
 
 class _Outcome:
@@ -320,39 +361,29 @@ class _Outcome:
 
 
 async def _step(
-    deps: WorkerDeps,
-    run: Run,
-    rec: Recorder,
-    slot: StepSlot,
-    build_env: dict[str, str],
-    binds: list[Bind],
-    build: Build | None = None,
+    context: StepContext, slot: StepSlot, image: str | None
 ) -> tuple[_Outcome | None, Failure | None]:
     """One step in its executor: (outcome, None), or (None, failure) when it could not start."""
-    settings = deps.settings
+    settings, run, writer, run_dir = context.settings, context.run, context.writer, context.run_dir
     index = slot.index
     step = run.plan.steps[index]
-    run_dir = paths.run_dir(settings.data_dir, run.id)
-    image, failure = await isolation.image_of(deps, run.workspace_id, step, "step", build)
-    if failure is not None:
-        return None, failure
     executor = await isolation.executor_for(settings, image)
     limits = Limits.of(settings, step)
     job = isolation.step_job(
         settings,
         name=isolation.container_name(run.id, index),
         script=step.script,
-        env={**step_environment(run, step, run_dir, executor), **build_env},
+        env={**step_environment(run, step, run_dir, executor), **context.build_env},
         executor=executor,
         host_cwd=run_dir.work,
         cwd=WORK_DIR,
-        binds=binds,
+        binds=context.binds,
         network=run.plan.network,
         limits=limits,
         image=image,
     )
-    budget = budget_of(rec.writer, capped(run.plan.limits.console_bytes, settings.max_console_bytes_per_run))
-    watch = LimitWatch(StepSink(rec.writer, step.name, "run", budget), limits)
+    budget = budget_of(writer, capped(run.plan.limits.console_bytes, settings.max_console_bytes_per_run))
+    watch = LimitWatch(StepSink(writer, step.name, "run", budget), limits)
     try:
         outcome = await run_step(
             isolation.spawner(settings, job, executor),
@@ -362,7 +393,7 @@ async def _step(
             on_lines=watch,
             cancel=slot.cancel,
             on_cancel=slot.on_cancel,
-            on_spawn=process_recorder(deps, run.id),
+            on_spawn=context.on_spawn,
         )
     except ImageUnavailable as exc:
         message = f"step {step.name!r}: image {job.image!r} is not available: {exc}"

@@ -51,7 +51,8 @@ from ade.lifecycle.transitions import Recorder, steps_of
 from ade.records.outputs import PARTIAL_PREFIX, owners_of, regular_files
 
 if TYPE_CHECKING:
-    from ade.execution.deps import WorkerDeps
+    from ade.core.settings import Settings
+    from ade.events.writer import Emitter
     from ade.execution.scheduler import ExecuteStep, StepResult, StepSlot
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def collecting(deps: WorkerDeps, run: Run, rec: Recorder, execute_step: ExecuteStep) -> ExecuteStep:
+def collecting(settings: Settings, run: Run, writer: Emitter, execute_step: ExecuteStep) -> ExecuteStep:
     """`execute_step`, then — once the step ended, before its `finish_step` — the collection of its
     outputs (`collect`), one step at a time. Its result carries them, and is `failed` / `resource_limit`
     when a step that succeeded would pass the run's output limit."""
@@ -73,13 +74,13 @@ def collecting(deps: WorkerDeps, run: Run, rec: Recorder, execute_step: ExecuteS
     async def execute(slot: StepSlot) -> StepResult:
         result = await execute_step(slot)
         async with lock:
-            return await collect(deps, run, rec, slot.index, result, placed)
+            return await collect(settings, run, writer, slot.index, result, placed)
 
     return execute
 
 
 async def collect(
-    deps: WorkerDeps, run: Run, rec: Recorder, index: int, result: StepResult, placed: dict[str, str]
+    settings: Settings, run: Run, writer: Emitter, index: int, result: StepResult, placed: dict[str, str]
 ) -> StepResult:
     """Collect the outputs of the step at `index`, which just ended with `result` (see the module's doc);
     `placed` (path → step) is updated with what it placed."""
@@ -92,10 +93,10 @@ async def collect(
         if position != index and other.started_at is not None
     ]
     window = _Window(_ns(state.started_at) if state.started_at else None, others)
-    limit = capped(run.plan.limits.output_bytes, deps.settings.max_output_bytes)
+    limit = capped(run.plan.limits.output_bytes, settings.max_output_bytes)
     try:
         found = await asyncio.to_thread(
-            gather, deps.settings.data_dir, run.id, step, declared, owners, window, limit
+            gather, settings.data_dir, run.id, step, declared, owners, window, limit
         )
     except OSError as exc:  # the outputs directory itself is unusable (each file's own trouble is a note)
         log.exception("run %s: collecting the outputs of step %r failed", run.id, step.name)
@@ -103,7 +104,7 @@ async def collect(
         failure = Failure(stage="step", code="internal_error", message=message, step=step.name)
         found = Found(notes=[f"[ade] {message}"], failure=failure)
     for note in found.notes:
-        await rec.writer.emit(ConsoleLine(scope="run", stream="stderr", step=step.name, message=note))
+        await writer.emit(ConsoleLine(scope="run", stream="stderr", step=step.name, message=note))
     for output in found.outputs:
         placed[output.path] = step.name
     result = dataclasses.replace(result, outputs=found.outputs)

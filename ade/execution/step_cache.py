@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from ade.core.models import Run, Step
 from ade.core.settings import Settings
 from ade.events.payloads import CacheRestored, CacheSaved
-from ade.events.writer import StreamWriter
+from ade.events.writer import Emitter
 from ade.execution import cache_keys
 from ade.execution.cache_copy import CopyError, Stopped
 from ade.execution.caches import Restored, Saved, restore, save, work_parts
@@ -41,7 +41,7 @@ class StepCache:
 
 
 async def before_step(
-    settings: Settings, run: Run, step: Step, writer: StreamWriter, slot: StepSlot
+    settings: Settings, run: Run, step: Step, writer: Emitter, slot: StepSlot
 ) -> StepCache | None:
     """Evaluate the step's key and restore its cache (`run.cache.restored`); None without cache_dirs."""
     if not step.cache_dirs:
@@ -87,7 +87,7 @@ async def before_step(
 
 
 async def after_step(
-    settings: Settings, run: Run, step: Step, writer: StreamWriter, cache: StepCache | None
+    settings: Settings, run: Run, step: Step, writer: Emitter, cache: StepCache | None
 ) -> None:
     """Save the cache of a step that succeeded (`run.cache.saved`); a save that cannot be made is skipped
     and the event says why — the step still succeeded."""

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from ade.core import keys
 from ade.core.errors import NotFound
 from ade.core.models import TERMINAL_RUN_STATUSES, Run, Waiting
+from ade.core.settings import Settings
 from ade.records.scripts import scripts_for
 from ade.records.store import Store
 
@@ -78,6 +79,11 @@ async def waiting_for(redis: Redis, run: Run) -> Waiting | None:
         return Waiting(reason="build", message=message, build_id=run.build_id)
     if run.status != "queued":
         return None
+    if run.plan.runs_on:
+        labels = ", ".join(run.plan.runs_on)
+        if run.runner_id is not None:
+            return Waiting(reason="runner", message=f"runner {run.runner_id} took it and is starting it")
+        return Waiting(reason="runner", message=f"waiting for a runner with the labels {labels}")
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zscore(keys.workspace_capped(run.workspace_id), run.id)
         pipe.scard(keys.workspace_running(run.workspace_id))
@@ -193,3 +199,66 @@ async def reconsider(redis: Redis, workspace_id: str) -> int:
     if parked:
         await redis.publish(keys.QUEUE_WAKE_CHANNEL, workspace_id)
     return parked
+
+
+# Runners ------------------------------------------------------------------------------------------------
+# A run with `runs_on` is offered to runners instead of arq's queue: `offer` notes it (oldest first, with
+# its workspace and labels); a runner's claim (`claim_offer`) takes the oldest run it may execute — one of a
+# workspace it serves, whose labels it carries all of, whose workspace is under its cap (a slot is taken in
+# the same script, as `admit` does for a worker). Nothing is parked: a capped run is simply passed over.
+OFFERS_SCANNED = 200  # a claim looks at this many of the oldest offers
+
+
+async def offer(redis: Redis, run: Run) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.RUNNER_OFFER_TERMS, run.id, " ".join([run.workspace_id, *run.plan.runs_on]))
+        pipe.zadd(keys.RUNNER_OFFERS, {run.id: timestamp_ms()}, nx=True)
+        await pipe.execute()
+
+
+async def withdraw_offer(redis: Redis, run_id: str) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.RUNNER_OFFERS, run_id)
+        pipe.hdel(keys.RUNNER_OFFER_TERMS, run_id)
+        await pipe.execute()
+
+
+async def is_offered(redis: Redis, run_id: str) -> bool:
+    return await redis.zscore(keys.RUNNER_OFFERS, run_id) is not None
+
+
+async def claim_offer(
+    store: Store, settings: Settings, workspace_id: str | None, labels: set[str]
+) -> str | None:
+    """The id of the oldest offered run a runner serving `workspace_id` (None: every workspace) with
+    `labels` may execute, now taken by it (with its workspace slot); None if there is none."""
+    redis = store.redis
+    run_ids = [raw.decode() for raw in await redis.zrange(keys.RUNNER_OFFERS, 0, OFFERS_SCANNED - 1)]
+    if not run_ids:
+        return None
+    terms: list[bytes | None] = await redis.hmget(keys.RUNNER_OFFER_TERMS, run_ids)  # type: ignore[misc]
+    caps: dict[str, int] = {}
+    for run_id, raw in zip(run_ids, terms, strict=True):
+        if raw is None:
+            continue
+        run_workspace, *wanted = raw.decode().split(" ")
+        if (workspace_id is not None and run_workspace != workspace_id) or not set(wanted) <= labels:
+            continue
+        if run_workspace not in caps:
+            try:
+                own = (await store.get_workspace(run_workspace)).max_running_runs
+            except NotFound:
+                own = None
+            caps[run_workspace] = cap_of(own, settings.max_running_per_workspace)
+        taken: int = await scripts_for(redis).take_offer(
+            keys=[
+                keys.RUNNER_OFFERS,
+                keys.RUNNER_OFFER_TERMS,
+                keys.workspace_running(run_workspace),
+                keys.RUNNING_RUNS,
+            ],
+            args=[run_id, run_workspace, caps[run_workspace]],
+        )
+        if taken == 1:
+            return str(run_id)
+    return None

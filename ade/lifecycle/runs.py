@@ -50,6 +50,7 @@ def plan_of(cfg: Configuration) -> Plan:
         build=cfg.build,
         network=cfg.network,
         limits=cfg.limits,
+        runs_on=list(cfg.runs_on),
     )
 
 
@@ -99,7 +100,7 @@ async def submit_run(settings: Settings, redis: Redis, arq: ArqRedis, store: Sto
     except BaseException:
         shutil.rmtree(directory.root, ignore_errors=True)  # nothing half-created
         raise
-    await queue.enqueue(arq, run.id)
+    await (queue.offer(redis, run) if run.plan.runs_on else queue.enqueue(arq, run.id))
     return run
 
 

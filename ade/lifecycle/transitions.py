@@ -122,7 +122,7 @@ async def start_step(rec: Recorder, run: Run, index: int) -> None:
     await rec.writer.emit(StepStarted(step=state.name, index=index), rec.source)
 
 
-def _end_step(
+def end_step_state(
     run: Run,
     index: int,
     status: StepEndStatus,
@@ -147,7 +147,7 @@ def _end_step(
     )
 
 
-def _skip_step(run: Run, index: int, reason: str) -> StepSkipped:
+def skip_step_state(run: Run, index: int, reason: str) -> StepSkipped:
     state = steps_of(run)[index]
     state.status, state.completed_at, state.skipped_reason = "skipped", utcnow(), reason
     return StepSkipped(step=state.name, index=index, reason=reason)
@@ -166,13 +166,13 @@ async def finish_step(
 ) -> None:
     """A step ended, with the files it added to the run's outputs (`ade.execution.outputs`). `reused_from`:
     a failed-only re-run keeps the step from that run without running it (`succeeded`, never started)."""
-    payload = _end_step(run, index, status, exit_code, failure, outputs, reused_from)
+    payload = end_step_state(run, index, status, exit_code, failure, outputs, reused_from)
     await rec.store.put_run(run, durability=rec.durability(final=False))
     await rec.writer.emit(payload, rec.source)
 
 
 async def skip_step(rec: Recorder, run: Run, index: int, reason: str) -> None:
-    payload = _skip_step(run, index, reason)
+    payload = skip_step_state(run, index, reason)
     await rec.store.put_run(run, durability=rec.durability(final=False))
     await rec.writer.emit(payload, rec.source)
 
@@ -197,9 +197,9 @@ async def finish_run(
     for index, state in enumerate(steps_of(run)):
         if state.status == "running":
             step_status: StepEndStatus = "cancelled" if status == "cancelled" else "failed"
-            ended.append(_end_step(run, index, step_status, None, failure))
+            ended.append(end_step_state(run, index, step_status, None, failure))
         elif state.status == "pending":
-            ended.append(_skip_step(run, index, f"the run ended ({status}) before this step started"))
+            ended.append(skip_step_state(run, index, f"the run ended ({status}) before this step started"))
     run.status, run.completed_at = status, utcnow()
     run.exit_code, run.failure = exit_code, failure
     if status == "cancelled":
@@ -209,6 +209,7 @@ async def finish_run(
     await _bookkeeping(
         metrics.record_run_finished(redis, status),
         redis.delete(keys.step_process(run.id)),
+        *([queue.withdraw_offer(redis, run.id)] if run.plan.runs_on else []),
         *([cast(Awaitable[int], redis.srem(keys.build_users(run.build_id), run.id))] if run.build_id else []),
     )
     ended.append(

@@ -62,6 +62,22 @@ redis.call('zrem', KEYS[2], ARGV[1])
 return 1
 """
 
+# Runners (ade.lifecycle.queue.claim_offer). KEYS: offers, offer terms, running, RUNNING_RUNS.
+# ARGV: run id, workspace id, cap. -1: someone else took it; 0: its workspace is at its cap; 1: claimed,
+# with a workspace slot held.
+TAKE_OFFER = """
+if not redis.call('zscore', KEYS[1], ARGV[1]) then return -1 end
+local cap = tonumber(ARGV[3])
+if cap > 0 and redis.call('sismember', KEYS[3], ARGV[1]) == 0 and redis.call('scard', KEYS[3]) >= cap then
+  return 0
+end
+redis.call('zrem', KEYS[1], ARGV[1])
+redis.call('hdel', KEYS[2], ARGV[1])
+redis.call('sadd', KEYS[3], ARGV[1])
+redis.call('hset', KEYS[4], ARGV[1], ARGV[2])
+return 1
+"""
+
 # KEYS: running, capped, RUNNING_RUNS, queue. ARGV: run id, now (ms), run job id prefix.
 # Gives a run's slot back (idempotent); returns the parked run made due in its place, if any.
 GIVE_BACK_WORKSPACE_SLOT = """
@@ -97,6 +113,7 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self.claim_build = redis.register_script(CLAIM_BUILD)
         self.release_fingerprint = redis.register_script(RELEASE_FINGERPRINT)
+        self.take_offer = redis.register_script(TAKE_OFFER)
         self.forget_ready = redis.register_script(FORGET_READY)
         self.take_stream_slot = redis.register_script(TAKE_STREAM_SLOT)
         self.take_slot = redis.register_script(TAKE_WORKSPACE_SLOT)

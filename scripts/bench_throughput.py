@@ -6,6 +6,9 @@ are exactly 1..N. Baselines, measured in the same run on a fresh private Redis w
 size: (a) `redis-benchmark` PUBLISH (if on PATH), (b) redis-py pipelines of 1000 PUBLISHes delivered to
 one redis-py subscriber in another process.
 
+The same run is then executed by an `ade runner` (HTTP only: no Redis, no data directory; its reports go
+through the API's dispatcher) and streamed the same way: events/s beside the worker's.
+
 With --probe it also times, while the stream runs, GET /healthz and the pickup of small runs started
 alongside (the figures then include that little extra load).
 
@@ -37,7 +40,9 @@ from bench_pickup import (
     API,
     AdeStack,
     Pickup,
+    _ade_command,
     ade_stack,
+    child_process,
     create_configuration,
     event_time,
     exit_on_sigterm,
@@ -218,6 +223,52 @@ async def ade_throughput(ade: AdeStack, root: Path, lines: int, *, probe: bool) 
     )
 
 
+@dataclass(frozen=True)
+class RunnerResult:
+    stream: StreamResult
+    runner_cpu_s: float
+    api_cpu_s: float
+
+
+async def runner_throughput(ade: AdeStack, root: Path, lines: int) -> RunnerResult:
+    """The same run on an `ade runner` (a fresh workspace; the configuration has `runs_on: [bench]`)."""
+    async with ade.client() as client:
+        response = await client.post(f"{API}/workspaces", json={"name": "bench-runner"})
+        response.raise_for_status()
+        workspace_id = response.json()["id"]
+        body = {"name": "bench-runner", "labels": ["bench"]}
+        response = await client.post(f"{API}/workspaces/{workspace_id}/runners", json=body)
+        response.raise_for_status()
+        token = response.json()["token"]
+        body = {"name": "bench", "steps": [{"name": "s", "script": f"seq 1 {lines}"}], "runs_on": ["bench"]}
+        response = await client.post(f"{API}/workspaces/{workspace_id}/configurations", json=body)
+        response.raise_for_status()
+        configuration_id = response.json()["id"]
+        env = {name: value for name, value in os.environ.items() if not name.startswith("ADE_")}
+        env["ADE_MAX_CONSOLE_BYTES_PER_RUN"] = "0"
+        command = _ade_command(
+            "runner", "--url", ade.base_url, "--token", token, "--dir", str(root / "runner")
+        )
+        with child_process(command, env, root / "runner.log") as runner:
+            api_before, runner_before = cpu_seconds(ade.api.pid), 0.0
+            result = await stream_run(client, configuration_id)
+            runner_cpu = cpu_seconds(runner.pid) - runner_before
+            api_cpu = cpu_seconds(ade.api.pid) - api_before
+    return RunnerResult(result, runner_cpu, api_cpu)
+
+
+def report_runner(result: RunnerResult, worker: AdeResult) -> None:
+    stream = result.stream
+    rate = stream.events / stream.seconds
+    worker_rate = worker.stream.events / worker.stream.seconds
+    print()
+    print("The same run on an `ade runner` -> chunks over HTTP -> API's dispatcher -> log + pub/sub -> SSE")
+    _line("events, ids exactly 1..N", f"{stream.events:,}")
+    _line("seconds, POST sent -> event: end", f"{stream.seconds:.2f}")
+    _line("events/s", f"{rate:,.0f}", f"({rate / worker_rate:.2f} of the worker's {worker_rate:,.0f})")
+    _line("CPU seconds: runner, API", f"{result.runner_cpu_s:.1f}, {result.api_cpu_s:.1f}")
+
+
 # --- raw Redis baselines ---------------------------------------------------------------------------
 
 
@@ -362,11 +413,13 @@ def main() -> None:
         # console would stop at ~180k lines (one marker, the rest dropped) and measure nothing.
         with ade_stack(root / "ade", env={"ADE_MAX_CONSOLE_BYTES_PER_RUN": "0"}) as ade:
             result = asyncio.run(ade_throughput(ade, root / "ade", args.lines, probe=args.probe))
+            on_runner = asyncio.run(runner_throughput(ade, root / "ade", args.lines))
         with redis_server(root / "baseline-redis", appendonly=False) as server:
             bench_rps = redis_benchmark(server.port, server.password, result.stream.events, result.payload)
             py_published, py_delivered = redis_py_publish(server.url, result.stream.events, result.payload)
 
     report(result, args.lines, bench_rps, py_published, py_delivered)
+    report_runner(on_runner, result)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,14 @@ import logging
 import os
 import signal
 import socket
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 
+from ade.core.models import Run, Step
 from ade.core.outage import Backoff
 from ade.core.runner_messages import (
     Assignment,
@@ -33,11 +35,14 @@ from ade.core.runner_messages import (
     HeartbeatAnswer,
 )
 from ade.core.settings import Settings
+from ade.execution.cache_transfer import CacheTooLarge, export_current, import_version
 from ade.execution.remote import execute_assignment
 
 log = logging.getLogger("ade.runner")
 
 IDLE_HEARTBEAT_S = 3.0
+ANSWERED_MARK = "answered"  # touched in its directory whenever the API answers a heartbeat (health checks)
+STALE_AFTER_S = 30.0
 _ASSIGNMENT = msgspec.json.Decoder(Assignment)
 _CHUNK_ANSWER = msgspec.json.Decoder(ChunkAnswer)
 _HEARTBEAT_ANSWER = msgspec.json.Decoder(HeartbeatAnswer)
@@ -52,7 +57,8 @@ class RunnerRefused(Exception):
 class RunnerClient:
     """The runner protocol over HTTP; every call retried (with backoff) until the API answers it."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, settings: Settings) -> None:
+        self._settings = settings  # where its cache copies go (`pull`)
         self._http = httpx.AsyncClient(
             base_url=url.rstrip("/") + "/api/v1",
             headers={"Authorization": f"Bearer {token}"},
@@ -132,6 +138,28 @@ class RunnerClient:
         _raise_for(response)
         await asyncio.to_thread(destination.write_bytes, response.content)
 
+    async def pull(self, run: Run, step: Step, key_hash: str) -> None:
+        """The API's current version of a step's cache, made the current one here (a miss: nothing)."""
+        index = _index_of(run, step)
+        response = await self._call("GET", f"/runner/runs/{run.id}/caches/{index}/{key_hash}")
+        if response.status_code == 404:
+            return
+        _raise_for(response)
+        try:
+            await asyncio.to_thread(import_version, self._settings, run, step, key_hash, response.content)
+        except (CacheTooLarge, tarfile.TarError) as exc:
+            raise OSError(f"the API's cache could not be used: {exc}") from None
+
+    async def push(self, run: Run, step: Step, key_hash: str) -> None:
+        """This runner's new version of a step's cache, sent to the API (which keeps it)."""
+        data = await asyncio.to_thread(export_current, self._settings, run, step, key_hash)
+        if data is None:
+            return
+        index = _index_of(run, step)
+        response = await self._call("PUT", f"/runner/runs/{run.id}/caches/{index}/{key_hash}", content=data)
+        if response.status_code >= 400:
+            raise OSError(f"the API did not keep it: HTTP {response.status_code} {response.text[:300]}")
+
     async def upload_output(self, run_id: str, path: str, source: Path) -> None:
         response = await self._call(
             "PUT", f"/runner/runs/{run_id}/outputs/{path}", content=await asyncio.to_thread(source.read_bytes)
@@ -140,6 +168,10 @@ class RunnerClient:
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+def _index_of(run: Run, step: Step) -> int:
+    return next(index for index, known in enumerate(run.plan.steps) if known.name == step.name)
 
 
 def _code(response: httpx.Response) -> str | None:
@@ -199,6 +231,7 @@ class Runner:
     async def _beat_forever(self) -> None:
         while True:
             answer = await self.client.heartbeat(list(self._cancels))
+            await asyncio.to_thread((self.settings.data_dir / ANSWERED_MARK).touch)
             for run_id in answer.cancel + answer.unknown:
                 if event := self._cancels.get(run_id):
                     event.set()
@@ -215,7 +248,7 @@ def run_runner(url: str, token: str, labels: list[str], concurrency: int, data_d
     settings = dataclasses.replace(settings, data_dir=directory)
 
     async def main() -> None:
-        client = RunnerClient(url, token)
+        client = RunnerClient(url, token, settings)
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()

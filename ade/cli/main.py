@@ -140,13 +140,15 @@ def dev(host: str | None, port: int | None) -> None:
 
 
 @main.command()
-@click.argument("component", type=click.Choice(["api", "worker"]))
+@click.argument("component", type=click.Choice(["api", "worker", "runner"]))
 def healthcheck(component: str) -> None:
-    """Exit 0 if this host's API is ready (GET /readyz on ADE_HOST:ADE_PORT answers 200), or if a worker
-    on this host heartbeats (a fresh `ade:worker:<hostname>:*` key in Redis); else print why and exit 1.
-    For container health checks."""
+    """Exit 0 if this host's API is ready (GET /readyz on ADE_HOST:ADE_PORT answers 200), if a worker
+    on this host heartbeats (a fresh `ade:worker:<hostname>:*` key in Redis), or if the runner whose
+    directory is ADE_DATA_DIR was answered by the API lately; else print why and exit 1. For container
+    health checks."""
     settings = get_settings()
-    problem = _api_problem(settings) if component == "api" else _worker_problem(settings)
+    checks = {"api": _api_problem, "worker": _worker_problem, "runner": _runner_problem}
+    problem = checks[component](settings)
     if problem:
         click.echo(f"{component} unhealthy: {problem}", err=True)
         sys.exit(1)
@@ -163,6 +165,18 @@ def _api_problem(settings: Settings) -> str | None:
     except httpx.HTTPError as exc:
         return f"{url}: {exc!r}"
     return None if response.status_code == 200 else f"{url} answered {response.status_code}: {response.text}"
+
+
+def _runner_problem(settings: Settings) -> str | None:
+    import time
+
+    from workers.runner import ANSWERED_MARK, STALE_AFTER_S
+
+    try:
+        age_s = time.time() - (settings.data_dir / ANSWERED_MARK).stat().st_mtime
+    except FileNotFoundError:
+        return f"the API never answered this runner ({settings.data_dir / ANSWERED_MARK} is missing)"
+    return None if age_s < STALE_AFTER_S else f"the API last answered this runner {age_s:.0f} s ago"
 
 
 def _worker_problem(settings: Settings) -> str | None:

@@ -38,6 +38,7 @@ from ade.events.payloads import BuildCompleted, RunEndStatus
 from ade.events.writer import Emitter, EventSpec
 from ade.execution import isolation, scheduler, step_cache
 from ade.execution.builder import environment_for, execute_build, run_binds_of_build
+from ade.execution.cache_transfer import CacheMirror
 from ade.execution.console import StepSink, budget_of
 from ade.execution.container import ImageUnavailable
 from ade.execution.deps import WorkerDeps, base_environment, process_recorder
@@ -313,6 +314,7 @@ class StepContext:
     binds: list[Bind]
     build_env: dict[str, str]
     on_spawn: Callable[[int], Awaitable[None]] | None = None
+    cache_mirror: CacheMirror | None = None  # a runner's: the API keeps the caches
 
 
 async def execute_one_step(
@@ -322,7 +324,7 @@ async def execute_one_step(
     `image_failure`: why it has none it may use), its outcome as a result, its cache saved."""
     settings, run, writer = context.settings, context.run, context.writer
     step = run.plan.steps[slot.index]
-    cache = await step_cache.before_step(settings, run, step, writer, slot)
+    cache = await step_cache.before_step(settings, run, step, writer, slot, context.cache_mirror)
     if image_failure is not None:
         return StepResult(status="failed", failure=image_failure)
     outcome, failure = await _step(context, slot, image)
@@ -344,7 +346,7 @@ async def execute_one_step(
         return StepResult(status="failed", exit_code=exit_code, failure=failure)
     if over := await outputs_over_limit(settings, run, step):
         return StepResult(status="failed", exit_code=exit_code, failure=over)
-    await step_cache.after_step(settings, run, step, writer, cache)
+    await step_cache.after_step(settings, run, step, writer, cache, context.cache_mirror)
     return StepResult(status="succeeded", exit_code=exit_code)
 
 

@@ -37,6 +37,7 @@ from ade.events.payloads import (
 )
 from ade.events.writer import EventSpec
 from ade.execution import isolation, scheduler
+from ade.execution.cache_transfer import CacheMirror
 from ade.execution.executor import StepContext, execute_one_step, policy_of
 from ade.execution.outputs import collecting
 from ade.execution.sandbox import prepare_dirs
@@ -145,8 +146,9 @@ class RemoteSteps:
         await self._announce()
 
 
-class RunnerFiles(Protocol):
-    """What a run on a runner reads from and writes to the API besides its reports (`workers.runner`)."""
+class RunnerFiles(CacheMirror, Protocol):
+    """What a run on a runner reads from and writes to the API besides its reports (`workers.runner`):
+    inputs, outputs, and step caches."""
 
     async def fetch_input(self, run_id: str, index: int, destination: Path) -> None: ...
 
@@ -256,6 +258,7 @@ async def _execute_steps(
         run_dir=run_dir,
         binds=isolation.run_binds(run_dir),
         build_env={},
+        cache_mirror=files,
     )
 
     async def execute_step(slot: StepSlot) -> StepResult:

@@ -24,7 +24,8 @@ from ade.events.payloads import CacheRestored, CacheSaved
 from ade.events.writer import Emitter
 from ade.execution import cache_keys
 from ade.execution.cache_copy import CopyError, Stopped
-from ade.execution.caches import Restored, Saved, restore, save, work_parts
+from ade.execution.cache_transfer import CacheMirror
+from ade.execution.caches import Restored, Saved, key_hash, restore, save, work_parts
 from ade.execution.scheduler import StepSlot
 
 T = TypeVar("T")
@@ -41,7 +42,12 @@ class StepCache:
 
 
 async def before_step(
-    settings: Settings, run: Run, step: Step, writer: Emitter, slot: StepSlot
+    settings: Settings,
+    run: Run,
+    step: Step,
+    writer: Emitter,
+    slot: StepSlot,
+    mirror: CacheMirror | None = None,
 ) -> StepCache | None:
     """Evaluate the step's key and restore its cache (`run.cache.restored`); None without cache_dirs."""
     if not step.cache_dirs:
@@ -66,6 +72,8 @@ async def before_step(
         return StepCache(None, slot.timeout_s, slot.cancel, why)
     error: str | None = None
     try:
+        if mirror is not None:  # a runner: the API's cache first
+            await mirror.pull(run, step, key_hash(key, paths))
         restored = await _in_thread(restore, settings, run, step, key, limits=limits)
     except Stopped:
         restored, error = Restored(False), f"{_stopped(limits)} while its cache was being restored"
@@ -87,7 +95,12 @@ async def before_step(
 
 
 async def after_step(
-    settings: Settings, run: Run, step: Step, writer: Emitter, cache: StepCache | None
+    settings: Settings,
+    run: Run,
+    step: Step,
+    writer: Emitter,
+    cache: StepCache | None,
+    mirror: CacheMirror | None = None,
 ) -> None:
     """Save the cache of a step that succeeded (`run.cache.saved`); a save that cannot be made is skipped
     and the event says why — the step still succeeded."""
@@ -99,6 +112,8 @@ async def after_step(
     else:
         try:
             saved = await _in_thread(save, settings, run, step, cache.key, limits=cache)
+            if saved.saved and mirror is not None:  # a runner: the API keeps it
+                await mirror.push(run, step, key_hash(cache.key, list(step.cache_dirs)))
         except Stopped:
             saved = Saved(False, reason=f"{_stopped(cache)} while its cache was being saved")
         except (CopyError, OSError) as exc:

@@ -116,7 +116,8 @@ def reindex() -> None:
         click.echo(
             f"reindexed {counts.workspaces} workspaces, {counts.configurations} configurations, "
             f"{counts.api_keys} API keys, {counts.runs} runs, {counts.builds} builds, "
-            f"{counts.audit_entries} audit entries, {counts.artifacts} artifacts"
+            f"{counts.audit_entries} audit entries, {counts.artifacts} artifacts, "
+            f"{counts.runners} runners"
         )
         for path in counts.unreadable:
             click.echo(f"skipped unreadable {path}", err=True)

@@ -13,6 +13,7 @@ from typing import cast
 import click
 
 from ade.cli.commands import COMMANDS
+from ade.cli.runners import runners
 from ade.core.settings import Settings, get_settings
 
 
@@ -192,7 +193,7 @@ def _worker_problem(settings: Settings) -> str | None:
 
 # Client commands (workspaces, keys, configs, runs): ade/cli_client.py, on ade.client.AdeClient.
 
-for _group in COMMANDS:
+for _group in [*COMMANDS, runners]:
     main.add_command(_group)
 
 

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ade.api.artifacts import ArtifactController
 from ade.api.audit import AuditController
-from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal
+from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal, provide_runner
 from ade.api.builds import BuildController
 from ade.api.caches import CacheController
 from ade.api.configurations import ConfigurationController
@@ -31,6 +31,8 @@ from ade.api.health import HealthController, MetricsController
 from ade.api.keys import ApiKeyController
 from ade.api.openapi import make_exact
 from ade.api.run_views import RunViewController
+from ade.api.runner_protocol import RunnerProtocolController
+from ade.api.runners import RunnerController
 from ade.api.runs import RunController
 from ade.api.workspaces import WorkspaceController
 from ade.core import keys
@@ -157,8 +159,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AuditController,
             DockerImageController,
             CacheController,
+            RunnerController,
+            RunnerProtocolController,
         ],
-        dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
+        dependencies={
+            "principal": Provide(provide_principal, sync_to_thread=False),
+            "runner": Provide(provide_runner),  # the runner protocol's handlers (opt=auth.RUNNER_ROUTES)
+        },
         security=[{"bearer": []}],
     )
     app = Litestar(

@@ -1,5 +1,9 @@
 """Authentication (a middleware: a request without valid credentials is a 401 before anything else) and
-access checks (one place: another workspace's things are 404, a weak role is 403)."""
+access checks (one place: another workspace's things are 404, a weak role is 403).
+
+Runner tokens (`rnr.…`) open only the route handlers marked `opt=RUNNER_ROUTES` (the runner protocol's);
+everywhere else they are a 403 `runner_token_not_allowed`, decided here, before any handler runs. Those
+handlers take the runner from `provide_runner`, which refuses every other credential."""
 
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from redis.exceptions import RedisError
 
 from ade.api.deps import API_PREFIX, Services
-from ade.core.errors import Unauthorized, not_found
-from ade.core.models import Build, Configuration, Role, Run, Workspace, utcnow
+from ade.core.errors import Forbidden, Unauthorized, not_found
+from ade.core.models import Build, Configuration, Role, Run, Runner, Workspace, utcnow
+from ade.records import runners
 from ade.records.auth import (
     BOOTSTRAP_ACTOR,
     SUPERUSER,
@@ -37,6 +42,9 @@ KEY_CHECK_INTERVAL_S = 0.5
 KEY_CHECK_TIMEOUT_S = 2.0  # a check Redis does not answer in time is skipped (the stream goes on)
 # Read-only streaming endpoints, the only ones a stream token opens.
 STREAMING_PATH = re.compile(rf"^{API_PREFIX}/(?:runs|builds)/(?P<stream_id>[^/]+)/(?:events|logs)$")
+# Route handlers (or their controller or router) with `opt=RUNNER_ROUTES` take runner tokens, and only them.
+RUNNER_PROTOCOL_OPT = "runner_protocol"
+RUNNER_ROUTES = {RUNNER_PROTOCOL_OPT: True}
 
 
 class AuthMiddleware(AbstractAuthenticationMiddleware):
@@ -50,7 +58,12 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
             scheme, _, secret = header.partition(" ")
             if scheme.lower() != "bearer" or not secret.strip():
                 raise Unauthorized("use `Authorization: Bearer <key>`", code="invalid_token")
-            principal = await authenticate_key(services, secret.strip())
+            secret = secret.strip()
+            bootstrap = check_bootstrap(secret, services.settings.bootstrap_token)
+            if runners.is_runner_token(secret) and not bootstrap:
+                runner = await authenticate_runner(services, secret, connection)
+                return AuthenticationResult(user=runner_principal(runner), auth=runner)
+            principal = await authenticate_key(services, secret)
         elif token:
             match = STREAMING_PATH.match(connection.scope["path"])
             if match is None or connection.scope.get("method") != "GET":
@@ -64,6 +77,24 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         else:
             raise Unauthorized("authentication required: `Authorization: Bearer <key>`", code="missing_token")
         return AuthenticationResult(user=principal, auth=None)
+
+
+async def authenticate_runner(
+    services: Services, token: str, connection: ASGIConnection[Any, Any, Any, Any]
+) -> Runner:
+    """The runner of a valid runner token, on a route that takes one. Read from Redis on every request,
+    so a revoked runner is refused at once."""
+    runner = await runners.authenticate(services.store, token)
+    if not connection.route_handler.opt.get(RUNNER_PROTOCOL_OPT):
+        raise Forbidden(
+            "a runner token only opens the runner protocol's endpoints; use an API key",
+            code="runner_token_not_allowed",
+        )
+    return runner
+
+
+def runner_principal(runner: Runner) -> Principal:
+    return Principal(actor=runner.id, role="viewer", workspace_id=runner.workspace_id, runner_id=runner.id)
 
 
 async def authenticate_key(services: Services, secret: str) -> Principal:
@@ -158,6 +189,21 @@ async def _guarded(
 
 def provide_principal(request: Request[Principal, Any, Any]) -> Principal:
     return request.user
+
+
+async def provide_runner(request: Request[Principal, Any, Any]) -> Runner:
+    """The runner making a runner-protocol request (dependency `runner`): 403 `runner_token_required` for
+    any other credential, 401 for a revoked runner."""
+    principal = request.user
+    if principal.runner_id is None:
+        raise Forbidden("this endpoint takes a runner token (`rnr.…`)", code="runner_token_required")
+    runner = request.auth
+    if not isinstance(runner, Runner) or runner.id != principal.runner_id:
+        services: Services = request.app.state.services
+        runner = await runners.get(services.store, principal.runner_id)
+    if runner.revoked_at is not None:
+        raise Unauthorized(runners.INVALID_TOKEN, code="invalid_token")
+    return runner
 
 
 # Access: fetch a thing and check the caller may see it (404 otherwise), then the role (403).

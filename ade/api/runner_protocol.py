@@ -17,10 +17,9 @@ import tarfile
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post, put
-from litestar.di import Provide
 from litestar.response import File
 
-from ade.api.auth import RUNNER_ROUTES, provide_runner
+from ade.api.auth import RUNNER_ROUTES
 from ade.api.deps import Services
 from ade.core import keys
 from ade.core.errors import Forbidden, Invalid, NotFound, TooLarge
@@ -44,7 +43,6 @@ CLAIM_POLL_S = 0.1  # how often a waiting claim looks at the offers again
 class RunnerProtocolController(Controller):
     path = "/runner"
     tags = ["runner protocol"]
-    dependencies = {"runner": Provide(provide_runner)}
     opt = RUNNER_ROUTES  # the only handlers a runner token opens (`ade.api.auth`)
 
     @post("/claim", summary="Take a run to execute (long poll: waits up to wait_s for one)", status_code=200)

@@ -13,6 +13,7 @@ from typing import cast
 import click
 
 from ade.cli.commands import COMMANDS
+from ade.cli.runners import runners
 from ade.core.settings import Settings, get_settings
 
 
@@ -116,7 +117,8 @@ def reindex() -> None:
         click.echo(
             f"reindexed {counts.workspaces} workspaces, {counts.configurations} configurations, "
             f"{counts.api_keys} API keys, {counts.runs} runs, {counts.builds} builds, "
-            f"{counts.audit_entries} audit entries, {counts.artifacts} artifacts"
+            f"{counts.audit_entries} audit entries, {counts.artifacts} artifacts, "
+            f"{counts.runners} runners"
         )
         for path in counts.unreadable:
             click.echo(f"skipped unreadable {path}", err=True)
@@ -205,7 +207,7 @@ def _worker_problem(settings: Settings) -> str | None:
 
 # Client commands (workspaces, keys, configs, runs): ade/cli_client.py, on ade.client.AdeClient.
 
-for _group in COMMANDS:
+for _group in [*COMMANDS, runners]:
     main.add_command(_group)
 
 

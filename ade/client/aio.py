@@ -41,6 +41,8 @@ from ade.core.models import (
     InputArtifact,
     Plan,
     Role,
+    RunnerCreated,
+    RunnerView,
     RunOptions,
     RunResource,
     RunStatus,
@@ -163,6 +165,26 @@ class AsyncAdeClient:
 
     async def delete_docker_image(self, image_id: str) -> None:
         await self._send(calls.delete_docker_image(image_id))
+
+    # Runners
+
+    async def register_runner(
+        self, workspace_id: str | None, name: str, labels: Sequence[str]
+    ) -> RunnerCreated:
+        """Register a runner for a workspace, or a global one (`workspace_id=None`: the bootstrap token);
+        its `token` is in this answer only."""
+        return await self._send(calls.register_runner(workspace_id, name, labels))
+
+    async def list_runners(self, workspace_id: str | None = None) -> list[RunnerView]:
+        """A workspace's runners and the global ones; without a workspace, every runner (bootstrap)."""
+        return await self._send(calls.list_runners(workspace_id))
+
+    async def get_runner(self, runner_id: str) -> RunnerView:
+        return await self._send(calls.get_runner(runner_id))
+
+    async def delete_runner(self, runner_id: str) -> None:
+        """Revoke a runner: its token stops working at once (a global one takes the bootstrap token)."""
+        await self._send(calls.delete_runner(runner_id))
 
     # Artifacts
 

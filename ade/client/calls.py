@@ -31,6 +31,9 @@ from ade.core.models import (
     Plan,
     Role,
     RunCreate,
+    RunnerCreate,
+    RunnerCreated,
+    RunnerView,
     RunOptions,
     RunRerun,
     RunResource,
@@ -228,6 +231,29 @@ def get_docker_image(image_id: str) -> Call[DockerImage]:
 
 def delete_docker_image(image_id: str) -> Call[None]:
     return Call("DELETE", f"/docker-images/{seg(image_id)}", _no_content)
+
+
+# Runners
+
+
+def register_runner(workspace_id: str | None, name: str, labels: Sequence[str]) -> Call[RunnerCreated]:
+    """A workspace's runner, or (`workspace_id=None`, the bootstrap token) a global one."""
+    path = "/runners" if workspace_id is None else f"/workspaces/{seg(workspace_id)}/runners"
+    return json_call("POST", path, RunnerCreated, RunnerCreate(name=name, labels=list(labels)))
+
+
+def list_runners(workspace_id: str | None) -> Call[list[RunnerView]]:
+    """A workspace's runners and the global ones, or (`None`, the bootstrap token) every runner."""
+    path = "/runners" if workspace_id is None else f"/workspaces/{seg(workspace_id)}/runners"
+    return json_call("GET", path, list[RunnerView])
+
+
+def get_runner(runner_id: str) -> Call[RunnerView]:
+    return json_call("GET", f"/runners/{seg(runner_id)}", RunnerView)
+
+
+def delete_runner(runner_id: str) -> Call[None]:
+    return Call("DELETE", f"/runners/{seg(runner_id)}", _no_content)
 
 
 # Artifacts

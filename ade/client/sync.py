@@ -41,6 +41,8 @@ from ade.core.models import (
     InputArtifact,
     Plan,
     Role,
+    RunnerCreated,
+    RunnerView,
     RunOptions,
     RunResource,
     RunStatus,
@@ -174,6 +176,24 @@ class AdeClient:
     def delete_docker_image(self, image_id: str) -> None:
         """Remove a docker image (a public one takes the bootstrap token)."""
         self._send(calls.delete_docker_image(image_id))
+
+    # Runners
+
+    def register_runner(self, workspace_id: str | None, name: str, labels: Sequence[str]) -> RunnerCreated:
+        """Register a runner for a workspace, or a global one (`workspace_id=None`: the bootstrap token);
+        its `token` is in this answer only."""
+        return self._send(calls.register_runner(workspace_id, name, labels))
+
+    def list_runners(self, workspace_id: str | None = None) -> list[RunnerView]:
+        """A workspace's runners and the global ones; without a workspace, every runner (bootstrap)."""
+        return self._send(calls.list_runners(workspace_id))
+
+    def get_runner(self, runner_id: str) -> RunnerView:
+        return self._send(calls.get_runner(runner_id))
+
+    def delete_runner(self, runner_id: str) -> None:
+        """Revoke a runner: its token stops working at once (a global one takes the bootstrap token)."""
+        self._send(calls.delete_runner(runner_id))
 
     # Artifacts
 

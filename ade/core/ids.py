@@ -11,6 +11,7 @@ BUILD = "build"
 EVENT = "evt"
 API_KEY = "key"
 AUDIT = "aud"
+RUNNER = "rnr"
 ULID_TIME_LIMIT_MS = 2**48  # a ULID's time is 48 bits of milliseconds since 1970
 
 

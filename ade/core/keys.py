@@ -55,6 +55,22 @@ PUBLIC_IMAGE_SLUGS = f"{PREFIX}:docker_images:public_slugs"  # hash: slug -> id 
 IMAGE_SLUG_USES = f"{PREFIX}:docker_images:slug_uses"  # hash: slug -> how many images (any workspace) have it
 
 
+# Runners (no TTL: `runners/<id>.json` in the data directory is the durable copy), except their heartbeats,
+# which live in Redis only (a runner sends one every second; `ade reindex` leaves them to the next one).
+def runner(runner_id: str) -> str:
+    return f"{PREFIX}:runner:{runner_id}"
+
+
+def workspace_runners(workspace_id: str) -> str:
+    """Sorted set (all scores 0, ordered by id) of the runners registered for one workspace."""
+    return f"{PREFIX}:workspace:{workspace_id}:runners"
+
+
+GLOBAL_RUNNERS = f"{PREFIX}:runners:global"  # sorted set of the runners that serve every workspace
+ALL_RUNNERS = f"{PREFIX}:runners"  # sorted set of every runner id
+RUNNER_HEARTBEATS = f"{PREFIX}:runners:heartbeats"  # hash: runner id -> its last heartbeat (JSON)
+
+
 def audit(workspace_id: str | None) -> str:
     """List of a workspace's audit entries (encoded), oldest first; `None`: every workspace's."""
     return f"{PREFIX}:audit:{workspace_id}" if workspace_id else f"{PREFIX}:audit"

@@ -590,3 +590,69 @@ class DockerImage(msgspec.Struct, kw_only=True):
     public: bool
     created_at: datetime
     created_by: str
+
+
+# Runners ----------------------------------------------------------------------------------------------
+
+RunnerLabels = Annotated[list[Label], msgspec.Meta(min_length=1, max_length=20)]  # what a runner offers
+RunnerStatus = Literal["idle", "busy", "offline"]
+
+
+class RunnerCreate(Struct):
+    name: Name
+    labels: RunnerLabels
+
+
+class Runner(msgspec.Struct, kw_only=True):
+    """Stored form: only a hash of the token. `last_heartbeat_at` and `current_runs` are not in the record
+    (a heartbeat writes Redis only); `ade.records.runners` fills them in when it reads one."""
+
+    id: str
+    workspace_id: str | None  # None: serves every workspace (registered with the bootstrap token)
+    name: str
+    labels: list[str]
+    created_at: datetime
+    created_by: str
+    token_sha256: str
+    revoked_at: datetime | None = None
+    last_heartbeat_at: datetime | None = None
+    current_runs: list[str] = msgspec.field(default_factory=list)
+
+
+class RunnerView(msgspec.Struct, kw_only=True):
+    id: str
+    workspace_id: str | None
+    name: str
+    labels: list[str]
+    status: RunnerStatus
+    last_heartbeat_at: datetime | None
+    current_runs: list[str]
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, runner: Runner, now: datetime, lost_after_s: float) -> RunnerView:
+        """`offline` if revoked or silent for `lost_after_s` (ADE_RUNNER_LOST_AFTER_S); else `busy` while it
+        has runs, `idle` without."""
+        heard = runner.last_heartbeat_at
+        if runner.revoked_at is not None or heard is None or (now - heard).total_seconds() > lost_after_s:
+            status: RunnerStatus = "offline"
+        else:
+            status = "busy" if runner.current_runs else "idle"
+        return cls(
+            id=runner.id,
+            workspace_id=runner.workspace_id,
+            name=runner.name,
+            labels=runner.labels,
+            status=status,
+            last_heartbeat_at=heard,
+            current_runs=runner.current_runs,
+            created_at=runner.created_at,
+            created_by=runner.created_by,
+            revoked_at=runner.revoked_at,
+        )
+
+
+class RunnerCreated(RunnerView, kw_only=True):
+    token: str  # `rnr.<runner id>.<secret>`, shown once

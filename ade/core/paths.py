@@ -2,6 +2,7 @@
 
 secret.key  bootstrap-token  redis/                     service files (never bound into a step)
 workspaces/<ws>.json  configurations/<cfg>.json  api_keys/<key>.json  docker_images/<img>.json
+runners/<rnr>.json
 audit/<ws>.ndjson  artifacts/…                           (see ade.records.artifacts)
 runs/<run>/run.json  runs/<run>/logs/events.ndjson  runs/<run>/{work,inputs,outputs}/
 builds/<build>/build.json  builds/<build>/logs/events.ndjson  builds/<build>/{env,source}/  READY
@@ -33,6 +34,14 @@ def api_keys_dir(data_dir: Path) -> Path:
 
 def docker_images_dir(data_dir: Path) -> Path:
     return data_dir / "docker_images"
+
+
+def runners_dir(data_dir: Path) -> Path:
+    return data_dir / "runners"
+
+
+def runner_record(data_dir: Path, runner_id: str) -> Path:
+    return runners_dir(data_dir) / f"{runner_id}.json"
 
 
 def workspace_record(data_dir: Path, workspace_id: str) -> Path:

@@ -25,10 +25,11 @@ KEY_PREFIX = "ade"
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    actor: str  # the API key id, or "bootstrap"
+    actor: str  # the API key id, "bootstrap", or the runner id
     role: Role
     workspace_id: str | None  # None: every workspace (the bootstrap token)
     stream_id: str | None = None  # set for stream tokens: that one stream, read-only
+    runner_id: str | None = None  # set for runner tokens: only the runner protocol's endpoints take them
 
     def sees(self, workspace_id: str) -> bool:
         return self.workspace_id is None or self.workspace_id == workspace_id

@@ -21,10 +21,12 @@ from ade.core.models import (
     Configuration,
     DockerImage,
     Run,
+    Runner,
     Workspace,
 )
 from ade.records.artifacts import ArtifactStore
 from ade.records.images import count_slug_uses, index_image
+from ade.records.runners import index_runner
 from ade.records.store import index_build, index_run
 
 T = TypeVar("T")
@@ -41,6 +43,7 @@ class Counts:
     audit_entries: int = 0
     artifacts: int = 0
     docker_images: int = 0
+    runners: int = 0
     unreadable: list[str] = field(default_factory=list)
 
 
@@ -85,6 +88,11 @@ async def reindex(redis: Redis, data_dir: Path) -> Counts:
         index_image(pipe, image, data)
         slug_uses[image.slug] += 1
         counts.docker_images += 1
+        pending += 1
+        await flush()
+    for runner, data in _records(paths.runners_dir(data_dir).glob("*.json"), Runner, counts):
+        index_runner(pipe, runner, data)
+        counts.runners += 1
         pending += 1
         await flush()
     await flush(force=True)

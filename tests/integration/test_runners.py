@@ -253,22 +253,24 @@ async def _follow_until(client: httpx.AsyncClient, run_id: str, wanted: str) -> 
 
 
 async def test_a_killed_runner_fails_its_run_runner_lost(tmp_path: Path) -> None:
-    async with running(tmp_path / "system", ADE_RUNNER_LOST_AFTER_S="2") as system:
-        async with system.api_client() as client:
-            ws = await workspace(client, "lost")
-            token = await register(client, ws, ["manual"])
-            run_id = await _offered_run(client, ws, "echo started; sleep 4311")
-            with runner_process(system, token, tmp_path / "runner") as runner:
-                await _follow_until(client, run_id, "run.step.started")
-                runner.send_signal(signal.SIGKILL)
-                runner.wait()
-                started = time.monotonic()
-                events = await events_to_end(client, run_id)
-                lost_after_s = time.monotonic() - started
-            ended = events[-1]["payload"]
-            assert ended["status"] == "failed" and ended["failure"]["code"] == "runner_lost"
-            assert lost_after_s < 15, lost_after_s
-            await assert_none_survive("sleep 4311")
+    async with (
+        running(tmp_path / "system", ADE_RUNNER_LOST_AFTER_S="2") as system,
+        system.api_client() as client,
+    ):
+        ws = await workspace(client, "lost")
+        token = await register(client, ws, ["manual"])
+        run_id = await _offered_run(client, ws, "echo started; sleep 4311")
+        with runner_process(system, token, tmp_path / "runner") as runner:
+            await _follow_until(client, run_id, "run.step.started")
+            runner.send_signal(signal.SIGKILL)
+            runner.wait()
+            started = time.monotonic()
+            events = await events_to_end(client, run_id)
+            lost_after_s = time.monotonic() - started
+        ended = events[-1]["payload"]
+        assert ended["status"] == "failed" and ended["failure"]["code"] == "runner_lost"
+        assert lost_after_s < 15, lost_after_s
+        await assert_none_survive("sleep 4311")
 
 
 async def test_cancel_reaches_a_runner_and_ends_its_steps(
@@ -287,7 +289,7 @@ async def test_cancel_reaches_a_runner_and_ends_its_steps(
     step_end = next(e for e in events if e["type"] == "run.step.completed")
     assert step_end["payload"]["status"] == "cancelled"
     assert "run.cancel_requested" in [e["type"] for e in events]
-    assert took_s < 3.0, took_s  # heartbeat (0.5 s) + the step's stop; measured ~0.6–0.9 s
+    assert took_s < 3.0, took_s  # heartbeat (0.5 s) + the step's stop; measured 0.6-0.9 s
     assert not processes_running("sleep 4312")
 
 

@@ -120,6 +120,10 @@ MATRIX: list[tuple[str, str, dict[str, Any] | bytes | None, str]] = [
     ("GET", "/workspaces/{ws_a}/docker-images", None, "viewer"),
     ("GET", "/docker-images/{image_a}", None, "viewer"),
     ("DELETE", "/docker-images/{image_a}", None, "admin"),
+    ("POST", "/workspaces/{ws_a}/runners", {"name": "r", "labels": ["linux"]}, "admin"),
+    ("GET", "/workspaces/{ws_a}/runners", None, "viewer"),
+    ("GET", "/runners/{runner_a}", None, "viewer"),
+    ("DELETE", "/runners/{runner_a}", None, "admin"),
     ("GET", "/workspaces/{ws_a}/caches", None, "viewer"),
     ("DELETE", "/workspaces/{ws_a}/caches?step=s", None, "operator"),
     ("DELETE", "/configurations/{cfg_a}", None, "admin"),
@@ -138,8 +142,11 @@ async def test_tenancy_matrix_over_every_endpoint(tenants: Tenants, client: http
     ).json()["id"]
     image = {"slug": "tools", "image_url": "localhost/ade-test-busybox:latest"}
     image_a = (await client.post(f"/workspaces/{tenants.ws_a}/docker-images", json=image)).json()["id"]
+    runner = {"name": "r", "labels": ["linux"]}
+    runner_a = (await client.post(f"/workspaces/{tenants.ws_a}/runners", json=runner)).json()["id"]
     names = {
         "image_a": image_a,
+        "runner_a": runner_a,
         "ws_a": tenants.ws_a,
         "cfg_a": tenants.cfg_a,
         "run_a": tenants.run_a,

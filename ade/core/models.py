@@ -347,6 +347,7 @@ class RunResource(msgspec.Struct, kw_only=True):
     rerun_of: str | None
     failed_only: bool
     build_id: str | None
+    runner_id: str | None  # the runner executing it (a run with `runs_on`)
     commit: Commit | None
     input_artifacts: list[InputArtifact]
     created_at: datetime
@@ -371,6 +372,7 @@ class RunResource(msgspec.Struct, kw_only=True):
             rerun_of=run.rerun_of,
             failed_only=run.failed_only,
             build_id=run.build_id,
+            runner_id=run.runner_id,
             commit=run.commit,
             input_artifacts=run.input_artifacts,
             created_at=run.created_at,

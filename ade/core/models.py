@@ -87,6 +87,7 @@ class Workspace(msgspec.Struct, kw_only=True):
     name: str
     created_at: datetime
     max_running_runs: int | None = None  # its own cap (0: none); None: ADE_MAX_RUNNING_PER_WORKSPACE
+    account_id: str | None = None  # a build server project's `accountId` (README "Build server API")
 
 
 # Configurations ------------------------------------------------------------------------------------
@@ -128,6 +129,9 @@ class Step(Struct):
 
 
 Steps = Annotated[list[Step], msgspec.Meta(min_length=1)]  # count limit: Settings.max_steps
+# A runner label; a configuration's `runs_on` lists the labels a runner must have to take its runs.
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+RunsOn = Annotated[list[Label], msgspec.Meta(max_length=20)]
 
 
 ArtifactKey = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
@@ -184,6 +188,7 @@ class ConfigurationCreate(Struct):
     build: BuildSpec | None = None
     network: bool = False  # steps share the host's network (README "Security model")
     limits: RunLimits = msgspec.field(default_factory=RunLimits)
+    runs_on: RunsOn = msgspec.field(default_factory=list)  # runner labels (empty: any runner or worker)
 
 
 class Configuration(msgspec.Struct, kw_only=True):
@@ -198,6 +203,7 @@ class Configuration(msgspec.Struct, kw_only=True):
     build: BuildSpec | None = None
     network: bool = False
     limits: RunLimits = msgspec.field(default_factory=RunLimits)
+    runs_on: list[str] = msgspec.field(default_factory=list)
 
 
 # Runs -----------------------------------------------------------------------------------------------
@@ -281,6 +287,7 @@ class Plan(msgspec.Struct, kw_only=True):
     build: BuildSpec | None = None
     network: bool = False
     limits: RunLimits = msgspec.field(default_factory=RunLimits)
+    runs_on: list[str] = msgspec.field(default_factory=list)
 
 
 class Run(msgspec.Struct, kw_only=True):

@@ -50,6 +50,7 @@ def plan_of(cfg: Configuration) -> Plan:
         build=cfg.build,
         network=cfg.network,
         limits=cfg.limits,
+        runs_on=list(cfg.runs_on),
     )
 
 

@@ -324,7 +324,7 @@ async def test_docker_images_belong_to_the_keys_project_or_are_public(
     assert_error(await api.post("/api/docker-images", json=again), 409)
     # The bootstrap token belongs to no project: a private image would be no one's.
     assert_error(
-        await api.post("/api/docker-images", json={"slug": unique("x"), "imageUrl": "alpine:3"}), 400
+        await api.post("/api/docker-images", json={"slug": unique("x"), "imageUrl": "alpine:3"}), 403
     )
     for bad in (
         {"slug": "", "imageUrl": "alpine:3"},

@@ -4,7 +4,8 @@ Whose an image is follows from the key that creates it: a workspace key's image 
 (admins; private unless `public`, which takes the bootstrap token). The bootstrap token belongs to no
 workspace, so what it creates here is a public image (visible to every workspace), owned by the reserved
 `PUBLIC_IMAGE_OWNER`; it must say `"public": true` (a private image with no workspace would be visible to
-no one). Listing: a workspace key sees its own and the public images; the bootstrap token the public ones.
+no one: 403 otherwise). Listing: a workspace key sees its own and the public images; the bootstrap token
+the public ones.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ade.api.compat.projects import project
 from ade.api.compat.shapes import CompatDockerImage, CompatDockerImageCreate, docker_image_of
 from ade.api.deps import Services
 from ade.api.docker_images import register_image
-from ade.core.errors import Invalid
+from ade.core.errors import Forbidden
 from ade.core.models import DockerImageCreate
 from ade.records.auth import Principal
 from ade.records.images import ImageRegistry
@@ -52,10 +53,10 @@ class CompatDockerImageController(Controller):
     ) -> CompatDockerImage:
         if principal.workspace_id is None:
             if not data.public:
-                raise Invalid(
+                raise Forbidden(
                     "the bootstrap token creates public images only; a private image belongs to a project: "
                     "create it with that project's key",
-                    code="private_image_needs_project",
+                    code="private_image_needs_project_key",
                     details=[{"key": "public", "message": "must be true with the bootstrap token"}],
                 )
             owner = PUBLIC_IMAGE_OWNER

@@ -5,16 +5,20 @@ bad input, and tenancy (another project's key sees nothing of it)."""
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from ade.core.step_ids import parse_step_id
 from tests.api import events_to_end
-from tests.system import BOOTSTRAP_TOKEN, AdeSystem
+from tests.system import BOOTSTRAP_TOKEN, AdeSystem, running
 
 pytestmark = pytest.mark.anyio
 
@@ -110,6 +114,18 @@ async def test_a_project_is_a_workspace_of_its_account(api: httpx.AsyncClient) -
     assert ok(await api.get("/api/projects", params={"accountId": unique("nobody")})) == []
     native = ok(await api.get(f"/api/v1/workspaces/{first['id']}"))
     assert native["account_id"] == account and native["name"] == "first"
+
+
+async def test_an_accounts_projects_come_back_after_reindex(tmp_path: Path) -> None:
+    async with running(tmp_path) as system, client_for(system, BOOTSTRAP_TOKEN) as api:
+        account = unique("acct")
+        made = [await project(api, account, "one"), await project(api, account, "two")]
+        redis = Redis.from_url(system.redis.url)
+        await redis.flushall()
+        await redis.aclose()
+        assert ok(await api.get("/api/projects", params={"accountId": account})) == []
+        await anyio.run_process([sys.executable, "-m", "ade.cli", "reindex"], env=system.env())
+        assert ok(await api.get("/api/projects", params={"accountId": account})) == made
 
 
 async def test_a_project_needs_an_account_and_a_name_and_a_bad_one_changes_nothing(

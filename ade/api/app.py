@@ -24,6 +24,7 @@ from ade.api.audit import AuditController
 from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal, provide_runner
 from ade.api.builds import BuildController
 from ade.api.caches import CacheController
+from ade.api.compat import COMPAT_HANDLERS, COMPAT_PREFIX
 from ade.api.configurations import ConfigurationController
 from ade.api.deps import API_PREFIX, Services
 from ade.api.docker_images import DockerImageController
@@ -178,6 +179,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
             ),
             *web_console,
+            Router(  # the build server's API at its own paths (README "Build server API")
+                path=COMPAT_PREFIX,
+                route_handlers=COMPAT_HANDLERS,
+                dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
+                security=[{"bearer": []}],
+            ),
         ],
         lifespan=[lifespan],
         # Process logging is ade.core.logs (one format, ADE_LOG_FORMAT, ADE_LOG_LEVEL); Litestar's default
@@ -208,5 +215,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ),
     )
-    make_exact(app, API_PREFIX)
+    make_exact(app, API_PREFIX, COMPAT_PREFIX)
     return app

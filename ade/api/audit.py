@@ -13,6 +13,23 @@ from ade.core.models import AuditPage
 from ade.records.auth import Principal
 
 
+async def audit_page(
+    services: Services,
+    principal: Principal,
+    workspace_id: str | None,
+    *,
+    action: str | None,
+    limit: int,
+    offset: int,
+) -> AuditPage:
+    """Admins only. A workspace key sees its own workspace (another's is a 404); the bootstrap token sees
+    every workspace unless it names one."""
+    workspace_id = workspace_id or principal.workspace_id
+    if workspace_id is not None:
+        await auth.workspace(services, principal, workspace_id, "admin")
+    return await services.audit.page(workspace_id, action=action, limit=limit, offset=offset)
+
+
 class AuditController(Controller):
     tags = ["audit"]
 
@@ -27,7 +44,4 @@ class AuditController(Controller):
         offset: Annotated[int, Parameter(ge=0)] = 0,
     ) -> AuditPage:
         """A workspace key sees its own workspace; the bootstrap token sees all unless it names one."""
-        workspace_id = workspace_id or principal.workspace_id
-        if workspace_id is not None:
-            await auth.workspace(services, principal, workspace_id, "admin")
-        return await services.audit.page(workspace_id, action=action, limit=limit, offset=offset)
+        return await audit_page(services, principal, workspace_id, action=action, limit=limit, offset=offset)

@@ -180,6 +180,31 @@ def _configuration(data: ConfigurationCreate, current: Configuration | None, **f
     )
 
 
+async def create_configuration(
+    services: Services, principal: Principal, workspace_id: str, data: ConfigurationCreate
+) -> Configuration:
+    """Check, store and audit a new configuration of a workspace the caller may change (as stored: with
+    its secrets; `public` shows it)."""
+    check_limits(services.settings, data)
+    check_workflow(data)
+    await check_build_source(services, workspace_id, data.build)
+    await check_images(services, workspace_id, data)
+    now = utcnow()
+    cfg = _configuration(
+        data,
+        None,
+        id=ids.new_id(ids.CONFIGURATION),
+        workspace_id=workspace_id,
+        created_at=now,
+        updated_at=now,
+    )
+    await services.store.put_configuration(cfg)
+    await services.audit.record(
+        principal.actor, workspace_id, "configuration.create", cfg.id, {"name": cfg.name}
+    )
+    return cfg
+
+
 class ConfigurationController(Controller):
     tags = ["configurations"]
 
@@ -188,24 +213,7 @@ class ConfigurationController(Controller):
         self, workspace_id: str, data: ConfigurationCreate, services: Services, principal: Principal
     ) -> Configuration:
         await auth.workspace(services, principal, workspace_id, "admin")
-        check_limits(services.settings, data)
-        check_workflow(data)
-        await check_build_source(services, workspace_id, data.build)
-        await check_images(services, workspace_id, data)
-        now = utcnow()
-        cfg = _configuration(
-            data,
-            None,
-            id=ids.new_id(ids.CONFIGURATION),
-            workspace_id=workspace_id,
-            created_at=now,
-            updated_at=now,
-        )
-        await services.store.put_configuration(cfg)
-        await services.audit.record(
-            principal.actor, workspace_id, "configuration.create", cfg.id, {"name": cfg.name}
-        )
-        return public(cfg)
+        return public(await create_configuration(services, principal, workspace_id, data))
 
     @get("/workspaces/{workspace_id:str}/configurations", summary="List a workspace's configurations")
     async def list(self, workspace_id: str, services: Services, principal: Principal) -> list[Configuration]:

@@ -33,6 +33,39 @@ async def _image(services: Services, principal: Principal, image_id: str) -> Doc
     return image
 
 
+async def register_image(
+    services: Services, principal: Principal, workspace_id: str, data: DockerImageCreate
+) -> DockerImage:
+    """Register an image owned by `workspace_id` (the caller may administer it); a public one takes the
+    bootstrap token; `409 slug_taken` if the slug is taken in the workspace's view."""
+    if data.public:
+        _bootstrap_only(principal, "a public docker image")
+    if data.slug == BUILD_IMAGE:
+        raise Invalid(
+            f"the slug {BUILD_IMAGE!r} is reserved: a step's `image: build` names its build's image",
+            code="slug_reserved",
+            details=[{"key": "slug", "message": "reserved"}],
+        )
+    image = DockerImage(
+        id=new_image_id(),
+        workspace_id=workspace_id,
+        slug=data.slug,
+        image_url=data.image_url,
+        public=data.public,
+        created_at=utcnow(),
+        created_by=principal.actor,
+    )
+    await ImageRegistry.of(services.store).create(image)
+    await services.audit.record(
+        principal.actor,
+        workspace_id,
+        "docker_image.create",
+        image.id,
+        {"slug": image.slug, "image_url": image.image_url, "public": image.public},
+    )
+    return image
+
+
 class DockerImageController(Controller):
     tags = ["docker images"]
 
@@ -45,32 +78,7 @@ class DockerImageController(Controller):
         self, workspace_id: str, data: DockerImageCreate, services: Services, principal: Principal
     ) -> DockerImage:
         await auth.workspace(services, principal, workspace_id, "admin")
-        if data.public:
-            _bootstrap_only(principal, "a public docker image")
-        if data.slug == BUILD_IMAGE:
-            raise Invalid(
-                f"the slug {BUILD_IMAGE!r} is reserved: a step's `image: build` names its build's image",
-                code="slug_reserved",
-                details=[{"key": "slug", "message": "reserved"}],
-            )
-        image = DockerImage(
-            id=new_image_id(),
-            workspace_id=workspace_id,
-            slug=data.slug,
-            image_url=data.image_url,
-            public=data.public,
-            created_at=utcnow(),
-            created_by=principal.actor,
-        )
-        await ImageRegistry.of(services.store).create(image)
-        await services.audit.record(
-            principal.actor,
-            workspace_id,
-            "docker_image.create",
-            image.id,
-            {"slug": image.slug, "image_url": image.image_url, "public": image.public},
-        )
-        return image
+        return await register_image(services, principal, workspace_id, data)
 
     @get(
         "/workspaces/{workspace_id:str}/docker-images",

@@ -156,8 +156,9 @@ def plain_optional_parameters(app: Litestar) -> None:
                     parameter.schema = _not_null(parameter.schema)
 
 
-def make_exact(app: Litestar, prefix: str) -> None:
-    document_errors(app, prefix)
+def make_exact(app: Litestar, *prefixes: str) -> None:
+    for prefix in prefixes:
+        document_errors(app, prefix)
     exact_component_schemas(app)
     plain_optional_parameters(app)
     fix_options_allow(app)

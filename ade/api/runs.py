@@ -111,7 +111,8 @@ async def list_page(
     return Response(page, headers={"Link": ", ".join(links)} if links else {})
 
 
-async def _create_run(services: Services, principal: Principal, cfg: Configuration, body: RunCreate) -> Run:
+async def create_run(services: Services, principal: Principal, cfg: Configuration, body: RunCreate) -> Run:
+    """A new run of a configuration the caller may run: inputs checked, build requested, queued, audited."""
     for item in body.options.input_artifacts:
         safe_input_name(item.name)
         await services.artifacts.get(cfg.workspace_id, item.key)
@@ -163,7 +164,7 @@ class RunController(Controller):
             services.redis,
             scope,
             msgspec.json.encode(body),
-            lambda: _create_run(services, principal, cfg, body),
+            lambda: create_run(services, principal, cfg, body),
             services.store.get_run,
             lambda made: made.id,
         )

@@ -17,20 +17,26 @@ from ade.lifecycle import queue
 from ade.records.auth import Principal
 
 
+async def create_workspace(
+    services: Services, principal: Principal, name: str, account_id: str | None = None
+) -> Workspace:
+    """A new workspace (the bootstrap token only); `account_id` is a build server project's account."""
+    if principal.workspace_id is not None:
+        raise Forbidden("creating workspaces takes the bootstrap token", code="bootstrap_only")
+    workspace = Workspace(id=ids.new_id(ids.WORKSPACE), name=name, created_at=utcnow(), account_id=account_id)
+    await services.store.put_workspace(workspace)
+    details = {"name": name} if account_id is None else {"name": name, "account_id": account_id}
+    await services.audit.record(principal.actor, workspace.id, "workspace.create", workspace.id, details)
+    return workspace
+
+
 class WorkspaceController(Controller):
     path = "/workspaces"
     tags = ["workspaces"]
 
     @post("/", status_code=201, summary="Create a workspace (bootstrap token only)")
     async def create(self, data: WorkspaceCreate, services: Services, principal: Principal) -> Workspace:
-        if principal.workspace_id is not None:
-            raise Forbidden("creating workspaces takes the bootstrap token", code="bootstrap_only")
-        workspace = Workspace(id=ids.new_id(ids.WORKSPACE), name=data.name, created_at=utcnow())
-        await services.store.put_workspace(workspace)
-        await services.audit.record(
-            principal.actor, workspace.id, "workspace.create", workspace.id, {"name": data.name}
-        )
-        return workspace
+        return await create_workspace(services, principal, data.name)
 
     @get("/{workspace_id:str}", summary="Get a workspace")
     async def read(self, workspace_id: str, services: Services, principal: Principal) -> Workspace:

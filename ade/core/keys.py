@@ -8,6 +8,11 @@ def workspace(workspace_id: str) -> str:
     return f"{PREFIX}:workspace:{workspace_id}"
 
 
+def account_workspaces(account_id: str) -> str:
+    """Sorted set (all scores 0, ordered by id) of the workspaces of a build server account (`accountId`)."""
+    return f"{PREFIX}:account:{account_id}:workspaces"
+
+
 def configuration(configuration_id: str) -> str:
     return f"{PREFIX}:configuration:{configuration_id}"
 

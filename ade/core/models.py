@@ -87,6 +87,7 @@ class Workspace(msgspec.Struct, kw_only=True):
     name: str
     created_at: datetime
     max_running_runs: int | None = None  # its own cap (0: none); None: ADE_MAX_RUNNING_PER_WORKSPACE
+    account_id: str | None = None  # a build server project's `accountId` (README "Build server API")
 
 
 # Configurations ------------------------------------------------------------------------------------

@@ -147,6 +147,10 @@ class ImageRegistry:
         public = [i for i in await self._many(keys.PUBLIC_DOCKER_IMAGES) if i.workspace_id != workspace_id]
         return sorted(own + public, key=lambda image: image.slug)
 
+    async def public(self) -> list[DockerImage]:
+        """Every public image, by slug."""
+        return sorted(await self._many(keys.PUBLIC_DOCKER_IMAGES), key=lambda image: image.slug)
+
     async def find(self, workspace_id: str, slug: str) -> DockerImage | None:
         """The image `slug` names in a workspace's view (its own first, then the public ones), or None.
 

@@ -71,6 +71,8 @@ async def reindex(redis: Redis, data_dir: Path) -> Counts:
 
     for workspace, data in _records(paths.workspaces_dir(data_dir).glob("*.json"), Workspace, counts):
         pipe.set(keys.workspace(workspace.id), data)
+        if workspace.account_id is not None:
+            pipe.zadd(keys.account_workspaces(workspace.account_id), {workspace.id: 0})
         counts.workspaces += 1
         pending += 1
     for cfg, data in _records(paths.configurations_dir(data_dir).glob("*.json"), Configuration, counts):

@@ -143,9 +143,19 @@ class Store:
 
     # Workspaces --------------------------------------------------------------------------------
     async def put_workspace(self, workspace: Workspace) -> None:
+        account = workspace.account_id
         await self._put(
-            keys.workspace(workspace.id), paths.workspace_record(self.data_dir, workspace.id), workspace
+            keys.workspace(workspace.id),
+            paths.workspace_record(self.data_dir, workspace.id),
+            workspace,
+            None if account is None else (keys.account_workspaces(account), workspace.id),
         )
+
+    async def list_account_workspaces(self, account_id: str) -> list[Workspace]:
+        """The workspaces of a build server account, oldest first."""
+        ids = await self.redis.zrange(keys.account_workspaces(account_id), 0, -1)
+        raws = await self.redis.mget([keys.workspace(i.decode()) for i in ids]) if ids else []
+        return [_decoders[Workspace].decode(raw) for raw in raws if raw is not None]
 
     async def get_workspace(self, workspace_id: str) -> Workspace:
         path = paths.workspace_record(self.data_dir, workspace_id)
@@ -281,6 +291,15 @@ class Store:
                 details=[{"candidates": candidates[:10]}],
             )
         return str(candidates[0])
+
+    async def page_runs(self, index: str, *, limit: int, offset: int) -> tuple[list[Run], int]:
+        """Runs of a lexical index by position, newest first: (the page, how many the index holds)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zcard(index)
+            pipe.zrevrange(index, offset, offset + limit - 1)
+            total, ids = await pipe.execute()
+        raws = await self.redis.mget([keys.run(i.decode()) for i in ids]) if ids else []
+        return [_decoders[Run].decode(raw) for raw in raws if raw is not None], int(total)
 
     async def list_runs(
         self,

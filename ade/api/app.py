@@ -24,12 +24,13 @@ from ade.api.audit import AuditController
 from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal
 from ade.api.builds import BuildController
 from ade.api.caches import CacheController
+from ade.api.compat.runner import STEP_MODE_PREFIX, StepModeController
 from ade.api.configurations import ConfigurationController
 from ade.api.deps import API_PREFIX, Services
 from ade.api.docker_images import DockerImageController
 from ade.api.health import HealthController, MetricsController
 from ade.api.keys import ApiKeyController
-from ade.api.openapi import make_exact
+from ade.api.openapi import document_errors, make_exact
 from ade.api.run_views import RunViewController
 from ade.api.runs import RunController
 from ade.api.workspaces import WorkspaceController
@@ -167,7 +168,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             Router(
                 path="/",
-                route_handlers=[MetricsController],
+                route_handlers=[MetricsController, StepModeController],
                 dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
             ),
             *web_console,
@@ -201,5 +202,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ),
     )
+    document_errors(app, STEP_MODE_PREFIX)
     make_exact(app, API_PREFIX)
     return app

@@ -154,6 +154,8 @@ async def test_a_step_waits_for_its_dependencies_and_a_running_step_answers_the_
     finished = await client.get(runner_url(system, f"{run_id}.1"))
     assert finished.status_code == 409 and finished.json()["code"] == "step_finished"
     assert (await client.get(f"/runs/{run_id}")).json()["status"] == "succeeded"
+    summary = (await client.get(f"/runs/{run_id}/summary")).json()
+    assert [step["step_id"] for step in summary["steps"]] == [f"{run_id}.0", f"{run_id}.1"]
 
 
 async def test_completing_a_step_twice_applies_it_once(system: AdeSystem, client: httpx.AsyncClient) -> None:
@@ -264,6 +266,23 @@ async def test_a_workers_never_execute_a_step_mode_run_and_native_runners_cannot
         await redis.aclose()
     refused = await client.get(runner_url(system, f"{taken_id}.0"))
     assert refused.status_code == 409 and refused.json()["code"] == "run_taken"
+
+
+async def test_a_cancel_ends_a_step_mode_run_at_its_runners_next_call(
+    system: AdeSystem, client: httpx.AsyncClient
+) -> None:
+    ws = await workspace(client)
+    steps = [{"name": "first", "script": "true"}, {"name": "second", "script": "true"}]
+    run_id = await step_mode_run(client, ws, steps)
+    assert (await client.get(runner_url(system, f"{run_id}.0"))).status_code == 200
+    assert (await client.post(f"/runs/{run_id}/cancel")).status_code == 202
+    done = await client.post(runner_url(system, f"{run_id}.0", True), json=SUCCESS)
+    assert done.json() == {"success": True, "stepStatus": "succeeded", "buildComplete": True}
+    events = await events_to_end(client, run_id)
+    assert [e["type"] for e in events][-3:] == ["run.cancel_requested", "run.step.skipped", "run.completed"]
+    assert events[-1]["payload"]["status"] == "cancelled"
+    refused = await client.get(runner_url(system, f"{run_id}.1"))
+    assert refused.status_code == 409 and refused.json()["code"] == "step_finished"
 
 
 class NativeRunner:

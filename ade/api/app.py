@@ -25,6 +25,7 @@ from ade.api.auth import PUBLIC_PATHS, AuthMiddleware, provide_principal, provid
 from ade.api.builds import BuildController
 from ade.api.caches import CacheController
 from ade.api.compat import COMPAT_HANDLERS, COMPAT_PREFIX
+from ade.api.compat.runner import StepModeController
 from ade.api.configurations import ConfigurationController
 from ade.api.deps import API_PREFIX, Services
 from ade.api.docker_images import DockerImageController
@@ -175,7 +176,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             Router(
                 path="/",
-                route_handlers=[MetricsController],
+                route_handlers=[MetricsController, StepModeController],
                 dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
             ),
             *web_console,

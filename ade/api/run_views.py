@@ -30,7 +30,7 @@ from ade.api.streams import (
     resume_point,
     wants_stream,
 )
-from ade.core import paths
+from ade.core import paths, step_ids
 from ade.core.errors import Invalid, NotFound
 from ade.core.models import InputArtifact, Plan, Run
 from ade.core.views import InputFile, OutputListing, RunDiagnostics, Timings
@@ -157,8 +157,10 @@ class RunViewController(Controller):
             exit_code=run.exit_code,
             failure=msgspec.to_builtins(run.failure) if run.failure else None,
             steps=[
-                StepSummary.of(state, step)
-                for state, step in zip(transitions.steps_of(run), run.plan.steps, strict=True)
+                StepSummary.of(state, step, step_ids.step_id(run.id, index))
+                for index, (state, step) in enumerate(
+                    zip(transitions.steps_of(run), run.plan.steps, strict=True)
+                )
             ],
             events=services.summaries.counts(fold),
             last_progress=fold.last_progress,

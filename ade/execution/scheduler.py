@@ -7,7 +7,8 @@ the run's timeout do:
 
 - Dependencies come from `ade.core.workflow`: without any `depends_on` each step depends on every earlier
   one, so steps run in order and the first failure skips the rest (except `always`/`on_failure` steps).
-- `when: on_success` (default) starts once its dependencies succeeded (in order: once no earlier step failed)
+- Which step may start and which is skipped is `ade.core.step_rules` (shared with step mode):
+  `when: on_success` (default) starts once its dependencies succeeded (in order: once no earlier step failed)
   and is skipped when one did not; `always` starts once they all ended, whatever their outcome;
   `on_failure` starts once they ended if one of them (or a step before it in the graph) failed, and is
   skipped otherwise. Independent branches go on after a failure; the run fails if any step failed.
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from ade.core import workflow
+from ade.core import step_rules, workflow
 from ade.core.models import Failure, Run, Step, StepOutput
 from ade.events.payloads import StepEndStatus
 from ade.execution import outputs
@@ -39,8 +40,6 @@ from ade.lifecycle import transitions
 from ade.lifecycle.transitions import Recorder
 
 Stop = Literal["cancelled", "timeout"]
-_WAITING = ("pending", "running")
-_DEPENDENCY_ENDED = {"failed": "failed", "cancelled": "was cancelled", "skipped": "was skipped"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +145,6 @@ class _Scheduler:
         self.steps, self.port, self.execute_step, self.cancel = steps, port, execute_step, cancel
         self.policy = policy
         self.max_parallel = max(1, policy.max_parallel)
-        self.graph = workflow.is_graph(steps)
         self.deps = workflow.dependencies(steps)
         self.status: list[str] = ["pending"] * len(steps)
         self.failure_above = [False] * len(steps)  # it, or a step it depends on (transitively), failed
@@ -205,27 +203,17 @@ class _Scheduler:
                     await self._start(index, now)
 
     def _decide(self, index: int, now: float) -> str | bool:
-        """A pending step: True (it may start), False (it waits), or why it is skipped."""
-        step, deps = self.steps[index], self.deps[index]
+        """A pending step: True (it may start), False (it waits), or why it is skipped: the rule of
+        `ade.core.step_rules`, with cancel, the run's timeout and the cleanup grace on top."""
+        step = self.steps[index]
         if self.stop is not None and step.when != "always":
             return self._stop_reason()
-        if any(self.status[dep] in _WAITING for dep in deps):
-            return False
-        if step.when == "always":
-            if self.stop is not None and now >= self.stop_at + self.policy.cleanup_grace_s:
-                grace = f"{self.policy.cleanup_grace_s:g} s (ADE_CLEANUP_GRACE_S)"
-                return f"the cleanup grace of {grace} passed before this step could start"
-            return True
-        if step.when == "on_failure":
-            if any(self.failure_above[dep] for dep in deps):
-                return True
-            return "none of its dependencies failed" if self.graph else "no earlier step failed"
-        for dep in deps:
-            status = self.status[dep]
-            if status != "succeeded" and (self.graph or status != "skipped"):
-                name, what = self.steps[dep].name, _DEPENDENCY_ENDED.get(status, status)
-                return f"dependency {name!r} {what}" if self.graph else f"an earlier step ({name!r}) {what}"
-        return True
+        decision = step_rules.decide(self.steps, self.deps, self.status, self.failure_above, index)
+        past_grace = self.stop is not None and now >= self.stop_at + self.policy.cleanup_grace_s
+        if decision is True and step.when == "always" and past_grace:
+            grace = f"{self.policy.cleanup_grace_s:g} s (ADE_CLEANUP_GRACE_S)"
+            return f"the cleanup grace of {grace} passed before this step could start"
+        return decision
 
     def _stop_reason(self) -> str:
         if self.stop == "cancelled":

@@ -33,9 +33,12 @@ class StepSummary(msgspec.Struct, kw_only=True):
     when: When = "on_success"
     reused_from: str | None = None  # a failed-only re-run kept it from that run (it did not run here)
     outputs_count: int = 0  # files it added to the run's outputs
+    step_id: str | None = (
+        None  # `<run_id>.<index>`: its id in the build server's runner API (README "Step mode")
+    )
 
     @classmethod
-    def of(cls, state: StepState, step: Step | None = None) -> StepSummary:
+    def of(cls, state: StepState, step: Step | None = None, step_id: str | None = None) -> StepSummary:
         duration_ms = None
         if state.started_at and state.completed_at:
             duration_ms = round((state.completed_at - state.started_at).total_seconds() * 1000)
@@ -50,6 +53,7 @@ class StepSummary(msgspec.Struct, kw_only=True):
             when=step.when if step else "on_success",
             reused_from=state.reused_from,
             outputs_count=len(state.outputs),
+            step_id=step_id,
         )
 
 

@@ -22,7 +22,7 @@ from litestar.response import File
 from ade.api.auth import RUNNER_ROUTES
 from ade.api.deps import Services
 from ade.core import keys
-from ade.core.errors import Forbidden, Invalid, NotFound, TooLarge
+from ade.core.errors import Forbidden, Invalid, NotFound, TooLarge, Unauthorized
 from ade.core.models import TERMINAL_RUN_STATUSES, Run, Runner, Step, utcnow
 from ade.core.runner_messages import (
     Assignment,
@@ -58,6 +58,8 @@ class RunnerProtocolController(Controller):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(data.wait_s, settings.runner_claim_wait_s)
         while True:
+            if (await runners.get(services.store, runner.id)).revoked_at is not None:  # revoked meanwhile
+                raise Unauthorized(runners.INVALID_TOKEN, code="invalid_token")
             assignment = await remote.take_run(settings, services.store, runner, runner.workspace_id, wanted)
             if assignment is not None:
                 return Response(assignment)

@@ -312,3 +312,60 @@ async def test_an_api_restart_while_chunks_are_in_flight_loses_and_duplicates_no
     assert console_lines(events) == [f"line-{i}" for i in range(1, lines + 1)]
     assert events[-1]["payload"]["status"] == "succeeded"
     assert len({e["event_id"] for e in events}) == len(events)
+
+
+async def test_caches_and_inputs_of_a_runners_run_go_through_the_api(
+    client: httpx.AsyncClient, system: AdeSystem, tmp_path: Path
+) -> None:
+    ws = await workspace(client, "runner-caches")
+    upload = await client.post(
+        f"/workspaces/{ws}/artifacts", content=b"from the API\n", params={"filename": "in.txt"}
+    )
+    assert upload.status_code == 201, upload.text
+    step = {
+        "name": "build",
+        "cache_dirs": ["deps"],
+        "script": "cat $ADE_INPUT_DIR/data/in.txt; ls deps 2>/dev/null || echo cold; mkdir -p deps; "
+        "date +%s%N > deps/stamp",
+    }
+    cfg = await configuration(client, ws, [step], runs_on=["linux"])
+    token = await register(client, ws, ["linux"])
+    body = {"options": {"input_artifacts": [{"key": upload.json()["key"], "name": "data/in.txt"}]}}
+    runs: list[list[dict[str, Any]]] = []
+    with runner_process(system, token, tmp_path / "runner-1"):
+        created = await client.post(f"/configurations/{cfg}/runs", json=body)
+        assert created.status_code == 201, created.text
+        runs.append(await events_to_end(client, created.json()["id"]))
+    caches = (await client.get(f"/workspaces/{ws}/caches")).json()
+    assert [entry["step"] for entry in caches["items"]] == ["build"], "the API keeps the runner's cache"
+    with runner_process(system, token, tmp_path / "runner-2"):  # another machine: nothing local
+        created = await client.post(f"/configurations/{cfg}/runs", json=body)
+        runs.append(await events_to_end(client, created.json()["id"]))
+    first, second = runs
+    assert console_lines(first)[:2] == ["from the API", "cold"]
+    assert console_lines(second)[:2] == ["from the API", "stamp"]
+    restored = [
+        e["payload"]["hit"] for run_events in runs for e in run_events if e["type"] == "run.cache.restored"
+    ]
+    saved = [
+        e["payload"]["saved"] for run_events in runs for e in run_events if e["type"] == "run.cache.saved"
+    ]
+    assert restored == [False, True] and saved == [True, True]
+
+
+async def test_a_registered_runner_may_execute_steps_in_step_mode_if_it_carries_the_labels(
+    client: httpx.AsyncClient, system: AdeSystem
+) -> None:
+    ws = await workspace(client, "step-mode-runner")
+    other = await workspace(client, "step-mode-other")
+    cfg = await configuration(client, ws, [{"name": "s", "script": "echo hi"}], runs_on=["bash"])
+    run_id = (await run(client, cfg))["id"]
+    fitting = await register(client, ws, ["bash"], "fits")
+    unfit = await register(client, ws, ["gpu"], "lacks-the-label")
+    stranger = await register(client, other, ["bash"], "other-workspace")
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as http:
+        for token in (unfit, stranger):
+            refused = await http.get(f"/api/runner/{run_id}.0", headers={"Authorization": f"Bearer {token}"})
+            assert refused.status_code == 404, refused.text
+        script = await http.get(f"/api/runner/{run_id}.0", headers={"Authorization": f"Bearer {fitting}"})
+        assert script.status_code == 200 and "echo hi" in script.text

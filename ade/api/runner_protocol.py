@@ -26,7 +26,6 @@ from ade.core.errors import Forbidden, Invalid, NotFound, TooLarge, Unauthorized
 from ade.core.models import TERMINAL_RUN_STATUSES, Run, Runner, Step, utcnow
 from ade.core.runner_messages import (
     Assignment,
-    Chunk,
     ChunkAnswer,
     Claim,
     Heartbeat,
@@ -91,9 +90,15 @@ class RunnerProtocolController(Controller):
     @post(
         "/runs/{run_id:str}/chunks",
         summary="Report a chunk of a run's events (applied once)",
+        description='Body: `{offset, reports: [{id, type, payload, source}]}` (README "Runners"). Decoded '
+        "here straight into its struct: at a million events a run, the generic body parsing was the API's "
+        "largest cost.",
         status_code=200,
     )
-    async def chunk(self, run_id: str, data: Chunk, services: Services, runner: Runner) -> ChunkAnswer:
+    async def chunk(
+        self, run_id: str, request: Request[Any, Any, Any], services: Services, runner: Runner
+    ) -> ChunkAnswer:
+        data = remote.decode_chunk(await request.body())
         return await remote.apply_chunk(services.settings, services.store, runner, run_id, data)
 
     @put(

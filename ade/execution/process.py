@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ade.execution.sandbox import Spawned
 
@@ -66,14 +67,45 @@ class StepOutcome:
 Spawn = Callable[[int], Awaitable[Spawned]]  # events write fd → the started step
 
 
-async def _pump(reader: asyncio.StreamReader, name: str, max_bytes: int, on_lines: LinesHandler) -> None:
+class _PipeWait:
+    """Since when a pump has been waiting for its pipe (None: it is handing lines on, or it is done). Once
+    the step exited, only a pump that keeps *waiting for its pipe* is abandoned (a process that escaped the
+    group holds it open); one that is slow to hand lines on (the dispatcher, or a runner's API, pushing
+    back) is waited for, or its lines would be lost."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def stuck(self, now: float) -> bool:
+        return self.since is not None and now - self.since > PUMP_DRAIN_TIMEOUT_S
+
+
+async def _pump(
+    reader: asyncio.StreamReader, name: str, max_bytes: int, on_lines: LinesHandler, wait: _PipeWait
+) -> None:
     splitter = LineSplitter(max_bytes)
-    while chunk := await reader.read(READ_CHUNK_BYTES):
+    while True:
+        wait.since = time.monotonic()
+        chunk = await reader.read(READ_CHUNK_BYTES)
+        wait.since = None
+        if not chunk:
+            break
         lines = splitter.feed(chunk)
         if lines:
             await on_lines(name, lines)
     if tail := splitter.finish():
         await on_lines(name, tail)
+
+
+async def _drain(pumps: asyncio.Future[Any], waits: list[_PipeWait]) -> None:
+    """Wait for the pumps to read their pipes to the end; give up on those stuck on a pipe for
+    PUMP_DRAIN_TIMEOUT_S (see `_PipeWait`)."""
+    while not pumps.done():
+        await asyncio.wait({pumps}, timeout=PUMP_DRAIN_TIMEOUT_S / 5)
+        if not pumps.done() and any(wait.stuck(time.monotonic()) for wait in waits):
+            pumps.cancel()  # a process that escaped the group still holds a pipe open
+            return
+    pumps.result()  # what handing lines on failed with (a log that cannot be written) is the caller's
 
 
 async def _pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
@@ -117,10 +149,11 @@ async def run_step(
         await on_spawn(step.pgid)
     events_reader, events_transport = await _pipe_reader(events_read_fd)
     assert proc.stdout is not None and proc.stderr is not None
+    waits = [_PipeWait(), _PipeWait(), _PipeWait()]
     pumps = asyncio.gather(
-        _pump(proc.stdout, "stdout", max_line_bytes, on_lines),
-        _pump(proc.stderr, "stderr", max_line_bytes, on_lines),
-        _pump(events_reader, "events", max_line_bytes, on_lines),
+        _pump(proc.stdout, "stdout", max_line_bytes, on_lines, waits[0]),
+        _pump(proc.stderr, "stderr", max_line_bytes, on_lines, waits[1]),
+        _pump(events_reader, "events", max_line_bytes, on_lines, waits[2]),
     )
     # Read in every path: when the step is abandoned (worker shutdown) nobody awaits the pumps any more,
     # and an exception they ended with would be logged as "never retrieved".
@@ -145,11 +178,7 @@ async def run_step(
                 pass
         await step.kill()  # leftovers of the step never outlive it
         await proc.wait()
-        try:
-            async with asyncio.timeout(PUMP_DRAIN_TIMEOUT_S):
-                await asyncio.shield(pumps)
-        except TimeoutError:
-            pumps.cancel()  # a process that escaped the group still holds a pipe open
+        await _drain(pumps, waits)
     except BaseException:
         await asyncio.shield(step.kill())
         pumps.cancel()

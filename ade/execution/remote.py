@@ -49,7 +49,10 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[str, Chunk], Awaitable[ChunkAnswer]]
 STOP_REPORT_S = 10.0  # how long a stopping runner tries to report its runs' end
-MAX_BUFFERED_REPORTS = 20_000  # reports not yet acknowledged; past it the engine waits (bounded memory)
+MAX_BUFFERED_REPORTS = 20_000
+# A chunk waits this long for more reports unless it is full: fewer, larger requests (each costs the API a
+# lease and a few Redis calls) for a small delay of what subscribers see live.
+CHUNK_LINGER_S = 0.05  # reports not yet acknowledged; past it the engine waits (bounded memory)
 
 
 class RemoteWriter:
@@ -67,6 +70,7 @@ class RemoteWriter:
         self._room = asyncio.Event()
         self._room.set()
         self.cancel_requested = asyncio.Event()
+        self._closing = False  # the run ended: send what is left at once
 
     async def emit(self, payload: Payload, source: Source = "runner") -> None:
         await self.emit_many([(payload.TYPE, payload, source)])
@@ -93,6 +97,7 @@ class RemoteWriter:
         task = asyncio.create_task(self._send_forever(), name=f"reports:{self.run_id}")
         try:
             yield self
+            self._closing = True
             while self._pending and not task.done():
                 self._more.set()
                 await asyncio.wait({task}, timeout=0.05)
@@ -107,6 +112,8 @@ class RemoteWriter:
                 self._more.clear()
                 await self._more.wait()
                 continue
+            if len(self._pending) < MAX_CHUNK_REPORTS and not self._closing:
+                await asyncio.sleep(CHUNK_LINGER_S)
             reports = [self._pending[i] for i in range(min(MAX_CHUNK_REPORTS, len(self._pending)))]
             answer = await self._send(self.run_id, Chunk(offset=self._acknowledged, reports=reports))
             done = max(0, min(answer.applied - self._acknowledged, len(self._pending)))

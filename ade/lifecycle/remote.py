@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from ade.core import keys, paths
 from ade.core.errors import Conflict, Invalid, NotFound, TooLarge
 from ade.core.models import BUILD_IMAGE, TERMINAL_RUN_STATUSES, Run, secret_values
-from ade.core.runner_messages import Assignment, Chunk, ChunkAnswer, InputFile, Report
+from ade.core.runner_messages import Assignment, Chunk, ChunkAnswer, InputFile, Report, is_event_id
 from ade.core.settings import Settings
 from ade.events import eventlog
 from ade.events.payloads import (
@@ -218,6 +218,28 @@ async def _applied(redis: Redis, writer: StreamWriter, run_id: str, chunk: Chunk
     return count
 
 
+_CHUNK_DECODER = msgspec.json.Decoder(Chunk)
+MAX_ENGINE_PAYLOAD_DEPTH = 32  # as `ade.execution.console.MAX_STEP_EVENT_DEPTH` for a worker's steps
+
+
+def decode_chunk(body: bytes) -> Chunk:
+    """A chunk's body, typed; `Invalid` (400) for anything else, a body nested too deep included."""
+    try:
+        return _CHUNK_DECODER.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise Invalid(f"not a chunk of reports: {exc}", code="bad_chunk") from None
+    except RecursionError:
+        raise Invalid("the chunk nests too deeply", code="too_deep") from None
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests (lists and dicts), counted up to `limit + 1`."""
+    if limit < 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
 def _source(report: Report) -> Any:
     return "engine" if report.type.startswith("engine.") else "runner"
 
@@ -228,9 +250,13 @@ Apply = Callable[[Recorder, Run, RunnerIdentity], Any]
 def _checked(run: Run, report: Report) -> Apply | None:
     """Check a report (`Invalid` if it may not be applied); its transition, or None for a plain event."""
     where = [{"report": report.id, "type": report.type}]
+    if not is_event_id(report.id):
+        raise Invalid("a report's id is `evt_` and a ULID", code="bad_report", details=where)
     if report.type.startswith("engine."):
         if report.source != "engine":
             raise Invalid("an engine.* report must have source engine", code="bad_report", details=where)
+        if _depth(report.payload, MAX_ENGINE_PAYLOAD_DEPTH) > MAX_ENGINE_PAYLOAD_DEPTH:
+            raise Invalid("an engine event nests too deeply", code="too_deep", details=where)
         return None
     if report.source != "runner":
         raise Invalid(f"{report.type} is not an engine event", code="bad_report", details=where)

@@ -192,6 +192,18 @@ async def test_a_chunk_sent_again_is_applied_once_and_a_gap_is_refused(
         assert late.json()["applied"] == 3
         forged = await http.post(url, json={"offset": 3, "reports": [_report("run.queued")]})
         assert forged.status_code == 400 and forged.json()["code"] == "report_not_allowed"
+        bad_id = {**_report("console.line", scope="run", stream="stdout", message="x"), "id": "evt_../../x"}
+        assert (await http.post(url, json={"offset": 3, "reports": [bad_id]})).json()["code"] == "bad_report"
+        for junk in (b"not json", b"[" * 100_000, b'{"offset": -1, "reports": []}'):
+            refused = await http.post(url, content=junk, headers={"content-type": "application/json"})
+            assert refused.status_code == 400 and refused.json()["code"] in ("bad_chunk", "too_deep"), junk[
+                :20
+            ]
+        deep: Any = "x"
+        for _ in range(40):
+            deep = {"d": deep}
+        nested = {"id": _event_id(), "type": "engine.deep", "payload": deep, "source": "engine"}
+        assert (await http.post(url, json={"offset": 3, "reports": [nested]})).json()["code"] == "too_deep"
     events = await _log_of(client, run_id)
     assert [e["type"] for e in events] == ["run.queued", "run.started", "console.line", "console.line"]
     assert [e["payload"].get("message") for e in events[2:]] == ["one", "two"]

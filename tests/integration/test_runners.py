@@ -22,6 +22,7 @@ import httpx
 import pytest
 from ulid import ULID
 
+from ade.cli.redis_server import free_port
 from tests.api import configuration, console_lines, events_to_end, run, workspace
 from tests.images.busybox import build_image
 from tests.system import AdeSystem, assert_none_survive, processes_running, running
@@ -79,6 +80,22 @@ def runner_process(
                 process.kill()
                 process.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def another_api(system: AdeSystem, log_path: Path) -> Iterator[int]:
+    """A second `ade serve` of the same system (same Redis, same data directory) on its own port."""
+    port = free_port()
+    env = {**system.env(), "ADE_PORT": str(port)}
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ade.cli", "serve"], env=env, stdout=log, stderr=log
+        )
+        try:
+            yield port
+        finally:
+            process.terminate()
+            process.wait(15)
 
 
 def _runner_client(system: AdeSystem, token: str) -> httpx.AsyncClient:
@@ -381,3 +398,42 @@ async def test_a_registered_runner_may_execute_steps_in_step_mode_if_it_carries_
             assert refused.status_code == 404, refused.text
         script = await http.get(f"/api/runner/{run_id}.0", headers={"Authorization": f"Bearer {fitting}"})
         assert script.status_code == 200 and "echo hi" in script.text
+
+
+async def test_chunks_of_one_run_reaching_different_api_processes_form_one_dense_stream(
+    client: httpx.AsyncClient, system: AdeSystem, tmp_path: Path
+) -> None:
+    with another_api(system, tmp_path / "api2.log") as second_port:
+        ws = await workspace(client, "two-apis")
+        token = await register(client, ws, ["manual"])
+        run_id = await _offered_run(client, ws)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx.AsyncClient(base_url=f"{system.base_url}/api/v1", headers=headers, timeout=30) as one,
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{second_port}/api/v1", headers=headers, timeout=30
+            ) as two,
+        ):
+            for _ in range(100):  # the second process is up once it answers
+                with contextlib.suppress(httpx.TransportError):
+                    if (await two.post("/runner/heartbeat", json={"runs": []})).status_code == 200:
+                        break
+                await anyio.sleep(0.1)
+            assert (await one.post("/runner/claim", json={"wait_s": 5})).json()["run"]["id"] == run_id
+            line = lambda text: _report("console.line", scope="run", stream="stdout", message=text)  # noqa: E731
+            chunks = [
+                {"offset": 0, "reports": [_report("run.started"), line("a"), line("b")]},
+                {"offset": 3, "reports": [line("c"), line("d")]},
+            ]
+            url = f"/runner/runs/{run_id}/chunks"
+            assert (await one.post(url, json=chunks[0])).json()["applied"] == 3
+            assert (await two.post(url, json=chunks[1])).json()["applied"] == 5
+            assert (await two.post(url, json=chunks[0])).json()["applied"] == 5  # a late copy, elsewhere
+            assert (await one.post(url, json=chunks[1])).json()["applied"] == 5
+            end = {"offset": 5, "reports": [_report("run.completed", status="succeeded", exit_code=0)]}
+            assert (await two.post(url, json=end)).json()["applied"] == 6
+        events = await events_to_end(client, run_id)
+        assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+        assert [e["type"] for e in events[-2:]] == ["run.step.skipped", "run.completed"]  # it never ran "only"
+        assert console_lines(events) == ["a", "b", "c", "d"]
+        assert (await client.get(f"/runs/{run_id}")).json()["status"] == "succeeded"

@@ -86,17 +86,22 @@ def _last_line(fd: int, end: int) -> bytes | None:
     return b"".join(reversed(parts))
 
 
-def tail(path: Path) -> EventHead | None:
-    """The head (sequence, type) of the last complete line, reading only the end of the file."""
+def _tail_line(path: Path) -> bytes | None:
+    """The last complete line, reading only the end of the file (None: no file, or no complete line)."""
     try:
         fd = open_for_reading(path)
     except FileNotFoundError:
         return None
     try:
-        line = _last_line(fd, complete_size(fd))
-        return HEAD_DECODER.decode(line) if line else None
+        return _last_line(fd, complete_size(fd)) or None
     finally:
         os.close(fd)
+
+
+def tail(path: Path) -> EventHead | None:
+    """The head (sequence, type) of the last complete line, reading only the end of the file."""
+    line = _tail_line(path)
+    return HEAD_DECODER.decode(line) if line else None
 
 
 class _EventIdOnly(msgspec.Struct):
@@ -108,15 +113,8 @@ _EVENT_ID_DECODER = msgspec.json.Decoder(_EventIdOnly)
 
 def tail_event_id(path: Path) -> str | None:
     """The `event_id` of the last complete line (reading only the end of the file), None if there is none."""
-    try:
-        fd = open_for_reading(path)
-    except FileNotFoundError:
-        return None
-    try:
-        line = _last_line(fd, complete_size(fd))
-        return _EVENT_ID_DECODER.decode(line).event_id if line else None
-    finally:
-        os.close(fd)
+    line = _tail_line(path)
+    return _EVENT_ID_DECODER.decode(line).event_id if line else None
 
 
 def _line_at_or_after(fd: int, pos: int, size: int) -> tuple[int, bytes] | None:

@@ -62,7 +62,7 @@ class RunnerProtocolController(Controller):
             assignment = await remote.take_run(settings, services.store, runner, runner.workspace_id, wanted)
             if assignment is not None:
                 return Response(assignment)
-            if loop.time() >= deadline:
+            if loop.time() >= deadline or services.hub.draining:  # draining: this process is stopping
                 return Response(None, status_code=204)  # nothing for it now: it asks again
             await asyncio.sleep(CLAIM_POLL_S)
 

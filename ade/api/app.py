@@ -123,7 +123,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         redis = Redis.from_url(settings.redis_url, health_check_interval=10)
         arq = arq_pool(settings.redis_url, queue_name=keys.QUEUE_NAME)
         hub = Hub(
-            Redis.from_url(settings.redis_url), subscriber_queue_events=settings.subscriber_queue_events
+            Redis.from_url(settings.redis_url),
+            subscriber_queue_events=settings.subscriber_queue_events,
+            coalesce_max_s=settings.sse_coalesce_max_ms / 1000,
         )
         await hub.start()
         app.state.services = Services(

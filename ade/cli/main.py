@@ -31,7 +31,14 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Bind address (default ADE_HOST or 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default ADE_PORT or 8000).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    type=click.IntRange(1, 64),
+    help="API processes sharing the port (one per core; each has its own hub). Default 1.",
+)
+@click.option("--fd", default=None, type=int, hidden=True)  # a listening socket inherited from `--workers`
+def serve(host: str | None, port: int | None, workers: int, fd: int | None) -> None:
     """Run the HTTP API."""
     import uvicorn
 
@@ -39,6 +46,10 @@ def serve(host: str | None, port: int | None) -> None:
 
     _configure_logging()
     settings = get_settings()
+    if workers > 1:
+        from ade.cli.processes import serve_processes
+
+        sys.exit(serve_processes(host or settings.host, port or settings.port, workers))
     app = create_app(settings)
 
     class DrainingServer(uvicorn.Server):
@@ -56,9 +67,12 @@ def serve(host: str | None, port: int | None) -> None:
         app,
         host=host or settings.host,
         port=port or settings.port,
+        fd=fd,
         log_config=None,  # uvicorn's loggers go through ade.core.logs too: one format
         log_level=os.environ.get("ADE_LOG_LEVEL", "info").lower(),
         timeout_graceful_shutdown=5,
+        loop="uvloop",
+        http="httptools",
     )
     DrainingServer(config).run()
 

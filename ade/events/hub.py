@@ -48,7 +48,8 @@ _STAMP_DECODER = msgspec.json.Decoder(_Stamp)
 class Subscription:
     """What one reader (an SSE response) sees of a stream's live events."""
 
-    def __init__(self, max_events: int) -> None:
+    def __init__(self, max_events: int, hub: Hub | None = None) -> None:
+        self._hub = hub  # wakes its reader once per coalescing window (None: at once)
         self._items: deque[LiveEvent] = deque()
         self._max_events = max_events
         self._wake = asyncio.Event()
@@ -61,6 +62,12 @@ class Subscription:
             self._items.popleft()
             self.dropped_events += 1
         self._items.append((head, data))
+        if self._hub is None:
+            self._wake.set()
+        elif not self._wake.is_set():
+            self._hub.wake_soon(self)
+
+    def wake(self) -> None:
         self._wake.set()
 
     def mark_unconfirmed(self) -> None:
@@ -99,7 +106,14 @@ class _Channel:
 
 
 class Hub:
-    def __init__(self, redis: Redis, *, subscriber_queue_events: int, confirm_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        subscriber_queue_events: int,
+        confirm_timeout_s: float = 5.0,
+        coalesce_max_s: float = 0.05,
+    ) -> None:
         self._redis = redis
         self._queue_events = subscriber_queue_events
         self._confirm_timeout_s = confirm_timeout_s
@@ -110,6 +124,9 @@ class Hub:
         self.connected = False
         self.lag_s = 0.0  # age of the newest event received, when it arrived
         self.draining = False  # shutting down: streams end without `end`, so clients resume elsewhere
+        self._coalesce_max_s = coalesce_max_s
+        self._to_wake: set[Subscription] = set()
+        self._flush: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
@@ -136,6 +153,22 @@ class Hub:
             for sub in channel.subscribers:
                 sub.mark_resync()
 
+    def wake_soon(self, sub: Subscription) -> None:
+        """Wake `sub` at the end of the current coalescing window: its reader then sends everything that
+        arrived meanwhile as one write. The window grows with the subscribers of this process (50 µs
+        each, at most ADE_SSE_COALESCE_MAX_MS): a lone viewer gets each event at once; a thousand
+        viewers get twenty writes a second each instead of one per event."""
+        self._to_wake.add(sub)
+        if self._flush is None:
+            window_s = min(self._coalesce_max_s, 0.00005 * self.subscriber_count)
+            self._flush = asyncio.get_running_loop().call_later(window_s, self._wake_all)
+
+    def _wake_all(self) -> None:
+        self._flush = None
+        woken, self._to_wake = self._to_wake, set()
+        for sub in woken:
+            sub.wake()
+
     @property
     def subscriber_count(self) -> int:
         return sum(len(channel.subscribers) for channel in self._channels.values())
@@ -153,7 +186,7 @@ class Hub:
         the reader then polls the log until a confirmation (a resync) arrives.
         """
         assert self._pubsub is not None, "Hub.start() was not called"
-        sub = Subscription(self._queue_events)
+        sub = Subscription(self._queue_events, self)
         channel = self._channels.get(channel_name)
         confirmable = True  # else nothing confirms it before the reader reconnects: poll the log meanwhile
         if channel is None:

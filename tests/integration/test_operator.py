@@ -95,3 +95,36 @@ def test_cli_creates_a_workspace_and_a_key_that_works(system: AdeSystem) -> None
         text=True,
     )
     assert denied.returncode != 0 and "role_too_weak" in denied.stderr
+
+
+def test_ade_serve_with_workers_spreads_one_port_over_processes_and_stops_them_all(
+    system: AdeSystem, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**system.env(), "ADE_PORT": str(port)}
+    with (tmp_path / "serve.log").open("ab") as log:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "ade.cli", "serve", "--workers", "2"], env=env, stdout=log, stderr=log
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):  # the processes are up once the port answers
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        workers = children_of(serve.pid)
+        assert len(workers) == 2
+        headers = {"Authorization": f"Bearer {BOOTSTRAP_TOKEN}"}
+        with httpx.Client(base_url=f"{base}/api/v1", headers=headers, timeout=30) as http:
+            ws = http.post("/workspaces", json={"name": "two-processes"}).json()["id"]
+            body = {"name": "c", "steps": [{"name": "s", "script": "echo from-any-process"}]}
+            cfg = http.post(f"/workspaces/{ws}/configurations", json=body).json()["id"]
+            run_id = http.post(f"/configurations/{cfg}/runs", json={}).json()["id"]
+            text = http.get(f"/runs/{run_id}/logs", params={"format": "text", "follow": "true"}).text
+            assert "from-any-process" in text
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(20) == 0
+    assert not [pid for pid in workers if alive(pid)]

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,3 +147,19 @@ async def running(root: Path, **env: str) -> AsyncIterator[AdeSystem]:
         yield system
     finally:
         await anyio.to_thread.run_sync(system.stop)
+
+
+@contextlib.contextmanager
+def another_api(system: AdeSystem, log_path: Path) -> Iterator[int]:
+    """A second `ade serve` of the same system (same Redis, same data directory) on its own port."""
+    port = free_port()
+    env = {**system.env(), "ADE_PORT": str(port)}
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ade.cli", "serve"], env=env, stdout=log, stderr=log
+        )
+        try:
+            yield port
+        finally:
+            process.terminate()
+            process.wait(15)

@@ -101,7 +101,7 @@ async def authenticate_key(services: Services, secret: str) -> Principal:
     if check_bootstrap(secret, services.settings.bootstrap_token):
         return SUPERUSER
     key_id = key_id_of(secret)
-    key = await services.store.find_api_key(key_id) if key_id else None
+    key = await services.stream_tokens.keys.lookup(services.store.find_api_key, key_id) if key_id else None
     return check_key(key, secret, utcnow())
 
 

@@ -121,27 +121,34 @@ FindKey = Callable[[str], Awaitable[ApiKey | None]]
 
 
 class KeyValidity:
-    """Whether the API key behind a principal is still valid: it exists, is not revoked and has not
-    expired. Asked of the store at most once per `cache_s` per key in a process (so many streams of one
-    key cost one lookup); an expiry time is compared with the clock on every check, never cached. The
-    bootstrap token is always valid (it is configuration, not a key)."""
+    """API keys as this process last read them: each key's record is asked of the store at most once per
+    `cache_s` (so many requests and streams of one key cost one lookup a half second, and a revoked key
+    stops working within that, in every process); an expiry time is compared with the clock on every
+    check, never cached. The bootstrap token is always valid (it is configuration, not a key)."""
 
     def __init__(self, cache_s: float = 0.5, max_entries: int = 10_000) -> None:
         self._cache_s = cache_s
         self._max_entries = max_entries
-        self._known: dict[str, tuple[float, bool, datetime | None]] = {}  # id -> (checked, valid, expires)
+        self._known: dict[str, tuple[float, ApiKey | None]] = {}  # id -> (read at, the record)
+
+    async def lookup(self, find: FindKey, key_id: str) -> ApiKey | None:
+        """The key's record, read from the store at most once per `cache_s`."""
+        now = time.monotonic()
+        known = self._known.get(key_id)
+        if known is None or now - known[0] > self._cache_s:
+            known = (now, await find(key_id))
+            if len(self._known) >= self._max_entries:
+                self._known = {k: v for k, v in self._known.items() if now - v[0] <= self._cache_s}
+            self._known[key_id] = known
+        return known[1]
+
+    def forget(self, key_id: str) -> None:
+        self._known.pop(key_id, None)
 
     async def valid(self, find: FindKey, actor: str) -> bool:
         if actor == BOOTSTRAP_ACTOR:
             return True
-        now = time.monotonic()
-        known = self._known.get(actor)
-        if known is None or now - known[0] > self._cache_s:
-            key = await find(actor)
-            usable = key is not None and key.revoked_at is None
-            known = (now, usable, key.expires_at if key is not None else None)
-            if len(self._known) >= self._max_entries:
-                self._known = {k: v for k, v in self._known.items() if now - v[0] <= self._cache_s}
-            self._known[actor] = known
-        _, usable, expires_at = known
-        return usable and (expires_at is None or expires_at > datetime.now(UTC))
+        key = await self.lookup(find, actor)
+        if key is None or key.revoked_at is not None:
+            return False
+        return key.expires_at is None or key.expires_at > datetime.now(UTC)

@@ -22,10 +22,9 @@ import httpx
 import pytest
 from ulid import ULID
 
-from ade.cli.redis_server import free_port
 from tests.api import configuration, console_lines, events_to_end, run, workspace
 from tests.images.busybox import build_image
-from tests.system import AdeSystem, assert_none_survive, processes_running, running
+from tests.system import AdeSystem, another_api, assert_none_survive, processes_running, running
 
 pytestmark = pytest.mark.anyio
 
@@ -80,22 +79,6 @@ def runner_process(
                 process.kill()
                 process.wait()
         log.close()
-
-
-@contextlib.contextmanager
-def another_api(system: AdeSystem, log_path: Path) -> Iterator[int]:
-    """A second `ade serve` of the same system (same Redis, same data directory) on its own port."""
-    port = free_port()
-    env = {**system.env(), "ADE_PORT": str(port)}
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ade.cli", "serve"], env=env, stdout=log, stderr=log
-        )
-        try:
-            yield port
-        finally:
-            process.terminate()
-            process.wait(15)
 
 
 def _runner_client(system: AdeSystem, token: str) -> httpx.AsyncClient:
@@ -434,6 +417,9 @@ async def test_chunks_of_one_run_reaching_different_api_processes_form_one_dense
             assert (await two.post(url, json=end)).json()["applied"] == 6
         events = await events_to_end(client, run_id)
         assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
-        assert [e["type"] for e in events[-2:]] == ["run.step.skipped", "run.completed"]  # it never ran "only"
+        assert [e["type"] for e in events[-2:]] == [
+            "run.step.skipped",
+            "run.completed",
+        ]  # it never ran "only"
         assert console_lines(events) == ["a", "b", "c", "d"]
         assert (await client.get(f"/runs/{run_id}")).json()["status"] == "succeeded"

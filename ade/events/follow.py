@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import anyio.lowlevel
 
 from ade.events import eventlog
-from ade.events.envelope import HEAD_DECODER, EventHead, StreamRef
+from ade.events.envelope import HEAD_DECODER, StreamRef
 from ade.events.hub import Hub
 
 KEEPALIVE_FRAME = b": keepalive\n\n"
@@ -23,7 +23,7 @@ _UNCONFIRMED_POLL_S = 0.5
 _RECORD_GRACE_POLLS = 20  # x 50 ms
 
 
-LogEvent = tuple[EventHead, bytes]
+LogEvent = tuple[int, bytes]  # (sequence, the event's line)
 
 
 def event_frame(sequence: int, data: bytes) -> bytes:
@@ -32,26 +32,42 @@ def event_frame(sequence: int, data: bytes) -> bytes:
 
 @dataclass(slots=True)
 class _Cursor:
-    """Where a reader stands: the last sequence sent and, while reading the log in order, the offset."""
+    """Where a reader stands: the last sequence sent, and where it is in the log — `offset`, just past the
+    line of sequence `offset_sequence` (None: not known; the next read finds it)."""
 
     stream: StreamRef
     last_sequence: int
     offset: int | None = None
+    offset_sequence: int | None = None
     ended: bool = False
 
     def read_log(self, page_events: int) -> list[LogEvent]:
-        """The next page of events from the log (empty when the reader is up to date)."""
+        """The next page of events from the log (empty when the reader is up to date).
+
+        A page that continues the reader's sequence densely — the writer's guarantee, checked on its first
+        and last lines — is taken without decoding the lines between (replay speed); anything else is
+        read line by line."""
         path = self.stream.log_path
         if self.offset is None:
             self.offset = eventlog.offset_after(path, self.last_sequence)
+            self.offset_sequence = None
         page = eventlog.read_lines(path, self.offset, page_events)
         self.offset = page.next_offset
+        lines = page.lines
+        if not lines:
+            return []
+        first, last = HEAD_DECODER.decode(lines[0]), HEAD_DECODER.decode(lines[-1])
+        self.offset_sequence = last.sequence
+        if first.sequence == self.last_sequence + 1 and last.sequence == first.sequence + len(lines) - 1:
+            self.last_sequence = last.sequence
+            self.ended = last.type == self.stream.terminal_type  # only ever the log's last line
+            return list(zip(range(first.sequence, last.sequence + 1), lines, strict=True))
         events: list[LogEvent] = []
-        for line in page.lines:
+        for line in lines:
             head = HEAD_DECODER.decode(line)
             if head.sequence <= self.last_sequence:
                 continue
-            events.append((head, line))
+            events.append((head.sequence, line))
             self.last_sequence = head.sequence
             if head.type == self.stream.terminal_type:
                 self.ended = True
@@ -59,10 +75,14 @@ class _Cursor:
         return events
 
     def forwarded(self, sequence: int, data: bytes) -> None:
-        """A live event went out: it is the log's next line, so the offset moves past it."""
+        """A live event went out. If it is the log's line right after the offset, the offset moves past it;
+        else (the reader started past the log's end, say) where it is in the log is no longer known."""
         self.last_sequence = sequence
-        if self.offset is not None:
+        if self.offset is not None and self.offset_sequence == sequence - 1:
             self.offset += len(data) + 1
+            self.offset_sequence = sequence
+        else:
+            self.offset = None
 
 
 async def follow(
@@ -125,7 +145,7 @@ async def follow(
                 if head.sequence > cursor.last_sequence + 1:
                     need_log = True  # a gap: the log has everything up to here
                     break
-                batch.append((head, data))
+                batch.append((head.sequence, data))
                 cursor.forwarded(head.sequence, data)
                 if head.type == stream.terminal_type:
                     cursor.ended = True
@@ -151,6 +171,7 @@ async def stream_frames(
     async for batch in follow(
         hub, stream, after_sequence, idle_s=keepalive_s, page_events=page_events, ended=ended
     ):
-        yield b"".join(event_frame(head.sequence, line) for head, line in batch) if batch else KEEPALIVE_FRAME
+        frames = [event_frame(sequence, line) for sequence, line in batch]
+        yield b"".join(frames) if frames else KEEPALIVE_FRAME
     if not hub.draining:  # a stream cut by shutdown ends without `end`: the client resumes elsewhere
         yield END_FRAME

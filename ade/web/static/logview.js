@@ -193,7 +193,7 @@ export class LogView {
           section.collapsed ? "▸" : "▾",
         ),
         h("span", { class: "section-title" }, section.title),
-        h("span", { class: "muted section-count" }, `${section.lines.length.toLocaleString()} lines`),
+        h("span", { class: "muted section-count" }, `${section.lines.length.toLocaleString()} line${section.lines.length === 1 ? "" : "s"}`),
         this.sectionHead(section),
       );
     }

@@ -1,4 +1,5 @@
-// The console's shell: sign-in, the workspace label, and hash routing (#/ and #/runs/<id>).
+// The console's shell: sign-in (a key; its workspace from /whoami), the workspace label, and hash routing
+// (#/?filters, #/runs/<id>, #/runs/<id>#L<n>).
 
 import { api, ApiError, session, UNAUTHORIZED } from "./api.js";
 import { errorText, fill, h } from "./dom.js";
@@ -12,18 +13,31 @@ const signOutButton = document.getElementById("sign-out");
 let current = null; // the mounted view: {dispose()}
 let signInMessage = "";
 
+/** `#/runs/<id>#L<n>` → {runRef, line}; `#/?status=…` → {query}. */
+function parseHash() {
+  const hash = window.location.hash.replace(/^#/, "") || "/";
+  const run = hash.match(/^\/runs\/([^/?#]+)(?:#L(\d+))?$/);
+  if (run) return { runRef: decodeURIComponent(run[1]), line: run[2] ? Number(run[2]) : null };
+  return { query: new URLSearchParams(hash.split("?")[1] ?? "") };
+}
+
 function route() {
-  current?.dispose?.();
-  current = null;
   if (!session.signedIn) {
+    current?.dispose?.();
+    current = null;
     showSignIn();
     return;
   }
   signOutButton.hidden = false;
-  const hash = window.location.hash.replace(/^#/, "") || "/";
-  const run = hash.match(/^\/runs\/([^/?]+)$/);
-  if (run) current = runView(view, decodeURIComponent(run[1]));
-  else current = runsView(view);
+  const where = parseHash();
+  if (where.runRef && current?.runRef === where.runRef) {
+    if (where.line) current.showLine(where.line); // only the line changed: keep the page and its stream
+    return;
+  }
+  current?.dispose?.();
+  current = null;
+  if (where.runRef) current = runView(view, where.runRef, { line: where.line });
+  else current = runsView(view, where.query);
 }
 
 function showSignIn() {
@@ -43,12 +57,18 @@ function showSignIn() {
   const workspace = h("input", {
     id: "workspace-id",
     name: "workspace-id",
-    required: true,
     autocomplete: "off",
     spellcheck: false,
     placeholder: "ws_…",
     value: session.workspaceId || "",
   });
+  const workspaceField = h(
+    "div",
+    { id: "workspace-field", class: "field", hidden: true },
+    h("label", { for: "workspace-id" }, "Workspace id"),
+    h("p", { class: "muted" }, "This key is not bound to one workspace (the bootstrap token): which one?"),
+    workspace,
+  );
   const submit = h("button", { type: "submit", class: "primary" }, "Sign in");
   const form = h(
     "form",
@@ -57,13 +77,12 @@ function showSignIn() {
     h(
       "p",
       { class: "muted" },
-      "Paste an API key and its workspace id. They are kept in this browser's local storage and sent " +
-        "only to this server, as Authorization: Bearer.",
+      "Paste an API key. It is kept in this browser's local storage and sent only to this server, as " +
+        "Authorization: Bearer; its workspace comes with it.",
     ),
     h("label", { for: "api-key" }, "API key"),
     key,
-    h("label", { for: "workspace-id" }, "Workspace id"),
-    workspace,
+    workspaceField,
     h("div", { class: "actions" }, submit),
     error,
   );
@@ -71,9 +90,18 @@ function showSignIn() {
     event.preventDefault();
     submit.disabled = true;
     error.textContent = "";
-    const workspaceId = workspace.value.trim();
     const secret = key.value.trim();
+    let workspaceId = workspace.value.trim();
     try {
+      const me = await api("/whoami", { key: secret });
+      if (me.workspace_id) workspaceId = me.workspace_id;
+      else if (!workspaceId) {
+        workspaceField.hidden = false;
+        workspace.required = true;
+        workspace.focus();
+        submit.disabled = false;
+        return;
+      }
       await api(`/workspaces/${encodeURIComponent(workspaceId)}`, { key: secret });
       session.save(secret, workspaceId);
       signInMessage = "";

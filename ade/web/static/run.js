@@ -1,18 +1,12 @@
-// One run: status, steps, progress, outputs, and its console streaming live.
+// One run: its head (status, commit, failure, progress, actions), the workflow's graph, its steps and
+// outputs, and the log — the page's main part — streaming live.
 
-import { api, ApiError, download, encodePath } from "./api.js";
-import { ConsoleView, MAX_LINES } from "./console.js";
-import {
-  elapsed,
-  errorText,
-  fill,
-  formatBytes,
-  formatDuration,
-  formatTime,
-  h,
-  statusBadge,
-  TERMINAL,
-} from "./dom.js";
+import { api, ApiError, download } from "./api.js";
+import { DagView } from "./dag.js";
+import { elapsed, errorText, fill, formatDuration, h, statusBadge, TERMINAL } from "./dom.js";
+import { LogView } from "./logview.js";
+import { OutputsView } from "./outputs.js";
+import { renderFacts, renderFailure } from "./runfacts.js";
 import { RunStream } from "./stream.js";
 
 const CANCELLABLE = new Set(["queued", "waiting_for_build", "running"]);
@@ -23,15 +17,15 @@ const STREAM_STATES = {
   ended: "complete",
   failed: "stream unavailable",
 };
+const TIMES_ITEM = "ade.showTimes";
 
-export function runView(root, runRef) {
+export function runView(root, runRef, { line = null } = {}) {
   let run = null; // the run resource, kept current from events
   let runId = runRef;
-  let steps = new Map(); // name -> {name, status, startedAt, durationMs, exitCode, needs, when}
+  const steps = new Map(); // name -> {name, status, startedAt, completedAt, durationMs, exitCode, needs, when}
   let cancelRequested = false;
   let stream = null;
   let ticker = null;
-  let outputsTimer = null;
   let disposed = false;
   document.title = `${runRef} · ADE`;
 
@@ -44,179 +38,133 @@ export function runView(root, runRef) {
   const actionError = h("span", { class: "error", role: "alert" });
   const cancelButton = h("button", { id: "cancel-run", type: "button", class: "danger" }, "Cancel");
   const rerunButton = h("button", { id: "rerun-run", type: "button" }, "Re-run");
-  const logButton = h("button", { id: "download-log", type: "button", class: "ghost" }, "Download log");
-
   const bar = h("div", { class: "bar" });
   const progress = h(
     "div",
-    {
-      id: "progress",
-      class: "progress idle",
-      role: "progressbar",
-      "aria-valuemin": "0",
-      "aria-valuemax": "100",
-      "aria-label": "progress",
-    },
+    { id: "progress", class: "progress idle", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-label": "progress" },
     bar,
   );
-  const progressLabel = h(
-    "div",
-    { id: "progress-label", class: "progress-label muted" },
-    "No progress reported.",
-  );
-
-  const stepRows = h("tbody", { id: "steps-body" });
-  const outputs = h("ul", { id: "outputs", class: "outputs" });
-  const outputsState = h("p", { class: "muted" }, "No outputs yet.");
+  const progressLabel = h("div", { id: "progress-label", class: "progress-label muted" }, "No progress reported.");
+  const stepList = h("ul", { id: "steps", class: "step-list" });
+  const dag = new DagView((name) => log.scrollToSection(name));
+  const dagPanel = h("details", { class: "panel dag-panel", id: "dag-panel", open: true }, h("summary", {}, "Graph"), dag.element);
+  const outputs = new OutputsView(runRef, (message) => (actionError.textContent = message));
 
   const streamState = h("span", { id: "stream-state", class: "stream-state" }, "connecting…");
   const consoleNotice = h("div", { id: "console-notice", class: "console-notice", hidden: true });
-  const consoleView = new ConsoleView({
+  const log = new LogView({
+    lineHref: (n) => `#/runs/${encodeURIComponent(runId)}#L${n}`,
+    sectionHead: (section) => {
+      const step = section.step !== null ? steps.get(section.step) : null;
+      if (!step) return null;
+      return [statusBadge(step.status, { class: "section-status" }), h("span", { class: "section-timer" }, timerOf(step))];
+    },
     onDropped(count) {
       consoleNotice.hidden = false;
       fill(
         consoleNotice,
-        `${count.toLocaleString()} older line${count === 1 ? " is" : "s are"} not shown: the console ` +
-          `keeps the last ${MAX_LINES.toLocaleString()}. `,
-        h("button", { type: "button", class: "link", onclick: downloadLog }, "Download the full log"),
+        `The first ${count.toLocaleString()} lines are not kept in the page. `,
+        h("button", { type: "button", class: "link", onclick: downloadRaw }, "Download the full log"),
       );
     },
   });
+  const searchBox = h("input", { id: "log-search", type: "search", placeholder: "Search the log", autocomplete: "off", spellcheck: false, "aria-label": "search the log" });
+  const searchCount = h("span", { id: "search-count", class: "search-count muted", "aria-live": "polite" });
+  const timesToggle = h("input", { id: "toggle-timestamps", type: "checkbox", checked: localStorage.getItem(TIMES_ITEM) === "1" });
+  log.setShowTimes(timesToggle.checked);
+  log.search.onChange = () => {
+    const { matches } = log.search;
+    searchCount.textContent = log.search.query ? `${log.search.position} / ${matches.length}` : "";
+    searchCount.classList.toggle("none", Boolean(log.search.query) && !matches.length);
+  };
+  const tool = (id, label, onclick, text) => h("button", { id, type: "button", class: "ghost small", title: label, "aria-label": label, onclick }, text);
 
   fill(
     root,
-    h(
-      "nav",
-      { class: "crumbs" },
-      h("a", { href: "#/" }, "Runs"),
-      " / ",
-      h("span", { class: "mono" }, runRef),
-    ),
+    h("nav", { class: "crumbs" }, h("a", { href: "#/" }, "Runs"), " / ", h("span", { class: "mono" }, runRef)),
     h(
       "section",
       { class: "panel run-head" },
-      h("div", { class: "panel-head" }, title, status),
+      h("div", { class: "panel-head" }, title, status, h("span", { class: "spacer" }), h("div", { class: "actions" }, cancelButton, rerunButton)),
       facts,
       failure,
-      h("div", { class: "actions" }, cancelButton, rerunButton, logButton, actionError),
+      h("div", { class: "progress-row" }, progress, progressLabel),
+      actionError,
     ),
-    h("section", { class: "panel" }, h("h3", {}, "Progress"), progress, progressLabel),
+    dagPanel,
     h(
       "div",
-      { class: "columns" },
+      { class: "run-body" },
+      h("aside", { class: "run-side" }, h("section", { class: "panel" }, h("h3", {}, "Steps"), stepList), outputs.element),
       h(
         "section",
-        { class: "panel" },
-        h("h3", {}, "Steps"),
+        { class: "panel console-panel" },
         h(
-          "table",
-          { class: "steps", id: "steps" },
-          h(
-            "thead",
-            {},
-            h(
-              "tr",
-              {},
-              ["Step", "Needs", "Status", "Duration", "Exit"].map((n) => h("th", {}, n)),
-            ),
-          ),
-          stepRows,
+          "div",
+          { class: "log-toolbar" },
+          h("h3", {}, "Log"),
+          searchBox,
+          searchCount,
+          tool("search-prev", "Previous match", () => log.search.move(-1), "↑"),
+          tool("search-next", "Next match", () => log.search.move(1), "↓"),
+          h("label", { class: "toggle-label" }, timesToggle, " Timestamps"),
+          tool("expand-all", "Expand every step", () => log.setAllCollapsed(false), "Expand all"),
+          tool("collapse-all", "Collapse every step", () => log.setAllCollapsed(true), "Collapse all"),
+          tool("download-raw", "Download the console as plain text", downloadRaw, "Raw log"),
+          tool("download-log", "Download the event log (NDJSON)", downloadEvents, "Events"),
+          streamState,
         ),
+        consoleNotice,
+        log.element,
       ),
-      h("section", { class: "panel" }, h("h3", {}, "Outputs"), outputs, outputsState),
-    ),
-    h(
-      "section",
-      { class: "panel console-panel" },
-      h(
-        "div",
-        { class: "panel-head" },
-        h("h3", {}, "Console"),
-        h(
-          "span",
-          { class: "legend" },
-          h("span", { class: "key stdout" }, "stdout"),
-          h("span", { class: "key stderr" }, "stderr"),
-        ),
-        streamState,
-      ),
-      consoleNotice,
-      consoleView.element,
     ),
   );
 
   // Rendering -------------------------------------------------------------------------------------
 
+  function timerOf(step) {
+    if (step.status === "running") return formatDuration(elapsed(step.startedAt, null));
+    if (step.durationMs !== null) return formatDuration(step.durationMs);
+    if (step.startedAt && step.completedAt) return formatDuration(elapsed(step.startedAt, step.completedAt));
+    return "";
+  }
+
   function renderStatus() {
-    const label = cancelRequested && !TERMINAL.has(run.status) ? "cancelling" : run.status;
+    const cancelling = cancelRequested && !TERMINAL.has(run.status);
     status.className = `badge status-${run.status}`;
     status.textContent = run.status.replaceAll("_", " ");
+    status.title = cancelling ? "cancelling" : run.status;
     status.dataset.status = run.status;
-    status.title = label;
     cancelButton.disabled = !CANCELLABLE.has(run.status) || cancelRequested;
-    cancelButton.textContent = cancelRequested && !TERMINAL.has(run.status) ? "Cancelling…" : "Cancel";
+    cancelButton.textContent = cancelling ? "Cancelling…" : "Cancel";
     document.title = `${run.status} · ${run.id} · ADE`;
   }
 
-  function renderFacts() {
-    const fact = (name, ...value) => h("div", { class: "fact" }, h("dt", {}, name), h("dd", {}, ...value));
-    fill(
-      facts,
-      h(
-        "div",
-        { class: "fact wide" },
-        h("dt", {}, "Run"),
-        h("dd", {}, h("span", { class: "mono", id: "run-id" }, run.id)),
-      ),
-      fact(
-        "Attempt",
-        String(run.attempt),
-        run.rerun_of
-          ? [
-              " · re-run of ",
-              h("a", { href: `#/runs/${encodeURIComponent(run.rerun_of)}`, class: "mono" }, run.rerun_of),
-            ]
-          : null,
-      ),
-      fact("Created", formatTime(run.created_at)),
-      fact("Started", formatTime(run.started_at)),
-      fact(
-        "Duration",
-        h("span", { id: "run-duration" }, formatDuration(elapsed(run.started_at, run.completed_at))),
-      ),
-      fact("Exit code", run.exit_code ?? "—"),
-    );
-    failure.hidden = !run.failure;
-    failure.textContent = run.failure ? `${run.failure.code}: ${run.failure.message}` : "";
+  function renderHead() {
+    renderFacts(facts, run);
+    renderFailure(failure, run);
   }
 
   function renderSteps() {
     fill(
-      stepRows,
+      stepList,
       [...steps.values()].map((step) =>
         h(
-          "tr",
-          { dataset: { step: step.name } },
-          h("td", { class: "mono" }, step.name),
+          "li",
+          { dataset: { step: step.name, status: step.status }, onclick: () => log.scrollToSection(step.name), title: "Show in the log" },
+          statusBadge(step.status, { class: "step-status" }),
+          h("span", { class: "mono step-name" }, step.name),
+          h("span", { class: "step-duration muted" }, timerOf(step)),
           h(
-            "td",
+            "span",
             { class: "step-needs mono muted" },
             (step.needs.join(", ") || "—") + (step.when === "on_success" ? "" : ` · ${step.when}`),
           ),
-          h("td", {}, statusBadge(step.status, { class: "step-status" })),
-          h(
-            "td",
-            { class: "step-duration" },
-            step.durationMs !== null
-              ? formatDuration(step.durationMs)
-              : step.startedAt
-                ? formatDuration(elapsed(step.startedAt, null))
-                : "—",
-          ),
-          h("td", {}, step.exitCode ?? "—"),
         ),
       ),
     );
+    for (const step of steps.values()) dag.update(step, timerOf(step));
+    log.refresh();
   }
 
   function tick() {
@@ -247,57 +195,24 @@ export function runView(root, runRef) {
     progressLabel.classList.remove("muted");
   }
 
-  async function loadOutputs() {
-    try {
-      const listing = await api(`/runs/${encodeURIComponent(runId)}/outputs`);
-      if (disposed) return;
-      fill(
-        outputs,
-        listing.items.map((item) => {
-          const name = item.path.split("/").pop();
-          return h(
-            "li",
-            { dataset: { path: item.path } },
-            h("span", { class: "mono path", title: `sha256 ${item.sha256}` }, item.path),
-            h("span", { class: "muted" }, formatBytes(item.size)),
-            h(
-              "button",
-              {
-                type: "button",
-                class: "download",
-                onclick: () =>
-                  download(`/runs/${encodeURIComponent(runId)}/outputs/${encodePath(item.path)}`, name).catch(
-                    (error) => (actionError.textContent = `Download failed: ${errorText(error)}`),
-                  ),
-              },
-              "Download",
-            ),
-          );
-        }),
-      );
-      outputsState.hidden = listing.items.length > 0;
-    } catch (error) {
-      outputsState.textContent = `Could not list outputs: ${errorText(error)}`;
-    }
-  }
-
-  function refreshOutputsSoon() {
-    clearTimeout(outputsTimer);
-    outputsTimer = setTimeout(loadOutputs, 300);
-  }
-
   async function refreshRun() {
     try {
       run = await api(`/runs/${encodeURIComponent(runId)}`);
       if (disposed) return;
       renderStatus();
-      renderFacts();
+      renderHead();
     } catch {
       // the stream still tells the status
     }
   }
 
-  function downloadLog() {
+  function downloadRaw() {
+    download(`/runs/${encodeURIComponent(runId)}/logs?format=text`, `${runId}.log`).catch(
+      (error) => (actionError.textContent = `Download failed: ${errorText(error)}`),
+    );
+  }
+
+  function downloadEvents() {
     download(`/runs/${encodeURIComponent(runId)}/logfile`, `${runId}.ndjson`).catch(
       (error) => (actionError.textContent = `Download failed: ${errorText(error)}`),
     );
@@ -307,15 +222,7 @@ export function runView(root, runRef) {
 
   function step(name) {
     if (!steps.has(name)) {
-      steps.set(name, {
-        name,
-        status: "pending",
-        startedAt: null,
-        durationMs: null,
-        exitCode: null,
-        needs: [],
-        when: "on_success",
-      });
+      steps.set(name, { name, status: "pending", startedAt: null, completedAt: null, durationMs: null, exitCode: null, needs: [], when: "on_success" });
     }
     return steps.get(name);
   }
@@ -323,9 +230,10 @@ export function runView(root, runRef) {
   function onEvent(event) {
     const payload = event.payload ?? {};
     const meta = { sequence: event.sequence, time: event.created_at };
+    const system = (text, stepName = null) => log.add("system", text, { ...meta, step: stepName });
     switch (event.type) {
       case "console.line":
-        consoleView.add(payload.stream === "stderr" ? "stderr" : "stdout", payload.message ?? "", {
+        log.add(payload.stream === "stderr" ? "stderr" : "stdout", payload.message ?? "", {
           ...meta,
           step: payload.step ?? null,
           truncated: Boolean(payload.truncated),
@@ -339,63 +247,41 @@ export function runView(root, runRef) {
         break;
       case "run.waiting_for_build":
         run.status = "waiting_for_build";
-        consoleView.add("system", `waiting for the environment build ${payload.build_id ?? ""}`.trim(), meta);
+        system(`waiting for the environment build ${payload.build_id ?? ""}`.trim());
         break;
       case "run.started":
         run.status = "running";
         run.started_at ??= event.created_at;
-        consoleView.add("system", `run started (attempt ${payload.attempt ?? run.attempt})`, meta);
-        renderFacts();
+        system(`run started (attempt ${payload.attempt ?? run.attempt})`);
+        renderHead();
         break;
-      case "run.step.started": {
-        const s = step(payload.step);
-        Object.assign(s, {
-          status: "running",
-          startedAt: event.created_at,
-          durationMs: null,
-          exitCode: null,
-        });
-        consoleView.add("system", `▶ step ${payload.step}`, { ...meta, step: payload.step });
+      case "run.step.started":
+        Object.assign(step(payload.step), { status: "running", startedAt: event.created_at, completedAt: null, durationMs: null, exitCode: null });
+        system(`▶ step ${payload.step}`, payload.step);
         renderSteps();
         break;
-      }
       case "run.step.completed": {
         const s = step(payload.step);
         Object.assign(s, {
-          status: payload.status ?? "completed",
+          status: payload.status ?? "succeeded",
+          completedAt: event.created_at,
           durationMs: payload.duration_ms ?? null,
           exitCode: payload.exit_code ?? null,
         });
-        const exit =
-          payload.exit_code === null || payload.exit_code === undefined ? "" : `, exit ${payload.exit_code}`;
-        consoleView.add(
-          "system",
-          `■ step ${payload.step} ${s.status} in ${formatDuration(s.durationMs)}${exit}`,
-          {
-            ...meta,
-            step: payload.step,
-          },
-        );
+        const exit = payload.exit_code === null || payload.exit_code === undefined ? "" : `, exit ${payload.exit_code}`;
+        system(`■ step ${payload.step} ${s.status} in ${formatDuration(s.durationMs)}${exit}`, payload.step);
         renderSteps();
-        refreshOutputsSoon();
+        outputs.refreshSoon();
         break;
       }
-      case "run.step.skipped": {
+      case "run.step.skipped":
         Object.assign(step(payload.step), { status: "skipped", durationMs: null, exitCode: null });
-        consoleView.add("system", `○ step ${payload.step} skipped: ${payload.reason ?? ""}`, {
-          ...meta,
-          step: payload.step,
-        });
+        system(`○ step ${payload.step} skipped: ${payload.reason ?? ""}`, payload.step);
         renderSteps();
         break;
-      }
       case "run.cancel_requested":
         cancelRequested = true;
-        consoleView.add(
-          "system",
-          `cancel requested${payload.requested_by ? ` by ${payload.requested_by}` : ""}`,
-          meta,
-        );
+        system(`cancel requested${payload.requested_by ? ` by ${payload.requested_by}` : ""}`);
         break;
       case "run.completed":
         run.status = payload.status ?? run.status;
@@ -403,19 +289,14 @@ export function runView(root, runRef) {
         run.failure = payload.failure ?? null;
         run.completed_at ??= event.created_at;
         for (const s of steps.values()) if (s.status === "pending") s.status = "skipped";
-        consoleView.add(
-          "system",
-          `run ${run.status} in ${formatDuration(payload.duration_ms)}` +
-            (payload.failure ? ` — ${payload.failure.message}` : ""),
-          meta,
-        );
+        system(`run ${run.status} in ${formatDuration(payload.duration_ms)}${payload.failure ? ` — ${payload.failure.message}` : ""}`);
         renderSteps();
-        renderFacts();
+        renderHead();
         refreshRun();
-        refreshOutputsSoon();
+        outputs.refreshSoon();
         break;
       default:
-        consoleView.add("system", `${event.type} ${JSON.stringify(payload)}`, meta);
+        system(`${event.type} ${JSON.stringify(payload)}`);
         return;
     }
     renderStatus();
@@ -450,7 +331,29 @@ export function runView(root, runRef) {
     }
   });
 
-  logButton.addEventListener("click", downloadLog);
+  searchBox.addEventListener("input", () => log.search.setQuery(searchBox.value));
+  searchBox.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      log.search.move(event.shiftKey ? -1 : 1);
+    } else if (event.key === "Escape") {
+      searchBox.value = "";
+      log.search.setQuery("");
+    }
+  });
+  timesToggle.addEventListener("change", () => {
+    localStorage.setItem(TIMES_ITEM, timesToggle.checked ? "1" : "0");
+    log.setShowTimes(timesToggle.checked);
+  });
+  // The log is virtualised, so the browser's own find sees only the visible rows: offer ours instead.
+  const onKey = (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === "f") {
+      event.preventDefault();
+      searchBox.focus();
+      searchBox.select();
+    }
+  };
+  window.addEventListener("keydown", onKey);
 
   // Start -----------------------------------------------------------------------------------------
 
@@ -459,33 +362,37 @@ export function runView(root, runRef) {
       run = await api(`/runs/${encodeURIComponent(runRef)}`);
     } catch (error) {
       if (disposed) return;
-      const message =
-        error instanceof ApiError && error.status === 404 ? `No run ${runRef} here.` : errorText(error);
-      fill(
-        root,
-        h(
-          "section",
-          { class: "panel" },
-          h("p", { class: "error", role: "alert" }, message),
-          h("a", { href: "#/" }, "Back to runs"),
-        ),
-      );
+      const message = error instanceof ApiError && error.status === 404 ? `No run ${runRef} here.` : errorText(error);
+      fill(root, h("section", { class: "panel" }, h("p", { class: "error", role: "alert" }, message), h("a", { href: "#/" }, "Back to runs")));
       return;
     }
     if (disposed) return;
     runId = run.id;
+    outputs.runId = runId;
     renderStatus();
-    renderFacts();
+    renderHead();
+    for (const state of run.steps ?? []) {
+      Object.assign(step(state.name), {
+        status: state.status,
+        startedAt: state.started_at,
+        completedAt: state.completed_at,
+        exitCode: state.exit_code,
+      });
+    }
     try {
       const plan = await api(`/runs/${encodeURIComponent(runId)}/plan`);
       title.textContent = plan.name;
       for (const s of plan.steps) Object.assign(step(s.name), { needs: s.depends_on ?? [], when: s.when });
-      renderSteps();
+      dag.setSteps(plan.steps.map((s) => ({ name: s.name, needs: s.depends_on ?? [] })));
+      dagPanel.hidden = plan.steps.length < 2;
     } catch {
       title.textContent = run.configuration_id;
+      dagPanel.hidden = true;
     }
     if (disposed) return;
-    loadOutputs();
+    renderSteps();
+    if (line) log.goToLine(line);
+    outputs.load();
     stream = new RunStream(runId, {
       onEvent,
       onState(state, detail) {
@@ -500,11 +407,19 @@ export function runView(root, runRef) {
   start();
 
   return {
+    runRef,
+    /** The same run's page with another line targeted (`#/runs/<id>#L<n>`). */
+    showLine(n) {
+      log.goToLine(n);
+    },
     dispose() {
       disposed = true;
       stream?.close();
       clearInterval(ticker);
-      clearTimeout(outputsTimer);
+      outputs.dispose();
+      log.dispose();
+      dag.dispose();
+      window.removeEventListener("keydown", onKey);
     },
   };
 }

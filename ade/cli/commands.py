@@ -29,7 +29,8 @@ from ade.cli.common import (
     print_json,
     resolve_configuration,
     resolve_workspace,
-    status_markup,
+    row,
+    status_text,
     watch,
     workspace_option,
 )
@@ -154,11 +155,13 @@ def builds_list(
     table = Table("BUILD", "STATUS", "FINGERPRINT", "REUSED FROM", "CREATED", box=None)
     for build in found:
         table.add_row(
-            build.id,
-            status_markup(build.status),
-            build.fingerprint[:12],
-            build.reused_from or "",
-            local_time(build.created_at),
+            *row(
+                build.id,
+                status_text(build.status),
+                build.fingerprint[:12],
+                build.reused_from or "",
+                local_time(build.created_at),
+            )
         )
     console().print(table)
 
@@ -196,11 +199,13 @@ def images_list(ade: AdeClient, workspace_id: str | None, as_json: bool) -> None
     table = Table("IMAGE", "SLUG", "IMAGE URL", "PUBLIC", "CREATED", box=None)
     for image in found:
         table.add_row(
-            image.id,
-            image.slug,
-            image.image_url,
-            "yes" if image.public else "",
-            local_time(image.created_at),
+            *row(
+                image.id,
+                image.slug,
+                image.image_url,
+                "yes" if image.public else "",
+                local_time(image.created_at),
+            )
         )
     console().print(table)
 

@@ -19,6 +19,7 @@ import click
 import httpx
 import msgspec
 from rich.console import Console
+from rich.text import Text
 
 from ade.cli.watch import EXIT_ERROR, Kind, StreamView
 from ade.client import API_PREFIX, DEFAULT_URL, AdeApiError, AdeClient, AdeStreamError, NotFoundError
@@ -164,8 +165,13 @@ def print_json(value: object) -> None:
     click.echo(json.dumps(msgspec.to_builtins(value), indent=2))
 
 
-def status_markup(status: str) -> str:
-    return f"[{STATUS_STYLES.get(status, '')}]{status}[/]"
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def row(*cells: str | Text) -> list[Text]:
+    """A table row whose text is shown as is (a name holding `[bold]` is not rich markup)."""
+    return [cell if isinstance(cell, Text) else Text(cell) for cell in cells]
 
 
 def local_time(moment: datetime) -> str:

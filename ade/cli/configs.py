@@ -23,6 +23,7 @@ from ade.cli.common import (
     print_json,
     resolve_configuration,
     resolve_workspace,
+    row,
     workspace_option,
 )
 from ade.client import AdeClient
@@ -111,21 +112,44 @@ def configs_list(ade: AdeClient, workspace_id: str | None, as_json: bool) -> Non
     table = Table("CONFIGURATION", "NAME", "STEPS", "BUILD", "UPDATED", box=None)
     for cfg in found:
         table.add_row(
-            cfg.id,
-            cfg.name,
-            str(len(cfg.steps)),
-            cfg.build.constructor if cfg.build else "",
-            local_time(cfg.updated_at),
+            *row(
+                cfg.id,
+                cfg.name,
+                str(len(cfg.steps)),
+                cfg.build.constructor if cfg.build else "",
+                local_time(cfg.updated_at),
+            )
         )
     console().print(table)
 
 
 def as_document(cfg: Configuration) -> dict[str, Any]:
-    """A configuration as `configs apply` takes it: `id`, `workspace`, then what a client sets (secrets as
-    `{secret: true}`, which a replace keeps)."""
+    """A configuration as `configs apply` takes it: `id`, `workspace`, then what a client sets, defaults
+    left out (secrets as `{secret: true}`, which a replace keeps)."""
     fields = msgspec.to_builtins(cfg)
-    applied = {name: fields[name] for name in _APPLIED_FIELDS if name in fields}
-    return {"id": cfg.id, "workspace": cfg.workspace_id, **applied}
+    applied = msgspec.convert({name: fields[name] for name in _APPLIED_FIELDS}, ConfigurationCreate)
+    set_fields = _without_defaults(applied)
+    assert isinstance(set_fields, dict)
+    return {"id": cfg.id, "workspace": cfg.workspace_id, **set_fields}
+
+
+def _without_defaults(value: object) -> object:
+    """A struct as builtins without the fields that hold their default (recursively)."""
+    if isinstance(value, msgspec.Struct):
+        kept = {}
+        for field in msgspec.structs.fields(value):
+            current = getattr(value, field.name)
+            if field.default is not msgspec.NODEFAULT and current == field.default:
+                continue
+            if field.default_factory is not msgspec.NODEFAULT and current == field.default_factory():
+                continue
+            kept[field.encode_name] = _without_defaults(current)
+        return kept
+    if isinstance(value, list):
+        return [_without_defaults(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _without_defaults(item) for key, item in value.items()}
+    return msgspec.to_builtins(value)
 
 
 @configs.command("show")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from ade.cli.common import (
     connected,
@@ -12,6 +13,7 @@ from ade.cli.common import (
     optional_workspace,
     print_json,
     resolve_workspace,
+    row,
     workspace_option,
 )
 from ade.client import AdeClient
@@ -67,15 +69,16 @@ def runners_list(ade: AdeClient, workspace_id: str | None, as_json: bool) -> Non
         return
     table = Table("RUNNER", "NAME", "WORKSPACE", "LABELS", "STATUS", "LAST HEARTBEAT", "RUNS", box=None)
     for runner in found:
-        style = _STATUS_STYLES.get(runner.status, "")
         table.add_row(
-            runner.id,
-            runner.name,
-            runner.workspace_id or "(global)",
-            ",".join(runner.labels),
-            f"[{style}]{runner.status}[/]",
-            local_time(runner.last_heartbeat_at) if runner.last_heartbeat_at else "never",
-            ",".join(runner.current_runs),
+            *row(
+                runner.id,
+                runner.name,
+                runner.workspace_id or "(global)",
+                ",".join(runner.labels),
+                Text(runner.status, style=_STATUS_STYLES.get(runner.status, "")),
+                local_time(runner.last_heartbeat_at) if runner.last_heartbeat_at else "never",
+                ",".join(runner.current_runs),
+            )
         )
     console().print(table)
 

@@ -22,7 +22,8 @@ from ade.cli.common import (
     local_time,
     print_json,
     resolve_configuration,
-    status_markup,
+    row,
+    status_text,
     watch,
     web_url,
     workspace_from_environment,
@@ -128,8 +129,8 @@ def runs_get(ade: AdeClient, run_id: str, as_json: bool) -> None:
     if as_json:
         print_json(run)
         return
-    rows: list[tuple[str, str]] = [
-        ("status", status_markup(run.status)),
+    rows: list[tuple[str, str | Text]] = [
+        ("status", status_text(run.status)),
         ("configuration", f"{configuration_name(ade, run.configuration_id)} ({run.configuration_id})"),
         ("attempt", f"{run.attempt}" + (f" (re-run of {run.rerun_of})" if run.rerun_of else "")),
         ("created", local_time(run.created_at)),
@@ -152,26 +153,26 @@ def runs_get(ade: AdeClient, run_id: str, as_json: bool) -> None:
     out.print(Text(run.id, style="bold"))
     fields = Table.grid(padding=(0, 2))
     for name, value in rows:
-        fields.add_row(f"  {name}", value)
-    out.print(fields)
-    out.print("  steps")
-    steps = Table.grid(padding=(0, 2))
+        fields.add_row(*row(f"  {name}", value))
+    fields.add_row(*row("  steps", ""))
     for step in run.steps:
-        steps.add_row(f"    {_STEP_MARKS.get(step.status, '·')} {step.name}", *_step_cells(step))
-    out.print(steps)
+        fields.add_row(*row(f"    {_STEP_MARKS.get(step.status, '·')} {step.name}", _step_cell(step)))
+    out.print(fields)
 
 
-def _step_cells(step: StepState) -> tuple[str, str]:
-    """A step's status (with its exit code or why it was skipped) and duration."""
-    what = status_markup(step.status)
+def _step_cell(step: StepState) -> Text:
+    """A step's status (with its exit code, or why it was skipped) and duration."""
+    what = status_text(step.status)
     if step.status == "failed" and step.exit_code is not None:
-        what += f" (exit {step.exit_code})"
+        what.append(f" (exit {step.exit_code})")
     if step.skipped_reason:
-        what += f": {step.skipped_reason}"
+        what.append(f": {step.skipped_reason}")
     if step.reused_from:
-        what += f" (kept from {step.reused_from})"
+        what.append(f" (kept from {step.reused_from})")
     took = _ms_between(step.started_at, step.completed_at)
-    return what, duration(took) if took is not None else ""
+    if took is not None:
+        what.append(f" in {duration(took)}")
+    return what
 
 
 @runs.command("watch")
@@ -261,13 +262,15 @@ def runs_list(
     for run in found:
         took = _ms_between(run.started_at, run.completed_at)
         table.add_row(
-            run.id,
-            status_markup(run.status),
-            names.get(run.configuration_id, run.configuration_id),
-            str(run.attempt),
-            (run.commit.branch if run.commit else None) or "",
-            local_time(run.created_at),
-            duration(took) if took is not None else "",
+            *row(
+                run.id,
+                status_text(run.status),
+                names.get(run.configuration_id, run.configuration_id),
+                str(run.attempt),
+                (run.commit.branch if run.commit else None) or "",
+                local_time(run.created_at),
+                duration(took) if took is not None else "",
+            )
         )
     console().print(table)
 

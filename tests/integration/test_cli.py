@@ -3,58 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ade.client import AdeClient
-from ade.core.models import RunResource
+from tests.cli import cli, cli_env, finish, header_run_id, run_of, start
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
-
-ADE = [sys.executable, "-m", "ade.cli"]
 
 
 @pytest.fixture
 def env(system: AdeSystem) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR", "FORCE_COLOR")}
-    return {**base, "ADE_URL": system.base_url, "ADE_TOKEN": BOOTSTRAP_TOKEN}
+    return cli_env(system)
 
 
 @pytest.fixture
 def ade(system: AdeSystem) -> Iterator[AdeClient]:
     with AdeClient(system.base_url, BOOTSTRAP_TOKEN) as client:
         yield client
-
-
-def cli(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ADE, *map(str, args)], env=env, capture_output=True, text=True, timeout=60)
-
-
-def start(env: dict[str, str], *args: str | Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*ADE, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=60)
-    return proc.returncode, out, err
-
-
-def header_run_id(line: str) -> str:
-    """The run's id in the header `runs watch` (and `--follow`) starts with: `run run_… · cfg · …`."""
-    assert line.startswith("run run_"), line
-    return line.split()[1]
-
-
-def run_of(ade: AdeClient, ws: str, script: str, **run: Any) -> RunResource:
-    cfg = ade.create_configuration(ws, {"name": "cfg", "steps": [{"name": "main", "script": script}]})
-    return ade.create_run(cfg.id, **run)
 
 
 # configs apply ------------------------------------------------------------------------------------

@@ -20,13 +20,13 @@ from ade.cli.common import (
     connected,
     console,
     local_time,
+    optional_workspace,
     print_json,
     resolve_configuration,
     row,
     status_text,
     watch,
     web_url,
-    workspace_from_environment,
     workspace_option,
 )
 from ade.cli.watch import duration
@@ -232,15 +232,13 @@ def runs_list(
     as_json: bool,
 ) -> None:
     """List runs, newest first: a workspace's, or (--config) a configuration's. Times are local."""
-    workspace_id = workspace_id or workspace_from_environment()
     names: dict[str, str] = {}
     configuration_id = None
-    if configuration_ref is not None:
+    if configuration_ref is not None:  # its runs are its workspace's
         cfg = resolve_configuration(ade, configuration_ref, workspace_id)
-        configuration_id, names[cfg.id] = cfg.id, cfg.name
-        workspace_id = None  # the configuration's runs are its workspace's
+        configuration_id, names[cfg.id], workspace_id = cfg.id, cfg.name, None
     else:
-        workspace_id = workspace_id or ade.whoami().workspace_id
+        workspace_id = optional_workspace(ade, workspace_id)
         if workspace_id is None:
             raise click.UsageError(
                 "pass --workspace or --config (or set ADE_WORKSPACE): the bootstrap token has no workspace"

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -66,11 +67,12 @@ _CODES_BY_STATUS = {
 }
 
 
-def error_body(message: str, code: str, details: list[Any] | None = None) -> dict[str, Any]:
-    return {"error": message, "code": code, "details": details or []}
+def error_body(message: str, code: str, details: list[Any] | None = None) -> bytes:
+    """The API's error shape as JSON, ending with a newline (so `curl` leaves the prompt on its own line)."""
+    return msgspec.json.encode({"error": message, "code": code, "details": details or []}) + b"\n"
 
 
-def _handle_ade_error(_: Request[Any, Any, Any], exc: AdeError) -> Response[dict[str, Any]]:
+def _handle_ade_error(_: Request[Any, Any, Any], exc: AdeError) -> Response[bytes]:
     if exc.status_code >= 500:
         log.error("request failed: %s", exc.message)
     return Response(
@@ -78,22 +80,22 @@ def _handle_ade_error(_: Request[Any, Any, Any], exc: AdeError) -> Response[dict
     )
 
 
-def _handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+def _handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
     details = exc.extra if isinstance(exc.extra, list) else ([exc.extra] if exc.extra else [])
     return Response(error_body(str(exc.detail), "invalid_request", details), status_code=400)
 
 
-def _handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+def _handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     code = _CODES_BY_STATUS.get(exc.status_code, "http_error")
     return Response(error_body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers)
 
 
-def _handle_redis(request: Request[Any, Any, Any], exc: RedisError) -> Response[dict[str, Any]]:
+def _handle_redis(request: Request[Any, Any, Any], exc: RedisError) -> Response[bytes]:
     REDIS.lost(exc, f"answering {request.method} {request.url.path}")  # one log line per outage
     return Response(error_body(f"Redis is unavailable: {exc}", "redis_unavailable"), status_code=503)
 
 
-def _handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unexpected error", exc_info=exc)
     return Response(error_body("internal server error", "internal_error"), status_code=500)
 

@@ -1,5 +1,6 @@
-"""The `ade` command: `dev` (everything on one machine), `serve`, `worker`; the client commands
-(`workspaces`, `keys`, `configs`, `runs`) live in `ade.cli_client`."""
+"""The `ade` command: `dev` (everything on one machine), `serve`, `worker`, `runner`; the client commands
+(`whoami`, `workspaces`, `keys`, `configs`, `runs`, `builds`, `images`, `runners`) live in
+`ade.cli.commands` and the modules it names."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import cast
 
 import click
 
-from ade.cli.commands import COMMANDS
+from ade.cli.commands import COMMANDS, whoami
 from ade.cli.runners import runners
 from ade.core.settings import Settings, get_settings
 
@@ -24,6 +25,7 @@ def _configure_logging() -> None:
 
 
 @click.group()
+@click.version_option(package_name="ade", prog_name="ade", message="%(prog)s %(version)s")
 def main() -> None:
     """ADE: an event-driven run/build orchestrator."""
 
@@ -219,9 +221,9 @@ def _worker_problem(settings: Settings) -> str | None:
     return None
 
 
-# Client commands (workspaces, keys, configs, runs): ade/cli_client.py, on ade.client.AdeClient.
+# Client commands (ade.cli.commands and the modules it names), on ade.client.AdeClient.
 
-for _group in [*COMMANDS, runners]:
+for _group in [*COMMANDS, whoami, runners]:
     main.add_command(_group)
 
 

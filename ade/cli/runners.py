@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import click
 from rich.table import Table
+from rich.text import Text
 
-from ade.cli.commands import _WORKSPACE_OPTION, _local_time, _print_json, _workspace_of, connected, console
+from ade.cli.common import (
+    connected,
+    console,
+    local_time,
+    optional_workspace,
+    print_json,
+    resolve_workspace,
+    row,
+    workspace_option,
+)
 from ade.client import AdeClient
 
 _STATUS_STYLES = {"idle": "green", "busy": "cyan", "offline": "dim"}
@@ -32,7 +42,7 @@ def runners() -> None:
     is_flag=True,
     help="Serve every workspace (the bootstrap token only); else the workspace's own runner.",
 )
-@_WORKSPACE_OPTION
+@workspace_option()
 @connected
 def runners_add(
     ade: AdeClient, name: str, labels: list[str], serves_all: bool, workspace_id: str | None
@@ -40,36 +50,35 @@ def runners_add(
     """Register runner NAME; print it as JSON with its token (shown this once: keep it)."""
     if serves_all and workspace_id:
         raise click.UsageError("--global and --workspace exclude each other")
-    target = None if serves_all else _workspace_of(ade, workspace_id)
+    target = None if serves_all else resolve_workspace(ade, workspace_id)
     created = ade.register_runner(target, name, labels)
-    _print_json(created)
+    print_json(created)
     click.echo(f"start it with: ade runner --url URL --token {created.token}", err=True)
 
 
 @runners.command("list")
-@_WORKSPACE_OPTION
+@workspace_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the runners as a JSON array.")
 @connected
 def runners_list(ade: AdeClient, workspace_id: str | None, as_json: bool) -> None:
     """List the runners of a workspace (its own and the global ones); with the bootstrap token and no
     --workspace, every runner."""
-    if not workspace_id:
-        workspace_id = ade.whoami().workspace_id  # None: the bootstrap token, which sees every runner
-    found = ade.list_runners(workspace_id)
+    found = ade.list_runners(optional_workspace(ade, workspace_id))  # None: bootstrap, every runner
     if as_json:
-        _print_json(found)
+        print_json(found)
         return
     table = Table("RUNNER", "NAME", "WORKSPACE", "LABELS", "STATUS", "LAST HEARTBEAT", "RUNS", box=None)
     for runner in found:
-        style = _STATUS_STYLES.get(runner.status, "")
         table.add_row(
-            runner.id,
-            runner.name,
-            runner.workspace_id or "(global)",
-            ",".join(runner.labels),
-            f"[{style}]{runner.status}[/]",
-            _local_time(runner.last_heartbeat_at) if runner.last_heartbeat_at else "never",
-            ",".join(runner.current_runs),
+            *row(
+                runner.id,
+                runner.name,
+                runner.workspace_id or "(global)",
+                ",".join(runner.labels),
+                Text(runner.status, style=_STATUS_STYLES.get(runner.status, "")),
+                local_time(runner.last_heartbeat_at) if runner.last_heartbeat_at else "never",
+                ",".join(runner.current_runs),
+            )
         )
     console().print(table)
 

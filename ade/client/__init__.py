@@ -12,6 +12,8 @@ with AdeClient() as ade:  # base_url from ADE_URL, token from ADE_TOKEN
     build = ade.create_build("ws_…", "cfg_…", wait=True)  # reused, joined or built; ended
     for line in ade.build_logs(build.id):
         print(line)
+    for line in ade.console(run.id, follow=True):  # console lines with their time, stream and step
+        print(line.created_at, line.message)
 ```
 
 Responses are decoded into the project's own msgspec structs (`ade.core.models`, `ade.core.views`,
@@ -58,6 +60,7 @@ from ade.client.errors import (
 from ade.client.errors import api_error as api_error
 from ade.client.sync import AdeClient
 from ade.core.views import InputFile, OutputListing, RunDiagnostics, Timings
+from ade.records.summary import ConsoleLine
 
 __all__ = [
     "AdeApiError",
@@ -66,6 +69,7 @@ __all__ = [
     "Artifact",
     "AsyncAdeClient",
     "ConflictError",
+    "ConsoleLine",
     "EventsPage",
     "ForbiddenError",
     "GoneError",

@@ -27,7 +27,7 @@ from ade.client.calls import (
 )
 from ade.client.errors import GoneError, api_error
 from ade.client.paging import ConsolePages, Pager, list_builds_pages, list_runs_pages
-from ade.client.streams import RECONNECT, Lines, Resume, Retry, aconsole_lines, sse_error
+from ade.client.streams import RECONNECT, Lines, Resume, Retry, aconsole_lines, aconsole_records, sse_error
 from ade.core.models import (
     TERMINAL_BUILD_STATUSES,
     TERMINAL_RUN_STATUSES,
@@ -50,7 +50,7 @@ from ade.core.models import (
 )
 from ade.core.views import BuildInspection, InputFile, OutputFile, RunDiagnostics
 from ade.events.envelope import Event
-from ade.records.summary import RunSummary
+from ade.records.summary import ConsoleLine, RunSummary
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -310,8 +310,15 @@ class AsyncAdeClient:
         self, run_id: str, *, follow: bool = False, stream: ConsoleStream | None = None
     ) -> AsyncIterator[str]:
         """See `AdeClient.logs`."""
+        async for line in self.console(run_id, follow=follow, stream=stream):
+            yield line.message
+
+    async def console(
+        self, run_id: str, *, follow: bool = False, stream: ConsoleStream | None = None
+    ) -> AsyncIterator[ConsoleLine]:
+        """See `AdeClient.console`."""
         if follow:
-            async for line in aconsole_lines(self.events(run_id), stream):
+            async for line in aconsole_records(self.events(run_id), stream):
                 yield line
             return
         async for line in self._paged(ConsolePages(run_id, stream)):

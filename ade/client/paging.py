@@ -10,7 +10,7 @@ from typing import Generic, Protocol, TypeVar
 
 from ade.client.calls import Call, ConsoleStream, Params, console_page, decoder, json_call, seg
 from ade.core.models import BuildResource, Page, RunResource, RunStatus
-from ade.records.summary import ConsolePage
+from ade.records.summary import ConsoleLine, ConsolePage
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -143,7 +143,7 @@ class ConsolePages:
     def next_call(self) -> Call[ConsolePage] | None:
         return None if self.done else console_page(self.run_id, self.after, self.stream)
 
-    def take(self, answer: ConsolePage) -> list[str]:
+    def take(self, answer: ConsolePage) -> list[ConsoleLine]:
         self.done = answer.next_after_sequence <= self.after
         self.after = answer.next_after_sequence
-        return [item.message for item in answer.items]
+        return answer.items

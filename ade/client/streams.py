@@ -17,9 +17,8 @@ from httpx_sse import ServerSentEvent, SSEError
 
 from ade.client.calls import ConsoleStream
 from ade.client.errors import AdeStreamError, api_error
-from ade.events import payloads
 from ade.events.envelope import Event
-from ade.events.payloads import ConsoleLine
+from ade.records.summary import ConsoleLine, console_line
 
 _EVENT_DECODER = msgspec.json.Decoder(Event)
 _FIRST_RETRY_S = 0.05
@@ -114,27 +113,39 @@ def sse_error(exc: SSEError) -> AdeStreamError:
 # Console lines --------------------------------------------------------------------------------------
 
 
-def _console_message(event: Event, stream: ConsoleStream | None) -> str | None:
-    if event.type != ConsoleLine.TYPE:
-        return None
-    line = payloads.read(event.payload, ConsoleLine)
-    return line.message if stream is None or line.stream == stream else None
+def _console_record(event: Event, stream: ConsoleStream | None) -> ConsoleLine | None:
+    line = console_line(event)
+    return line if line is not None and (stream is None or line.stream == stream) else None
+
+
+def console_records(events: Iterator[Event], stream: ConsoleStream | None = None) -> Iterator[ConsoleLine]:
+    """The console lines among a run's or a build's events, with their sequence, time, stream and step."""
+    for event in events:
+        if (line := _console_record(event, stream)) is not None:
+            yield line
+
+
+async def aconsole_records(
+    events: AsyncIterator[Event], stream: ConsoleStream | None = None
+) -> AsyncIterator[ConsoleLine]:
+    """`console_records` of an async iterator."""
+    async for event in events:
+        if (line := _console_record(event, stream)) is not None:
+            yield line
 
 
 def console_lines(events: Iterator[Event], stream: ConsoleStream | None = None) -> Iterator[str]:
-    """The console lines among a run's or a build's events (for the `follow=True` logs)."""
-    for event in events:
-        if (message := _console_message(event, stream)) is not None:
-            yield message
+    """The console lines' messages among a run's or a build's events (for the `follow=True` logs)."""
+    for line in console_records(events, stream):
+        yield line.message
 
 
 async def aconsole_lines(
     events: AsyncIterator[Event], stream: ConsoleStream | None = None
 ) -> AsyncIterator[str]:
     """`console_lines` of an async iterator."""
-    async for event in events:
-        if (message := _console_message(event, stream)) is not None:
-            yield message
+    async for line in aconsole_records(events, stream):
+        yield line.message
 
 
 class Lines:

@@ -27,7 +27,7 @@ from ade.client.calls import (
 )
 from ade.client.errors import GoneError, api_error
 from ade.client.paging import ConsolePages, Pager, list_builds_pages, list_runs_pages
-from ade.client.streams import RECONNECT, Lines, Resume, Retry, console_lines, sse_error
+from ade.client.streams import RECONNECT, Lines, Resume, Retry, console_lines, console_records, sse_error
 from ade.core.models import (
     TERMINAL_BUILD_STATUSES,
     TERMINAL_RUN_STATUSES,
@@ -50,7 +50,7 @@ from ade.core.models import (
 )
 from ade.core.views import BuildInspection, InputFile, OutputFile, RunDiagnostics
 from ade.events.envelope import Event
-from ade.records.summary import RunSummary
+from ade.records.summary import ConsoleLine, RunSummary
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -332,8 +332,15 @@ class AdeClient:
         them and then new ones until the run ends, read from `events()` (filtering `console.line`), so a
         follow survives reconnects exactly like `events()` does.
         """
+        for line in self.console(run_id, follow=follow, stream=stream):
+            yield line.message
+
+    def console(
+        self, run_id: str, *, follow: bool = False, stream: ConsoleStream | None = None
+    ) -> Iterator[ConsoleLine]:
+        """Like `logs`, each line with its sequence, time (`created_at`), stream and step."""
         if follow:
-            yield from console_lines(self.events(run_id), stream)
+            yield from console_records(self.events(run_id), stream)
             return
         yield from self._paged(ConsolePages(run_id, stream))
 

@@ -3,52 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ade.client import AdeClient
-from ade.core.models import RunResource
+from tests.cli import cli, cli_env, finish, header_run_id, run_of, start
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
-
-ADE = [sys.executable, "-m", "ade.cli"]
 
 
 @pytest.fixture
 def env(system: AdeSystem) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR", "FORCE_COLOR")}
-    return {**base, "ADE_URL": system.base_url, "ADE_TOKEN": BOOTSTRAP_TOKEN}
+    return cli_env(system)
 
 
 @pytest.fixture
 def ade(system: AdeSystem) -> Iterator[AdeClient]:
     with AdeClient(system.base_url, BOOTSTRAP_TOKEN) as client:
         yield client
-
-
-def cli(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ADE, *map(str, args)], env=env, capture_output=True, text=True, timeout=60)
-
-
-def start(env: dict[str, str], *args: str | Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*ADE, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=60)
-    return proc.returncode, out, err
-
-
-def run_of(ade: AdeClient, ws: str, script: str, **run: Any) -> RunResource:
-    cfg = ade.create_configuration(ws, {"name": "cfg", "steps": [{"name": "main", "script": script}]})
-    return ade.create_run(cfg.id, **run)
 
 
 # configs apply ------------------------------------------------------------------------------------
@@ -139,15 +112,16 @@ def test_runs_create_uploads_inputs_and_follows(env: dict[str, str], ade: AdeCli
     code, out, err = finish(start(env, "runs", "create", cfg.id, "--input", data, "--follow"))
     assert code == 0, err
     lines = out.splitlines()
-    run = ade.get_run(lines[0])
+    run = ade.get_run(header_run_id(lines[0]))
     assert run.status == "succeeded"
+    assert sum(run.id in line for line in lines) == 1  # the id once, in the header
     assert [i.name for i in ade.list_run_inputs(run.id)] == ["data.txt"]
     assert "▶ show" in lines
     assert "  hello from a file" in lines  # stdout as is
     assert "  ! oops" in lines  # stderr told apart
     assert any("3/3" in line for line in lines)  # the progress bar's final state
     assert any(line.startswith("✓ show succeeded in ") for line in lines)
-    assert lines[-1].startswith(f"run {run.id} succeeded in ")
+    assert lines[-1].startswith("run succeeded in ")
 
 
 def test_runs_watch_exits_with_the_outcome(env: dict[str, str], ade: AdeClient) -> None:
@@ -164,15 +138,16 @@ def test_runs_watch_exits_with_the_outcome(env: dict[str, str], ade: AdeClient) 
             assert cancelled.stdout.strip() == f"{sleeper.id} cancel requested"
     code, out, _ = finish(start(env, "runs", "watch", sleeper.id[:-6].lower()))  # a unique prefix
     assert code == 2
-    assert "cancel requested by bootstrap" in out and f"run {sleeper.id} cancelled" in out
+    assert "cancel requested by bootstrap" in out and "run cancelled" in out
 
     code, out, err = finish(watchers[succeeded.id])
     assert code == 0, err
-    assert "  fine" in out.splitlines() and f"run {succeeded.id} succeeded" in out
+    assert header_run_id(out.splitlines()[0]) == succeeded.id
+    assert "  fine" in out.splitlines() and "run succeeded" in out
     code, out, _ = finish(watchers[failed.id])
     assert code == 1
     assert "  ! bad" in out.splitlines() and "✗ main failed (exit 3) in " in out
-    assert f"run {failed.id} failed in " in out and "(exit_nonzero)" in out
+    assert "run failed in " in out and "(exit_nonzero)" in out
 
     missing = cli(env, "runs", "watch", "run_01J0000000000000000000000")
     assert missing.returncode == 3 and "run_not_found" in missing.stderr
@@ -192,17 +167,17 @@ def test_runs_list_and_rerun(env: dict[str, str], ade: AdeClient) -> None:
 
     rerun = cli(env, "runs", "rerun", first.id, "--follow")
     assert rerun.returncode == 0, rerun.stderr
-    third = ade.get_run(rerun.stdout.splitlines()[0])
+    third = ade.get_run(header_run_id(rerun.stdout.splitlines()[0]))
     assert (third.rerun_of, third.attempt, third.status) == (first.id, 2, "succeeded")
 
     listed = cli(env, "runs", "list", "--workspace", ws)
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.strip().splitlines()
     assert header.split() == ["RUN", "STATUS", "CONFIGURATION", "ATTEMPT", "BRANCH", "CREATED", "DURATION"]
-    assert [row.split()[:4] for row in rows] == [
-        [third.id, "succeeded", first.configuration_id, "2"],
-        [second.id, "failed", second.configuration_id, "1"],
-        [first.id, "succeeded", first.configuration_id, "1"],
+    assert [row.split()[:4] for row in rows] == [  # configurations by name
+        [third.id, "succeeded", "cfg", "2"],
+        [second.id, "failed", "cfg", "1"],
+        [first.id, "succeeded", "cfg", "1"],
     ]
     limited = cli(env, "runs", "list", "--workspace", ws, "--limit", "1")
     assert [row.split()[0] for row in limited.stdout.strip().splitlines()[1:]] == [third.id]
@@ -294,4 +269,4 @@ def test_builds_watch_a_cancelled_build_and_runs_watch_shows_the_build(
     assert any(line.startswith("✓ build: step:prep succeeded in ") for line in lines)
     assert any(line.startswith(f"build {run.build_id} ready in ") for line in lines)
     assert lines.index("  preparing") < lines.index("▶ main") < lines.index("  running")
-    assert lines[-1].startswith(f"run {run.id} succeeded in ")
+    assert lines[-1].startswith("run succeeded in ")

@@ -151,10 +151,15 @@ def apply_documentation(app: Litestar, document: OpenAPI, schema_of: Mapping[Any
             operation.request_body = RequestBody(content=_content(doc.request, schema_of), required=True)
 
 
+# A run's or a build's id in a path may be a unique prefix: an ambiguous one is `409 ambiguous_id`.
+PREFIX_IDS = {"run_id", "build_id"}
+
+
 def error_statuses(public: bool, method: str, operation: Operation) -> set[int]:
     """The errors an operation of this kind can answer: authentication (401), roles and credential kinds
     (403) and Redis (503) wherever a credential is needed; 400 where it takes parameters or a body, 404
-    where its path names something, 409 where it changes something, 413 where it reads a body."""
+    where its path names something, 409 where it changes something (or names a run or build by an id
+    prefix), 413 where it reads a body."""
     if public:
         return set()
     statuses = {401, 403, 503}
@@ -163,7 +168,7 @@ def error_statuses(public: bool, method: str, operation: Operation) -> set[int]:
         statuses.add(400)
     if any(parameter.param_in == "path" for parameter in parameters):
         statuses.add(404)
-    if method != "get":
+    if method != "get" or any(p.param_in == "path" and p.name in PREFIX_IDS for p in parameters):
         statuses.add(409)
     if operation.request_body is not None:
         statuses.add(413)

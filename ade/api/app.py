@@ -14,6 +14,7 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,7 +33,7 @@ from ade.api.deps import API_PREFIX, Services
 from ade.api.docker_images import DockerImageController
 from ade.api.health import HealthController, MetricsController
 from ade.api.keys import ApiKeyController
-from ade.api.openapi import make_exact
+from ade.api.openapi import OfflineSwaggerUI, make_exact, operation_id
 from ade.api.run_views import RunViewController
 from ade.api.runner_protocol import RunnerProtocolController
 from ade.api.runners import RunnerController
@@ -211,6 +212,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="ADE",
             version="0.1.0",
             path="/schema",
+            # The docs page works offline: its files are served here (`ade.api.openapi.docs_page`).
+            render_plugins=[OfflineSwaggerUI(), JsonRenderPlugin(), YamlRenderPlugin()],
+            operation_id_creator=operation_id,
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(
@@ -220,5 +224,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ),
     )
-    make_exact(app, API_PREFIX, COMPAT_PREFIX)
+    make_exact(app, PUBLIC_PATHS)
     return app

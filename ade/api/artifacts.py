@@ -11,6 +11,7 @@ from litestar.response import File
 
 from ade.api import auth
 from ade.api.deps import Services
+from ade.api.openapi import BINARY, Answer, documented
 from ade.core.errors import Invalid, TooLarge, not_found
 from ade.records.artifacts import Artifact
 from ade.records.auth import Principal
@@ -39,6 +40,16 @@ class ArtifactController(Controller):
         status_code=201,
         summary="Upload an artifact (raw body, or multipart with a `file` part)",
         request_max_body_size=None,  # bounded by ADE_MAX_ARTIFACT_BYTES while streaming instead
+        opt=documented(
+            request={
+                "application/octet-stream": BINARY,
+                "multipart/form-data": {
+                    "type": "object",
+                    "properties": {"file": BINARY},
+                    "required": ["file"],
+                },
+            }
+        ),
     )
     async def upload(
         self,
@@ -68,7 +79,21 @@ class ArtifactController(Controller):
         )
         return artifact
 
-    @get("/artifacts/{key:str}", summary="Download an artifact")
+    @get(
+        "/artifacts/{key:str}",
+        summary="Download an artifact",
+        opt=documented(
+            Answer(
+                200,
+                "The artifact's bytes, in the media type it was uploaded with",
+                {"*/*": BINARY},
+                {
+                    "Content-Disposition": "`attachment`, with the name it was uploaded with",
+                    "X-Content-SHA256": "the bytes' sha256 (hex)",
+                },
+            )
+        ),
+    )
     async def download(
         self,
         key: str,

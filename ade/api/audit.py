@@ -9,6 +9,7 @@ from litestar.params import Parameter
 
 from ade.api import auth
 from ade.api.deps import Services
+from ade.api.openapi import documented
 from ade.core.models import AuditPage
 from ade.records.auth import Principal
 
@@ -33,7 +34,11 @@ async def audit_page(
 class AuditController(Controller):
     tags = ["audit"]
 
-    @get("/audit-logs", summary="Audit entries, newest first")
+    @get(
+        "/audit-logs",
+        summary="Audit entries, newest first",
+        opt=documented(errors=(404,)),  # `workspace_id` names a workspace the key does not see
+    )
     async def list(
         self,
         services: Services,

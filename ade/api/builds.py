@@ -7,14 +7,14 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
 from ade.api import auth
 from ade.api.configurations import public_build
 from ade.api.deps import API_PREFIX, Services
-from ade.api.openapi import ErrorBody
+from ade.api.openapi import JSON, SSE, SSE_SCHEMA, TEXT, Answer, documented
+from ade.api.run_views import EVENTS_ANSWER, TEXT_LINES
 from ade.api.runs import IdempotencyKey
 from ade.api.streams import (
     EventsFormat,
@@ -53,6 +53,15 @@ class BuildController(Controller):
         "/workspaces/{workspace_id:str}/configurations/{configuration_id:str}/builds",
         status_code=201,
         summary="Build a configuration's environment (or reuse / join the build with its fingerprint)",
+        opt=documented(
+            Answer(201, "The build (ended, with `options.wait`)", {JSON: BuildResource}),
+            Answer(
+                200,
+                "With `stream: true` (or `Accept: text/event-stream`): the build's SSE stream",
+                {SSE: SSE_SCHEMA},
+            ),
+            errors=(429,),
+        ),
     )
     async def create(
         self,
@@ -152,7 +161,7 @@ class BuildController(Controller):
     @get(
         "/builds/{build_id:str}/events",
         summary="A build's events: SSE, JSON page or NDJSON (410 once expired)",
-        responses={410: ResponseSpec(data_container=ErrorBody, description="the build expired")},
+        opt=documented(EVENTS_ANSWER, errors=(410, 429)),
     )
     async def events(
         self,
@@ -183,6 +192,13 @@ class BuildController(Controller):
         "/builds/{build_id:str}/logs",
         summary="The build's console as text/plain (follow=true streams); 204 once expired",
         media_type="text/plain",
+        opt=documented(
+            Answer(
+                200, "The build's console lines (`follow=true`: until the build ends)", {TEXT: TEXT_LINES}
+            ),
+            Answer(204, "The build expired: retention removed its logs"),
+            errors=(429,),
+        ),
     )
     async def logs(
         self,

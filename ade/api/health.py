@@ -9,6 +9,7 @@ from litestar import Controller, Response, get
 from redis.exceptions import RedisError
 
 from ade.api.deps import Services
+from ade.api.openapi import JSON, Answer, documented
 from ade.core import keys
 from ade.core.errors import Forbidden
 from ade.records import metrics
@@ -27,7 +28,14 @@ class HealthController(Controller):
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", summary="Readiness: Redis, the data directory and a live worker")
+    @get(
+        "/readyz",
+        summary="Readiness: Redis, the data directory and a live worker",
+        opt=documented(
+            Answer(200, "Ready: every check is `ok`", {JSON: Readiness}),
+            Answer(503, "Not ready: the checks say what is not `ok`", {JSON: Readiness}),
+        ),
+    )
     async def readyz(self, services: Services) -> Response[Readiness]:
         checks: dict[str, str] = {}
         try:

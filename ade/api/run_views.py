@@ -14,14 +14,23 @@ from urllib.parse import quote
 import anyio
 import msgspec
 from litestar import Controller, Request, Response, get
-from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import File, Stream
 
 from ade.api import auth
 from ade.api.configurations import public_environment, public_steps
 from ade.api.deps import API_PREFIX, Services
-from ade.api.openapi import ErrorBody
+from ade.api.openapi import (
+    BINARY,
+    JSON,
+    NDJSON,
+    NDJSON_DESCRIPTION,
+    SSE,
+    SSE_SCHEMA,
+    TEXT,
+    Answer,
+    documented,
+)
 from ade.api.streams import (
     EventsFormat,
     EventsPage,
@@ -35,7 +44,7 @@ from ade.core.errors import Invalid, NotFound
 from ade.core.models import InputArtifact, Plan, Run
 from ade.core.views import InputFile, OutputListing, RunDiagnostics, Timings
 from ade.events import eventlog
-from ade.events.envelope import StreamRef
+from ade.events.envelope import Event, StreamRef
 from ade.lifecycle import transitions
 from ade.records.auth import Principal
 from ade.records.outputs import (
@@ -53,6 +62,19 @@ from ade.records.outputs import (
 from ade.records.summary import ConsolePage, RunSummary, StepSummary
 
 ConsoleStream = Literal["stdout", "stderr"]
+
+# What the events endpoints (a run's, a build's) answer: one status, three media types.
+EVENTS_ANSWER = Answer(
+    200,
+    "The stream's events after `after_sequence`: a JSON page (`format=json`, the default), NDJSON "
+    f"(`format=ndjson`: {NDJSON_DESCRIPTION}) or, with `stream=true` or `Accept: text/event-stream`, the "
+    "live SSE stream, which ends after the stream's last event.",
+    {JSON: EventsPage, NDJSON: Event, SSE: SSE_SCHEMA},
+)
+EVENTS_DOC = documented(EVENTS_ANSWER, errors=(429,))
+TEXT_LINES: dict[str, Any] = {"type": "string", "description": "console lines, one per line"}
+ATTACHMENT = {"Content-Disposition": "`attachment`, with the file's name"}
+
 StepFilter = Annotated[str | None, Parameter(description="only the outputs this step produced")]
 _CHUNK_BYTES = 256 * 1024
 
@@ -68,7 +90,7 @@ def stream_of(services: Services, run: Run) -> StreamRef:
 class RunViewController(Controller):
     tags = ["runs"]
 
-    @get("/runs/{run_id:str}/events", summary="A run's events: SSE, JSON page or NDJSON")
+    @get("/runs/{run_id:str}/events", summary="A run's events: SSE, JSON page or NDJSON", opt=EVENTS_DOC)
     async def events(
         self,
         run_id: str,
@@ -93,7 +115,19 @@ class RunViewController(Controller):
             format=format,
         )
 
-    @get("/runs/{run_id:str}/logs", summary="Console lines: a JSON page, or text (follow=true streams)")
+    @get(
+        "/runs/{run_id:str}/logs",
+        summary="Console lines: a JSON page, or text (follow=true streams)",
+        opt=documented(
+            Answer(
+                200,
+                "A JSON page of console lines, or (`format=text`, `follow=true`) `text/plain`: the lines' "
+                "text, one per line; `follow=true` streams new lines until the run ends.",
+                {JSON: ConsolePage, TEXT: TEXT_LINES},
+            ),
+            errors=(429,),
+        ),
+    )
     async def logs(
         self,
         run_id: str,
@@ -124,6 +158,9 @@ class RunViewController(Controller):
         "/runs/{run_id:str}/logfile",
         summary="The run's raw NDJSON event log",
         media_type="application/x-ndjson",
+        opt=documented(
+            Answer(200, f"The log's complete lines. {NDJSON_DESCRIPTION}", {NDJSON: Event}, ATTACHMENT)
+        ),
     )
     async def logfile(self, run_id: str, services: Services, principal: Principal) -> Stream:
         """The log's complete lines as they are when asked. The log is opened without following links (a
@@ -204,7 +241,14 @@ class RunViewController(Controller):
         "/runs/{run_id:str}/outputs.tar.gz",
         summary="All the run's outputs as one gzip-compressed tar, streamed",
         media_type=ARCHIVE_MEDIA_TYPES["tar.gz"],
-        response_description="a gzip-compressed tar of the outputs (Content-Disposition names it)",
+        opt=documented(
+            Answer(
+                200,
+                "a gzip-compressed tar of the outputs (Content-Disposition names it)",
+                {ARCHIVE_MEDIA_TYPES["tar.gz"]: BINARY},
+                ATTACHMENT,
+            )
+        ),
     )
     async def outputs_tar_gz(
         self, run_id: str, services: Services, principal: Principal, step: StepFilter = None
@@ -217,7 +261,14 @@ class RunViewController(Controller):
         "/runs/{run_id:str}/outputs.zip",
         summary="All the run's outputs as one zip, streamed",
         media_type=ARCHIVE_MEDIA_TYPES["zip"],
-        response_description="a zip of the outputs (Content-Disposition names it)",
+        opt=documented(
+            Answer(
+                200,
+                "a zip of the outputs (Content-Disposition names it)",
+                {ARCHIVE_MEDIA_TYPES["zip"]: BINARY},
+                ATTACHMENT,
+            )
+        ),
     )
     async def outputs_zip(
         self, run_id: str, services: Services, principal: Principal, step: StepFilter = None
@@ -229,7 +280,21 @@ class RunViewController(Controller):
     @get(
         "/runs/{run_id:str}/outputs/{path:path}",
         summary="Download an output (Range supported)",
-        responses={416: ResponseSpec(data_container=ErrorBody, description="the Range selects no byte")},
+        opt=documented(
+            Answer(
+                200,
+                "The whole file, in the media type its name implies",
+                {"*/*": BINARY},
+                {**ATTACHMENT, "Accept-Ranges": "`bytes`"},
+            ),
+            Answer(
+                206,
+                "The bytes the `Range` header selected",
+                {"*/*": BINARY},
+                {"Content-Range": "`bytes <first>-<last>/<size>`", "Accept-Ranges": "`bytes`"},
+            ),
+            errors=(416,),
+        ),
     )
     async def output(
         self,

@@ -21,11 +21,13 @@ from litestar.response import File
 
 from ade.api.auth import RUNNER_ROUTES
 from ade.api.deps import Services
+from ade.api.openapi import BINARY, JSON, Answer, documented
 from ade.core import keys
 from ade.core.errors import Forbidden, Invalid, NotFound, TooLarge, Unauthorized
 from ade.core.models import TERMINAL_RUN_STATUSES, Run, Runner, Step, utcnow
 from ade.core.runner_messages import (
     Assignment,
+    Chunk,
     ChunkAnswer,
     Claim,
     Heartbeat,
@@ -44,7 +46,15 @@ class RunnerProtocolController(Controller):
     tags = ["runner protocol"]
     opt = RUNNER_ROUTES  # the only handlers a runner token opens (`ade.api.auth`)
 
-    @post("/claim", summary="Take a run to execute (long poll: waits up to wait_s for one)", status_code=200)
+    @post(
+        "/claim",
+        summary="Take a run to execute (long poll: waits up to wait_s for one)",
+        status_code=200,
+        opt=documented(
+            Answer(200, "A run to execute, with what it needs", {JSON: Assignment}),
+            Answer(204, "No run for this runner now: ask again"),
+        ),
+    )
     async def claim(self, data: Claim, services: Services, runner: Runner) -> Response[Assignment | None]:
         registered = set(runner.labels)
         wanted = set(data.labels) or registered
@@ -94,6 +104,7 @@ class RunnerProtocolController(Controller):
         "here straight into its struct: at a million events a run, the generic body parsing was the API's "
         "largest cost.",
         status_code=200,
+        opt=documented(request={JSON: Chunk}),
     )
     async def chunk(
         self, run_id: str, request: Request[Any, Any, Any], services: Services, runner: Runner
@@ -106,6 +117,7 @@ class RunnerProtocolController(Controller):
         summary="Upload an output file of a run",
         request_max_body_size=None,  # bounded by ADE_MAX_OUTPUT_BYTES while streaming instead
         status_code=200,
+        opt=documented(request={"application/octet-stream": BINARY}),
     )
     async def output(
         self, run_id: str, path: str, request: Request[Any, Any, Any], services: Services, runner: Runner
@@ -116,7 +128,11 @@ class RunnerProtocolController(Controller):
         written = await asyncio.to_thread(remote.write_output, services.settings, run.id, parts, [body])
         return UploadedOutput(path="/".join(parts), size=written)
 
-    @get("/runs/{run_id:str}/inputs/{index:int}", summary="Download an input file of a run")
+    @get(
+        "/runs/{run_id:str}/inputs/{index:int}",
+        summary="Download an input file of a run",
+        opt=documented(Answer(200, "The input's bytes", {"application/octet-stream": BINARY})),
+    )
     async def input(self, run_id: str, index: int, services: Services, runner: Runner) -> File:
         run = await remote.run_of(services.store, runner, run_id)
         if not 0 <= index < len(run.input_artifacts):
@@ -128,6 +144,7 @@ class RunnerProtocolController(Controller):
         "/runs/{run_id:str}/caches/{index:int}/{key_hash:str}",
         summary="A step's current cache version (a tar), or 404 cache_miss",
         media_type="application/x-tar",
+        opt=documented(Answer(200, "The cache, a tar", {"application/x-tar": BINARY})),
     )
     async def cache(
         self, run_id: str, index: int, key_hash: str, services: Services, runner: Runner
@@ -143,6 +160,7 @@ class RunnerProtocolController(Controller):
         summary="Save a step's new cache version (a tar)",
         request_max_body_size=None,  # bounded by ADE_MAX_CACHE_BYTES while streaming instead
         status_code=204,
+        opt=documented(request={"application/x-tar": BINARY}),
     )
     async def save_cache(
         self,

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from ade.api import auth
 from ade.api.deps import API_PREFIX, Services
+from ade.api.openapi import JSON, SSE, SSE_SCHEMA, Answer, documented
 from ade.api.streams import sse_response, stream_token, wants_stream
 from ade.core import ids, keys
 from ade.core.errors import Invalid
@@ -43,6 +44,7 @@ After = Annotated[str | None, Parameter(description="cursor: runs newer than thi
 IdempotencyKey = Annotated[
     str | None, Parameter(header="Idempotency-Key", description="repeat-safe creation within 24 h")
 ]
+PAGE_LINKS = '`<…?before=…>; rel="next"` (older runs), `<…?after=…>; rel="prev"` (newer runs)'
 Statuses = Annotated[list[RunStatus] | None, Parameter(description="repeatable")]
 
 
@@ -145,7 +147,20 @@ async def create_run(services: Services, principal: Principal, cfg: Configuratio
 class RunController(Controller):
     tags = ["runs"]
 
-    @post("/configurations/{configuration_id:str}/runs", status_code=201, summary="Create a run")
+    @post(
+        "/configurations/{configuration_id:str}/runs",
+        status_code=201,
+        summary="Create a run",
+        opt=documented(
+            Answer(201, "The run, queued", {JSON: RunResource}),
+            Answer(
+                200,
+                "With `stream: true` (or `Accept: text/event-stream`): the run's SSE stream from sequence 1",
+                {SSE: SSE_SCHEMA},
+            ),
+            errors=(429,),
+        ),
+    )
     async def create(
         self,
         configuration_id: str,
@@ -181,7 +196,13 @@ class RunController(Controller):
             return RunResource.of(run, API_PREFIX, await queue.waiting_for(services.redis, run))
         return RunResource.of(run, API_PREFIX)
 
-    @get("/workspaces/{workspace_id:str}/runs", summary="List a workspace's runs, newest first")
+    @get(
+        "/workspaces/{workspace_id:str}/runs",
+        summary="List a workspace's runs, newest first",
+        opt=documented(
+            Answer(200, "A page of runs, newest first", {JSON: Page}, {"Link": PAGE_LINKS}),
+        ),
+    )
     async def list_workspace_runs(
         self,
         workspace_id: str,
@@ -212,7 +233,13 @@ class RunController(Controller):
             created_before=created_before,
         )
 
-    @get("/configurations/{configuration_id:str}/runs", summary="List a configuration's runs, newest first")
+    @get(
+        "/configurations/{configuration_id:str}/runs",
+        summary="List a configuration's runs, newest first",
+        opt=documented(
+            Answer(200, "A page of runs, newest first", {JSON: Page}, {"Link": PAGE_LINKS}),
+        ),
+    )
     async def list_configuration_runs(
         self,
         configuration_id: str,

@@ -12,6 +12,7 @@ from litestar.params import Parameter
 from ade.api.audit import audit_page
 from ade.api.compat.shapes import CompatAuditPage, audit_log_of, pagination
 from ade.api.deps import Services
+from ade.api.openapi import documented
 from ade.core.errors import NotFound, not_found
 from ade.records.auth import Principal
 
@@ -24,7 +25,11 @@ class CompatAuditLogController(Controller):
     path = "/audit-logs"
     tags = ["build server API"]
 
-    @get("/", summary="Audit entries, newest first")
+    @get(
+        "/",
+        summary="Audit entries, newest first",
+        opt=documented(errors=(404,)),  # `projectId` names a project the key does not see
+    )
     async def list(
         self,
         services: Services,

@@ -13,6 +13,7 @@ from litestar.enums import MediaType
 
 from ade.api.auth import RUNNER_ROUTES
 from ade.api.deps import Services
+from ade.api.openapi import TEXT, Answer, documented
 from ade.core.errors import NotFound
 from ade.core.models import Run
 from ade.core.step_ids import parse_step_id, step_not_found
@@ -81,6 +82,10 @@ class StepModeController(Controller):
         description="The step's bash script (starting the step, and the run on its first step). A step "
         "whose dependencies have not ended as it needs is 409 `step_not_ready`; an ended one 409 "
         "`step_finished`; a running one answers the same script again.",
+        opt=documented(
+            Answer(200, "The step's bash script", {TEXT: {"type": "string", "description": "a bash script"}}),
+            errors=(409,),
+        ),
     )
     async def script(self, stepId: str, services: Services, principal: Principal) -> str:
         run, index = await _step_of(services, principal, stepId)

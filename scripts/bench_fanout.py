@@ -146,9 +146,7 @@ def main() -> None:
     exit_on_sigterm()
     import tempfile
 
-    print(
-        f"fan-out: one run at {args.rate} events/s for {args.seconds:g} s, subscribers {args.ladder}"
-    )
+    print(f"fan-out: one run at {args.rate} events/s for {args.seconds:g} s, subscribers {args.ladder}")
     with (
         tempfile.TemporaryDirectory(prefix="ade-fanout-") as tmp,
         ade_stack(Path(tmp) / "ade", env={"ADE_MAX_STREAMS_PER_KEY": "100000"}) as ade,

@@ -224,6 +224,53 @@ async def ade_throughput(ade: AdeStack, root: Path, lines: int, *, probe: bool) 
 
 
 @dataclass(frozen=True)
+class ReplayResult:
+    sse_events_per_s: float
+    json_events_per_s: float
+    ndjson_events_per_s: float
+
+
+async def replay(ade: AdeStack, run_id: str, events: int) -> ReplayResult:
+    """The finished run read again from its log: over SSE from the start, and as JSON / NDJSON pages."""
+    async with ade.client(timeout=120.0) as client:
+        started = time.perf_counter()
+        expected, rest = 1, b""
+        async with client.stream("GET", f"{API}/runs/{run_id}/events", params={"stream": "true"}) as response:
+            async for chunk in response.aiter_bytes():
+                buffer = rest + chunk
+                cut = buffer.rfind(b"\n\n") + 1
+                frames, rest = (buffer[:cut], buffer[cut:]) if cut > 0 else (b"", buffer)
+                expected = _check_ids(ID_LINE.findall(frames), expected)
+                if b"\nevent: end\n" in frames:
+                    break
+        if expected - 1 != events:
+            raise RuntimeError(f"replay gave {expected - 1} events, not {events}")
+        sse_rate = events / (time.perf_counter() - started)
+        rates = []
+        for fmt in ("json", "ndjson"):
+            started, after, seen = time.perf_counter(), 0, 0
+            while seen < events:
+                params = {"after_sequence": after, "limit": 1000, "format": fmt}
+                body = (await client.get(f"{API}/runs/{run_id}/events", params=params)).content
+                if fmt == "json":
+                    page = json.loads(body)
+                    seen, after = seen + len(page["items"]), page["next_after_sequence"]
+                else:
+                    count = body.count(b"\n")
+                    seen, after = seen + count, after + count
+            rates.append(events / (time.perf_counter() - started))
+    return ReplayResult(sse_rate, rates[0], rates[1])
+
+
+def report_replay(result: ReplayResult) -> None:
+    print()
+    print("Replay of the finished run from its log")
+    _line("SSE from the start, events/s", f"{result.sse_events_per_s:,.0f}")
+    _line("JSON pages of 1,000, events/s", f"{result.json_events_per_s:,.0f}")
+    _line("NDJSON pages of 1,000, events/s", f"{result.ndjson_events_per_s:,.0f}")
+
+
+@dataclass(frozen=True)
 class RunnerResult:
     stream: StreamResult
     runner_cpu_s: float
@@ -413,12 +460,14 @@ def main() -> None:
         # console would stop at ~180k lines (one marker, the rest dropped) and measure nothing.
         with ade_stack(root / "ade", env={"ADE_MAX_CONSOLE_BYTES_PER_RUN": "0"}) as ade:
             result = asyncio.run(ade_throughput(ade, root / "ade", args.lines, probe=args.probe))
+            replayed = asyncio.run(replay(ade, result.stream.run_id, result.stream.events))
             on_runner = asyncio.run(runner_throughput(ade, root / "ade", args.lines))
         with redis_server(root / "baseline-redis", appendonly=False) as server:
             bench_rps = redis_benchmark(server.port, server.password, result.stream.events, result.payload)
             py_published, py_delivered = redis_py_publish(server.url, result.stream.events, result.payload)
 
     report(result, args.lines, bench_rps, py_published, py_delivered)
+    report_replay(replayed)
     report_runner(on_runner, result)
 
 

@@ -1,0 +1,171 @@
+"""Benchmark: requests/s of ADE's API against a bare Litestar app on the same server stack.
+
+`GET /api/v1/runs/{id}` and `POST /api/v1/configurations/{id}/runs` with an API key, against a bare
+Litestar app (this file, `--bare`) whose handlers return (and, for POST, decode) a struct of the same
+size, both served by uvicorn with uvloop and httptools, one process each, measured in the same run.
+The load: `--connections` keep-alive HTTP/1.1 connections from this process, each sending its next request
+as soon as the answer arrived.
+
+Usage: python scripts/bench_http.py [--seconds 5] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pickup import API, REPO, ade_stack, child_process, exit_on_sigterm, free_port
+
+
+class Thing(msgspec.Struct):
+    id: str
+    workspace_id: str
+    status: str
+    steps: list[dict[str, Any]]
+    created_at: str
+
+
+def bare_app() -> Any:
+    from litestar import Litestar, get, post
+
+    thing = Thing("run_x", "ws_x", "queued", [{"name": "s", "status": "pending"}], "2026-11-30T00:00:00Z")
+
+    @get("/thing/{thing_id:str}")
+    async def read(thing_id: str) -> Thing:
+        return thing
+
+    @post("/thing", status_code=201)
+    async def create(data: dict[str, Any]) -> Thing:
+        return thing
+
+    return Litestar([read, create])
+
+
+async def load(port: int, request: bytes, seconds: float, connections: int) -> float:
+    """Requests/s of `request` (a complete HTTP/1.1 request) over keep-alive connections."""
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def one() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.monotonic() < stop:
+            writer.write(request)
+            status = await reader.readline()
+            if not status.startswith(b"HTTP/1.1 2"):
+                raise RuntimeError(status.decode())
+            length = 0
+            while (line := await reader.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            done += 1
+        writer.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return done / (time.monotonic() - started)
+
+
+def http_request(method: str, path: str, token: str | None, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def ade_figures(base_url: str, bootstrap: str, seconds: float, connections: int) -> dict[str, float]:
+    import httpx
+
+    port = int(base_url.rsplit(":", 1)[1])
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {bootstrap}"}) as http:
+        ws = (await http.post(f"{API}/workspaces", json={"name": "http"})).json()["id"]
+        key = (
+            await http.post(f"{API}/workspaces/{ws}/api-keys", json={"name": "k", "role": "operator"})
+        ).json()
+        # Offered to runners (none runs here): the runs the POSTs create never load the machine.
+        body = {"name": "http", "steps": [{"name": "s", "script": "true"}], "runs_on": ["nobody"]}
+        cfg = (await http.post(f"{API}/workspaces/{ws}/configurations", json=body)).json()["id"]
+        run_id = (await http.post(f"{API}/configurations/{cfg}/runs", json={})).json()["id"]
+    token = key["secret"]
+    get_rps = await load(port, http_request("GET", f"{API}/runs/{run_id}", token), seconds, connections)
+    post = http_request("POST", f"{API}/configurations/{cfg}/runs", token, b"{}")
+    post_rps = await load(port, post, seconds, max(1, connections // 4))
+    return {"GET /runs/{id}": get_rps, "POST .../runs": post_rps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    exit_on_sigterm()
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "bench_http:bare_app",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--log-level",
+        "warning",
+        "--app-dir",
+        str(REPO / "scripts"),
+    ]
+    with tempfile.TemporaryDirectory(prefix="ade-http-") as tmp:
+        with child_process(command, {}, Path(tmp) / "bare.log"):
+            for _ in range(100):
+                try:
+                    subprocess.run(
+                        ["curl", "-fs", f"http://127.0.0.1:{port}/thing/x"], check=True, capture_output=True
+                    )
+                    break
+                except subprocess.CalledProcessError:
+                    time.sleep(0.1)
+            bare_get = asyncio.run(
+                load(port, http_request("GET", "/thing/x", None), args.seconds, args.connections)
+            )
+            bare_post = asyncio.run(
+                load(
+                    port,
+                    http_request("POST", "/thing", None, b"{}"),
+                    args.seconds,
+                    max(1, args.connections // 4),
+                )
+            )
+        with ade_stack(Path(tmp) / "ade") as ade:
+            figures = asyncio.run(ade_figures(ade.base_url, ade.token, args.seconds, args.connections))
+    print("HTTP: requests/s, one API process, uvicorn + uvloop + httptools, keep-alive connections")
+    print(f"  {'bare Litestar GET':40s} {bare_get:10,.0f}")
+    print(
+        f"  {'ADE GET /runs/{id} (API key)':40s} {figures['GET /runs/{id}']:10,.0f}   "
+        f"{figures['GET /runs/{id}'] / bare_get:.2f} of bare"
+    )
+    print(f"  {'bare Litestar POST (decode + encode)':40s} {bare_post:10,.0f}")
+    print(
+        f"  {'ADE POST /configurations/{id}/runs':40s} {figures['POST .../runs']:10,.0f}   "
+        f"{figures['POST .../runs'] / bare_post:.2f} of bare"
+    )
+    print(json.dumps({"bare_get": bare_get, "bare_post": bare_post, **figures}))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ import pytest
 
 from ade.client import AdeClient, AsyncAdeClient, ConflictError, NotFoundError
 from tests.api import configuration, events_to_end, run, workspace
+from tests.cli import header_run_id
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
 Event = dict[str, Any]
@@ -327,7 +328,7 @@ def test_the_sync_client_and_the_cli_filter_download_and_rerun_failed_only(
         rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         assert f"one succeeded in {first.id} (kept, not run again)" in rerun.stdout
-        second = ade.get_run(rerun.stdout.splitlines()[0])
+        second = ade.get_run(header_run_id(rerun.stdout.splitlines()[0]))
         kept = second.steps[0].reused_from
         assert (second.status, second.failed_only, kept) == ("succeeded", True, first.id)
         with pytest.raises(ConflictError) as refused:

@@ -36,6 +36,7 @@ from ade.events.envelope import HEAD_DECODER, EventHead
 log = logging.getLogger(__name__)
 
 LiveEvent = tuple[EventHead, bytes]
+COALESCE_PER_SUBSCRIBER_S = 0.0002  # a live event's wait for company grows by this per local subscriber
 
 
 class _Stamp(msgspec.Struct):
@@ -155,12 +156,12 @@ class Hub:
 
     def wake_soon(self, sub: Subscription) -> None:
         """Wake `sub` at the end of the current coalescing window: its reader then sends everything that
-        arrived meanwhile as one write. The window grows with the subscribers of this process (50 µs
-        each, at most ADE_SSE_COALESCE_MAX_MS): a lone viewer gets each event at once; a thousand
-        viewers get twenty writes a second each instead of one per event."""
+        arrived meanwhile as one write. The window grows with the subscribers of this process
+        (COALESCE_PER_SUBSCRIBER_S each, at most ADE_SSE_COALESCE_MAX_MS): a lone viewer gets each event
+        at once; a thousand viewers get ten writes a second each instead of one per event."""
         self._to_wake.add(sub)
         if self._flush is None:
-            window_s = min(self._coalesce_max_s, 0.00005 * self.subscriber_count)
+            window_s = min(self._coalesce_max_s, COALESCE_PER_SUBSCRIBER_S * self.subscriber_count)
             self._flush = asyncio.get_running_loop().call_later(window_s, self._wake_all)
 
     def _wake_all(self) -> None:

@@ -20,7 +20,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from redis.exceptions import RedisError
 
 from ade.api.deps import API_PREFIX, Services
-from ade.core.errors import Forbidden, Unauthorized, not_found
+from ade.core.errors import Forbidden, NotFound, Unauthorized, not_found
 from ade.core.models import Build, Configuration, Role, Run, Runner, Workspace, utcnow
 from ade.records import runners
 from ade.records.auth import (
@@ -230,8 +230,14 @@ async def configuration(
 
 
 async def run(services: Services, principal: Principal, run_id: str, role: Role = "viewer") -> Run:
-    """A run by id or unique id prefix (resolved among the runs the caller can see)."""
-    found = await services.store.get_run(await services.store.resolve_run_id(run_id, principal.workspace_id))
+    """A run by id or unique id prefix (resolved among the runs the caller can see). An exact id is one
+    Redis read; only a miss looks for a prefix."""
+    try:
+        found = await services.store.get_run(run_id)
+    except NotFound:
+        found = await services.store.get_run(
+            await services.store.resolve_run_id(run_id, principal.workspace_id)
+        )
     if not principal.sees(found.workspace_id) or principal.stream_id not in (None, found.id):
         raise not_found("run", run_id)
     principal.require(role)

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from tests.system import BOOTSTRAP_TOKEN, AdeSystem
 
@@ -36,7 +33,6 @@ def test_the_walkthrough_is_a_script_that_stops_at_the_first_failure() -> None:
     assert "logs?follow=true" in script
 
 
-@pytest.mark.skipif(shutil.which("jq") is None or shutil.which("curl") is None, reason="needs curl and jq")
 def test_the_walkthrough_runs_against_a_real_system(system: AdeSystem, tmp_path: Path) -> None:
     env = {**os.environ, "ADE_URL": system.base_url, "ADE_TOKEN": BOOTSTRAP_TOKEN}
     script = tmp_path / "walkthrough.sh"

@@ -7,24 +7,19 @@ handlers take the runner from `provide_runner`, which refuses every other creden
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
-from redis.exceptions import RedisError
 
 from ade.api.deps import API_PREFIX, Services
 from ade.core.errors import Forbidden, NotFound, Unauthorized, not_found
 from ade.core.models import Build, Configuration, Role, Run, Runner, Workspace, utcnow
 from ade.records import runners
 from ade.records.auth import (
-    BOOTSTRAP_ACTOR,
     SUPERUSER,
     Principal,
     check_bootstrap,
@@ -38,8 +33,6 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema", "^/$", "^/static/"]
 # How often an open stream checks that the key behind it is still valid (with KeyValidity's cache of the
 # same length, a revocation ends the stream within about a second; an expiry within half a second).
-KEY_CHECK_INTERVAL_S = 0.5
-KEY_CHECK_TIMEOUT_S = 2.0  # a check Redis does not answer in time is skipped (the stream goes on)
 # Read-only streaming endpoints, the only ones a stream token opens.
 STREAMING_PATH = re.compile(rf"^{API_PREFIX}/(?:runs|builds)/(?P<stream_id>[^/]+)/(?:events|logs)$")
 # Route handlers (or their controller or router) with `opt=RUNNER_ROUTES` take runner tokens, and only them.
@@ -108,83 +101,6 @@ async def authenticate_key(services: Services, secret: str) -> Principal:
 async def key_still_valid(services: Services, principal: Principal) -> bool:
     """The key behind a principal (a stream token's minting key) exists, is not revoked, has not expired."""
     return await services.stream_tokens.keys.valid(services.store.find_api_key, principal.actor)
-
-
-def while_key_valid(
-    services: Services, principal: Principal, chunks: AsyncIterator[bytes], farewell: bytes = b""
-) -> AsyncIterator[bytes]:
-    """`chunks` until the key behind `principal` is revoked or expires (checked every
-    KEY_CHECK_INTERVAL_S, whether or not anything is being sent), then `farewell` and the end.
-
-    The bootstrap token's streams are not wrapped. While Redis cannot answer, an open stream goes on (it
-    cannot learn of a revocation then; new requests get 503) and is checked again on the next interval.
-    """
-    if principal.actor == BOOTSTRAP_ACTOR:
-        return chunks
-    return _guarded(services, principal, chunks, farewell)
-
-
-async def _guarded(
-    services: Services, principal: Principal, chunks: AsyncIterator[bytes], farewell: bytes
-) -> AsyncIterator[bytes]:
-    # The chunks are produced in a task of their own (start to end, so anything they hold is released in
-    # the task that took it) and handed over one at a time (bounded). A watcher task checks the key on its
-    # own schedule, so a slow Redis never holds up a frame; when the key is gone it stops the producer and
-    # hands over "gone" after whatever chunk was already waiting.
-    handoff: asyncio.Queue[tuple[str, bytes | Exception | None]] = asyncio.Queue(maxsize=1)
-
-    async def produce() -> None:
-        try:
-            async for chunk in chunks:
-                await handoff.put(("chunk", chunk))
-            await handoff.put(("end", None))
-        except Exception as exc:
-            await handoff.put(("error", exc))
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
-
-    async def watch() -> None:
-        failing = False  # warn once per outage, not twice a second
-        while True:
-            await asyncio.sleep(KEY_CHECK_INTERVAL_S)
-            try:
-                valid = await asyncio.wait_for(key_still_valid(services, principal), KEY_CHECK_TIMEOUT_S)
-            except (RedisError, OSError, TimeoutError) as exc:
-                if not failing:
-                    log.warning("cannot check key %s of an open stream (%r)", principal.actor, exc)
-                failing = True
-                continue
-            failing = False
-            if not valid:
-                producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producer
-                await handoff.put(("gone", None))
-                return
-
-    producer = asyncio.create_task(produce(), name=f"stream:{principal.actor}")
-    watcher = asyncio.create_task(watch(), name=f"stream-key:{principal.actor}")
-    for task in (producer, watcher):
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
-    try:
-        while True:
-            kind, item = await handoff.get()
-            if kind == "chunk":
-                assert isinstance(item, bytes)
-                yield item
-            elif kind == "error":
-                assert isinstance(item, Exception)
-                raise item
-            else:
-                if kind == "gone" and farewell:
-                    yield farewell
-                return
-    finally:
-        watcher.cancel()
-        producer.cancel()
 
 
 def provide_principal(request: Request[Principal, Any, Any]) -> Principal:

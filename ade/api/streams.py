@@ -16,14 +16,13 @@ from litestar.enums import MediaType
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
-from ade.api.auth import while_key_valid
 from ade.api.deps import API_PREFIX, Services
 from ade.core import keys
 from ade.core.errors import Invalid, TooManyRequests
 from ade.core.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, StreamToken
 from ade.events import eventlog
 from ade.events.envelope import EVENT_DECODER, HEAD_DECODER, Event, StreamRef
-from ade.events.follow import follow, stream_frames
+from ade.events.follow import Stop, follow, stream_frames
 from ade.records.auth import Principal
 from ade.records.summary import ConsolePage, console_line, console_page
 
@@ -109,8 +108,9 @@ async def sse_response(
         retry_ms=settings.sse_retry_ms,
         page_events=settings.replay_page_events,
         ended=record_ended(services, stream),
+        stop=key_stop(services, principal),
+        farewell=KEY_GONE_FRAME,
     )
-    frames = while_key_valid(services, principal, frames, KEY_GONE_FRAME)
     return Stream(slot.hold(frames), media_type="text/event-stream", headers=SSE_HEADERS, status_code=200)
 
 
@@ -166,8 +166,7 @@ async def logs_response(
         return Stream(_text_lines(stream.log_path, after_sequence, console_stream), media_type="text/plain")
     slot = StreamSlot(services, principal.actor)
     await slot.take()
-    lines = _followed_text(services, stream, after_sequence, console_stream)
-    lines = while_key_valid(services, principal, lines)
+    lines = _followed_text(services, stream, after_sequence, console_stream, key_stop(services, principal))
     return Stream(slot.hold(lines), media_type="text/plain", headers=SSE_HEADERS)
 
 
@@ -186,7 +185,7 @@ def _text_lines(path: Path, after_sequence: int, console_stream: str | None) -> 
 
 
 async def _followed_text(
-    services: Services, stream: StreamRef, after_sequence: int, console_stream: str | None
+    services: Services, stream: StreamRef, after_sequence: int, console_stream: str | None, stop: Stop | None
 ) -> AsyncIterator[bytes]:
     settings = services.settings
     async for batch in follow(
@@ -195,6 +194,7 @@ async def _followed_text(
         after_sequence,
         idle_s=settings.sse_keepalive_s,
         page_events=settings.replay_page_events,
+        stop=stop,
     ):
         if chunk := b"".join(text for _, line in batch if (text := _text_of(line, console_stream))):
             yield chunk
@@ -207,6 +207,11 @@ def stream_token(
     token, expires_at = services.stream_tokens.issue(principal, workspace_id, stream.id)
     events_url = f"{API_PREFIX}/{stream.kind}s/{stream.id}/events?stream=true&token={token}"
     return StreamToken(token=token, stream_id=stream.id, expires_at=expires_at, events_url=events_url)
+
+
+def key_stop(services: Services, principal: Principal) -> Stop | None:
+    """What ends a stream once the key behind it is revoked or expires (`ade.records.auth.KeyWatch`)."""
+    return services.stream_tokens.watch.stop_for(principal.actor, services.store.find_api_key)
 
 
 def record_ended(services: Services, stream: StreamRef) -> Callable[[], Awaitable[bool]]:

@@ -26,6 +26,29 @@ _RECORD_GRACE_POLLS = 20  # x 50 ms
 LogEvent = tuple[int, bytes]  # (sequence, the event's line)
 
 
+class Stop:
+    """Tells a follower to end now (the key behind its stream was revoked, say): `request` wakes it, and
+    it ends without `event: end`. `close` runs once the follower is gone (the watch forgets it)."""
+
+    def __init__(self, on_close: Callable[[], None] | None = None) -> None:
+        self.requested = False
+        self._wakes: list[Callable[[], None]] = []
+        self._on_close = on_close
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        self._wakes.append(wake)
+
+    def request(self) -> None:
+        self.requested = True
+        for wake in self._wakes:
+            wake()
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+
 def event_frame(sequence: int, data: bytes) -> bytes:
     return b"id: %d\nevent: ade.event\ndata: %s\n\n" % (sequence, data)
 
@@ -93,67 +116,77 @@ async def follow(
     idle_s: float,
     page_events: int,
     ended: Callable[[], Awaitable[bool]] | None = None,
+    stop: Stop | None = None,
 ) -> AsyncIterator[list[LogEvent]]:
     """The stream's events after `after_sequence`, in order, each exactly once, in batches; an empty batch
     after every idle interval (for keepalives). Ends after the stream's terminal event — or, checked on
     idle intervals, when `ended()` says its record ended although the log could not record it (a disk
     fault: the log then never gets a terminal event, and nothing pretends it did)."""
-    async with hub.subscribe(stream.channel) as sub:
-        cursor = _Cursor(stream, after_sequence)
-        tail = eventlog.tail(stream.log_path)
-        if tail is not None and tail.type == stream.terminal_type and tail.sequence <= after_sequence:
-            return
-        need_log = True
-        idle = False  # the last wait timed out with nothing new
-        while True:
-            if need_log:  # catch up from the log until it has nothing newer
-                while batch := cursor.read_log(page_events):
-                    yield batch
-                    if cursor.ended:
-                        return
-                    # A fast client's sends never suspend: let the hub and other requests run.
-                    await anyio.lowlevel.checkpoint()
-                need_log = False
-                if idle and ended is not None and await ended():
-                    # Writers record the end a moment before they log it: give the log that moment.
-                    for _ in range(_RECORD_GRACE_POLLS):
-                        await anyio.sleep(0.05)
-                        if batch := cursor.read_log(page_events):
-                            yield batch
-                            if cursor.ended:
-                                return
-                    return  # the record ended though its log could not say so
-                idle = False
-            # Live: forward in-order events from the hub; any doubt sends us back to the log.
-            timeout_s = idle_s if sub.confirmed else min(idle_s, _UNCONFIRMED_POLL_S)
-            if not await sub.wait(timeout_s):
-                yield []
-                need_log = True  # cheap insurance against a lost last message
-                idle = True
-                continue
-            if hub.draining:
+    try:
+        async with hub.subscribe(stream.channel) as sub:
+            if stop is not None:
+                stop.attach(sub.wake)
+            cursor = _Cursor(stream, after_sequence)
+            tail = eventlog.tail(stream.log_path)
+            if tail is not None and tail.type == stream.terminal_type and tail.sequence <= after_sequence:
                 return
-            items = sub.drain()
-            if sub.resync:
-                sub.resync = False
-                need_log = True
-                continue
-            batch = []
-            for head, data in items:
-                if head.sequence <= cursor.last_sequence:
+            need_log = True
+            idle = False  # the last wait timed out with nothing new
+            while True:
+                if stop is not None and stop.requested:
+                    return
+                if need_log:  # catch up from the log until it has nothing newer
+                    while batch := cursor.read_log(page_events):
+                        yield batch
+                        if cursor.ended:
+                            return
+                        # A fast client's sends never suspend: let the hub and other requests run.
+                        await anyio.lowlevel.checkpoint()
+                    need_log = False
+                    if idle and ended is not None and await ended():
+                        # Writers record the end a moment before they log it: give the log that moment.
+                        for _ in range(_RECORD_GRACE_POLLS):
+                            await anyio.sleep(0.05)
+                            if batch := cursor.read_log(page_events):
+                                yield batch
+                                if cursor.ended:
+                                    return
+                        return  # the record ended though its log could not say so
+                    idle = False
+                # Live: forward in-order events from the hub; any doubt sends us back to the log.
+                timeout_s = idle_s if sub.confirmed else min(idle_s, _UNCONFIRMED_POLL_S)
+                if not await sub.wait(timeout_s):
+                    yield []
+                    need_log = True  # cheap insurance against a lost last message
+                    idle = True
                     continue
-                if head.sequence > cursor.last_sequence + 1:
-                    need_log = True  # a gap: the log has everything up to here
-                    break
-                batch.append((head.sequence, data))
-                cursor.forwarded(head.sequence, data)
-                if head.type == stream.terminal_type:
-                    cursor.ended = True
-                    break
-            if batch:
-                yield batch
-            if cursor.ended:
-                return
+                if hub.draining or (stop is not None and stop.requested):
+                    return
+                items = sub.drain()
+                if sub.resync:
+                    sub.resync = False
+                    need_log = True
+                    continue
+                batch = []
+                for head, data in items:
+                    if head.sequence <= cursor.last_sequence:
+                        continue
+                    if head.sequence > cursor.last_sequence + 1:
+                        need_log = True  # a gap: the log has everything up to here
+                        break
+                    batch.append((head.sequence, data))
+                    cursor.forwarded(head.sequence, data)
+                    if head.type == stream.terminal_type:
+                        cursor.ended = True
+                        break
+                if batch:
+                    yield batch
+                if cursor.ended:
+                    return
+
+    finally:
+        if stop is not None:
+            stop.close()
 
 
 async def stream_frames(
@@ -165,13 +198,19 @@ async def stream_frames(
     retry_ms: int,
     page_events: int,
     ended: Callable[[], Awaitable[bool]] | None = None,
+    stop: Stop | None = None,
+    farewell: bytes = b"",
 ) -> AsyncIterator[bytes]:
-    """SSE bytes for `stream` after `after_sequence`, ending with `event: end` after the terminal event."""
+    """SSE bytes for `stream` after `after_sequence`, ending with `event: end` after the terminal event —
+    or with `farewell` when `stop` is requested."""
     yield b"retry: %d\n\n" % retry_ms
     async for batch in follow(
-        hub, stream, after_sequence, idle_s=keepalive_s, page_events=page_events, ended=ended
+        hub, stream, after_sequence, idle_s=keepalive_s, page_events=page_events, ended=ended, stop=stop
     ):
         frames = [event_frame(sequence, line) for sequence, line in batch]
         yield b"".join(frames) if frames else KEEPALIVE_FRAME
-    if not hub.draining:  # a stream cut by shutdown ends without `end`: the client resumes elsewhere
+    if stop is not None and stop.requested:
+        if farewell:
+            yield farewell
+    elif not hub.draining:  # a stream cut by shutdown ends without `end`: the client resumes elsewhere
         yield END_FRAME

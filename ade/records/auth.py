@@ -3,8 +3,10 @@ stream tokens for browsers' EventSource. Plain functions; the HTTP side is `ade.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -14,10 +16,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeSerializer
+from redis.exceptions import RedisError
 
 from ade.core import paths
 from ade.core.errors import Forbidden, Unauthorized
 from ade.core.models import ROLE_RANK, ApiKey, Role
+from ade.events.follow import Stop
+
+log = logging.getLogger(__name__)
 
 BOOTSTRAP_ACTOR = "bootstrap"
 KEY_PREFIX = "ade"
@@ -95,6 +101,7 @@ class StreamTokens:
         self._serializer = URLSafeSerializer(signing_key, salt="ade-stream-token")
         self.ttl_s = ttl_s
         self.keys = KeyValidity()  # this process's cache of the minting keys' validity
+        self.watch = KeyWatch(self.keys)  # the keys behind this process's open streams
 
     def issue(self, principal: Principal, workspace_id: str, stream_id: str) -> tuple[str, datetime]:
         expires_at = datetime.now(UTC) + timedelta(seconds=self.ttl_s)
@@ -152,3 +159,56 @@ class KeyValidity:
         if key is None or key.revoked_at is not None:
             return False
         return key.expires_at is None or key.expires_at > datetime.now(UTC)
+
+
+class KeyWatch:
+    """The keys behind this process's open streams, checked by one task every `interval_s` (not a task per
+    stream): when a key is revoked or expires, every stream it opened is told to stop (`Stop.request`).
+    While the store cannot answer, streams go on (new requests get 503) and are checked again next time."""
+
+    def __init__(self, keys: KeyValidity, interval_s: float = 0.5, timeout_s: float = 2.0) -> None:
+        self._keys, self._interval_s, self._timeout_s = keys, interval_s, timeout_s
+        self._open: dict[str, set[Stop]] = {}  # key id -> the stops of its open streams
+        self._find: FindKey | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def stop_for(self, actor: str, find: FindKey) -> Stop | None:
+        """A Stop for a stream opened by `actor` (None for the bootstrap token, which is never revoked)."""
+        if actor == BOOTSTRAP_ACTOR:
+            return None
+        stops = self._open.setdefault(actor, set())
+        stop = Stop(on_close=lambda: self._forget(actor, stop))
+        stops.add(stop)
+        self._find = find
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._check_forever(), name="key-watch")
+        return stop
+
+    @property
+    def watched(self) -> int:
+        return sum(len(stops) for stops in self._open.values())
+
+    def _forget(self, actor: str, stop: Stop) -> None:
+        stops = self._open.get(actor)
+        if stops is not None:
+            stops.discard(stop)
+            if not stops:
+                del self._open[actor]
+
+    async def _check_forever(self) -> None:
+        while self._open:
+            await asyncio.sleep(self._interval_s)
+            assert self._find is not None
+            for actor in list(self._open):
+                try:
+                    valid = await asyncio.wait_for(self._keys.valid(self._find, actor), self._timeout_s)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    if not self._failing:
+                        log.warning("cannot check the keys of open streams (%r)", exc)
+                    self._failing = True
+                    break
+                self._failing = False
+                if not valid:
+                    for stop in list(self._open.pop(actor, ())):
+                        stop.request()

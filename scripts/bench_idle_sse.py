@@ -1,0 +1,83 @@
+"""Benchmark: many idle SSE connections on one API process — what they cost in memory, how fast they open.
+
+`--connections` raw HTTP/1.1 connections each open the SSE stream of one of `--runs` runs that are offered
+to runners and never start (so the streams stay open and quiet). Reported: the API's RSS above its
+baseline, per connection, and the opening rate (all requests sent at once, counted when each got its
+`200` and the stream's first frame).
+
+Usage: python scripts/bench_idle_sse.py [--connections 10000] [--runs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fanout import rss_mb
+from bench_pickup import API, ade_stack, exit_on_sigterm
+
+
+async def open_stream(port: int, path: str, token: str) -> asyncio.StreamWriter:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(status.decode(errors="replace"))
+    while not (await reader.readline()).startswith(b"retry:") and not reader.at_eof():
+        pass
+    return writer
+
+
+async def measure(base_url: str, bootstrap: str, api_pid: int, connections: int, runs: int) -> None:
+    import httpx
+
+    port = int(base_url.rsplit(":", 1)[1])
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {bootstrap}"}) as http:
+        ws = (await http.post(f"{API}/workspaces", json={"name": "idle"})).json()["id"]
+        key = await http.post(f"{API}/workspaces/{ws}/api-keys", json={"name": "k", "role": "viewer"})
+        body = {"name": "idle", "steps": [{"name": "s", "script": "true"}], "runs_on": ["nobody"]}
+        cfg = (await http.post(f"{API}/workspaces/{ws}/configurations", json=body)).json()["id"]
+        run_ids = [
+            (await http.post(f"{API}/configurations/{cfg}/runs", json={})).json()["id"] for _ in range(runs)
+        ]
+    token = key.json()["secret"]
+    await asyncio.sleep(1.0)
+    baseline = rss_mb(api_pid)
+    started = time.monotonic()
+    writers = await asyncio.gather(
+        *(
+            open_stream(port, f"{API}/runs/{run_ids[i % runs]}/events?stream=true", token)
+            for i in range(connections)
+        )
+    )
+    open_s = time.monotonic() - started
+    await asyncio.sleep(2.0)
+    rss = rss_mb(api_pid)
+    print(f"idle SSE: {connections:,} connections over {runs} runs on one API process")
+    print(f"  opened in {open_s:.1f} s: {connections / open_s:,.0f} per second")
+    print(
+        f"  API RSS {baseline:.0f} MB -> {rss:.0f} MB: +{rss - baseline:.0f} MB, "
+        f"{(rss - baseline) * 1024 / connections:.1f} KB per connection"
+    )
+    for writer in writers:
+        writer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args()
+    exit_on_sigterm()
+    env = {"ADE_MAX_STREAMS_PER_KEY": str(args.connections * 2)}
+    with tempfile.TemporaryDirectory(prefix="ade-idle-") as tmp, ade_stack(Path(tmp) / "ade", env=env) as ade:
+        asyncio.run(measure(ade.base_url, ade.token, ade.api.pid, args.connections, args.runs))
+
+
+if __name__ == "__main__":
+    main()

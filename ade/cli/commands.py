@@ -19,17 +19,15 @@ from datetime import datetime
 from typing import cast
 
 import click
-from rich.table import Table
 
 from ade.cli.common import (
     configuration_argument,
     connected,
-    console,
     local_time,
     print_json,
+    print_listing,
     resolve_configuration,
     resolve_workspace,
-    row,
     status_text,
     watch,
     workspace_option,
@@ -149,21 +147,18 @@ def builds_list(
     """List configuration CFG's builds (name, id or id prefix), newest first. Times are local."""
     cfg = resolve_configuration(ade, configuration_ref, workspace_id)
     found = list(ade.list_builds(cfg.id, limit=limit))
-    if as_json:
-        print_json(found)
-        return
-    table = Table("BUILD", "STATUS", "FINGERPRINT", "REUSED FROM", "CREATED", box=None)
-    for build in found:
-        table.add_row(
-            *row(
-                build.id,
-                status_text(build.status),
-                build.fingerprint[:12],
-                build.reused_from or "",
-                local_time(build.created_at),
-            )
-        )
-    console().print(table)
+    print_listing(
+        found,
+        as_json,
+        ("BUILD", "STATUS", "FINGERPRINT", "REUSED FROM", "CREATED"),
+        lambda build: [
+            build.id,
+            status_text(build.status),
+            build.fingerprint[:12],
+            build.reused_from or "",
+            local_time(build.created_at),
+        ],
+    )
 
 
 # Docker images --------------------------------------------------------------------------------------
@@ -193,21 +188,18 @@ def images_add(ade: AdeClient, slug: str, image_url: str, public: bool, workspac
 def images_list(ade: AdeClient, workspace_id: str | None, as_json: bool) -> None:
     """List the images a workspace may name: its own and the public ones."""
     found = ade.list_docker_images(resolve_workspace(ade, workspace_id))
-    if as_json:
-        print_json(found)
-        return
-    table = Table("IMAGE", "SLUG", "IMAGE URL", "PUBLIC", "CREATED", box=None)
-    for image in found:
-        table.add_row(
-            *row(
-                image.id,
-                image.slug,
-                image.image_url,
-                "yes" if image.public else "",
-                local_time(image.created_at),
-            )
-        )
-    console().print(table)
+    print_listing(
+        found,
+        as_json,
+        ("IMAGE", "SLUG", "IMAGE URL", "PUBLIC", "CREATED"),
+        lambda image: [
+            image.id,
+            image.slug,
+            image.image_url,
+            "yes" if image.public else "",
+            local_time(image.created_at),
+        ],
+    )
 
 
 @images.command("delete")

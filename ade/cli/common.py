@@ -19,6 +19,7 @@ import click
 import httpx
 import msgspec
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from ade.cli.watch import EXIT_ERROR, Kind, StreamView
@@ -27,6 +28,7 @@ from ade.core.models import Configuration
 from ade.events.envelope import Event
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 WORKSPACE_ENV = "ADE_WORKSPACE"
 CONFIGURATION_ID_HEAD = "cfg_"
@@ -163,6 +165,19 @@ def resolve_configuration(ade: AdeClient, ref: str, workspace_id: str | None) ->
 
 def print_json(value: object) -> None:
     click.echo(json.dumps(msgspec.to_builtins(value), indent=2))
+
+
+def print_listing(
+    found: Sequence[T], as_json: bool, headers: Sequence[str], cells: Callable[[T], Sequence[str | Text]]
+) -> None:
+    """A list command's answer: the items as a JSON array, or a table of `cells` of each (text as is)."""
+    if as_json:
+        print_json(found)
+        return
+    table = Table(*headers, box=None)
+    for item in found:
+        table.add_row(*row(*cells(item)))
+    console().print(table)
 
 
 def status_text(status: str) -> Text:

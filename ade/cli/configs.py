@@ -13,17 +13,15 @@ from typing import Any
 import click
 import msgspec
 import yaml
-from rich.table import Table
 
 from ade.cli.common import (
     configuration_argument,
     connected,
-    console,
     local_time,
     print_json,
+    print_listing,
     resolve_configuration,
     resolve_workspace,
-    row,
     workspace_option,
 )
 from ade.client import AdeClient
@@ -106,21 +104,18 @@ def configs_apply(ade: AdeClient, file: Path, workspace_id: str | None) -> None:
 def configs_list(ade: AdeClient, workspace_id: str | None, as_json: bool) -> None:
     """List a workspace's configurations, by name. Times are local."""
     found = sorted(ade.list_configurations(resolve_workspace(ade, workspace_id)), key=lambda c: c.name)
-    if as_json:
-        print_json(found)
-        return
-    table = Table("CONFIGURATION", "NAME", "STEPS", "BUILD", "UPDATED", box=None)
-    for cfg in found:
-        table.add_row(
-            *row(
-                cfg.id,
-                cfg.name,
-                str(len(cfg.steps)),
-                cfg.build.constructor if cfg.build else "",
-                local_time(cfg.updated_at),
-            )
-        )
-    console().print(table)
+    print_listing(
+        found,
+        as_json,
+        ("CONFIGURATION", "NAME", "STEPS", "BUILD", "UPDATED"),
+        lambda cfg: [
+            cfg.id,
+            cfg.name,
+            str(len(cfg.steps)),
+            cfg.build.constructor if cfg.build else "",
+            local_time(cfg.updated_at),
+        ],
+    )
 
 
 def as_document(cfg: Configuration) -> dict[str, Any]:

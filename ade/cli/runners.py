@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 from rich.text import Text
 
 from ade.cli.common import (
     connected,
-    console,
     local_time,
     optional_workspace,
     print_json,
+    print_listing,
     resolve_workspace,
-    row,
     workspace_option,
 )
 from ade.client import AdeClient
@@ -64,23 +62,20 @@ def runners_list(ade: AdeClient, workspace_id: str | None, as_json: bool) -> Non
     """List the runners of a workspace (its own and the global ones); with the bootstrap token and no
     --workspace, every runner."""
     found = ade.list_runners(optional_workspace(ade, workspace_id))  # None: bootstrap, every runner
-    if as_json:
-        print_json(found)
-        return
-    table = Table("RUNNER", "NAME", "WORKSPACE", "LABELS", "STATUS", "LAST HEARTBEAT", "RUNS", box=None)
-    for runner in found:
-        table.add_row(
-            *row(
-                runner.id,
-                runner.name,
-                runner.workspace_id or "(global)",
-                ",".join(runner.labels),
-                Text(runner.status, style=_STATUS_STYLES.get(runner.status, "")),
-                local_time(runner.last_heartbeat_at) if runner.last_heartbeat_at else "never",
-                ",".join(runner.current_runs),
-            )
-        )
-    console().print(table)
+    print_listing(
+        found,
+        as_json,
+        ("RUNNER", "NAME", "WORKSPACE", "LABELS", "STATUS", "LAST HEARTBEAT", "RUNS"),
+        lambda runner: [
+            runner.id,
+            runner.name,
+            runner.workspace_id or "(global)",
+            ",".join(runner.labels),
+            Text(runner.status, style=_STATUS_STYLES.get(runner.status, "")),
+            local_time(runner.last_heartbeat_at) if runner.last_heartbeat_at else "never",
+            ",".join(runner.current_runs),
+        ],
+    )
 
 
 @runners.command("delete")

@@ -22,6 +22,7 @@ from ade.cli.common import (
     local_time,
     optional_workspace,
     print_json,
+    print_listing,
     resolve_configuration,
     row,
     status_text,
@@ -253,24 +254,22 @@ def runs_list(
             limit=limit,
         )
     )
-    if as_json:
-        print_json(found)
-        return
-    table = Table("RUN", "STATUS", "CONFIGURATION", "ATTEMPT", "BRANCH", "CREATED", "DURATION", box=None)
-    for run in found:
+
+    def cells(run: RunResource) -> list[str | Text]:
         took = _ms_between(run.started_at, run.completed_at)
-        table.add_row(
-            *row(
-                run.id,
-                status_text(run.status),
-                names.get(run.configuration_id, run.configuration_id),
-                str(run.attempt),
-                (run.commit.branch if run.commit else None) or "",
-                local_time(run.created_at),
-                duration(took) if took is not None else "",
-            )
-        )
-    console().print(table)
+        return [
+            run.id,
+            status_text(run.status),
+            names.get(run.configuration_id, run.configuration_id),
+            str(run.attempt),
+            (run.commit.branch if run.commit else None) or "",
+            local_time(run.created_at),
+            duration(took) if took is not None else "",
+        ]
+
+    print_listing(
+        found, as_json, ("RUN", "STATUS", "CONFIGURATION", "ATTEMPT", "BRANCH", "CREATED", "DURATION"), cells
+    )
 
 
 @runs.command("cancel")

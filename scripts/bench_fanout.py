@@ -1,12 +1,17 @@
-"""Benchmark: fan-out of one run's live events to many SSE subscribers on one API process.
+"""Benchmark: fan-out of live events to many SSE subscribers on one API process.
 
-A run prints `--rate` lines/s for `--seconds` s (a Python loop in its step). N subscribers (a ladder: 100,
-300, 1,000 by default) follow its SSE stream over raw HTTP/1.1 connections opened by this process (chunked
-bodies parsed by hand: no client library in the way). Latency is an event's `created_at` to its arrival,
-for every event written after the last subscriber connected; every subscriber must see ids 1..N exactly
-once. Also reported: the API's RSS before and after, and its CPU seconds.
+Each rung `SUBSCRIBERSxRUNS@RATE` starts RUNS runs that each print RATE lines/s for `--seconds` s (a Python
+loop in their step, after a warm-up that lets every subscriber connect first), and SUBSCRIBERS raw HTTP/1.1
+connections spread evenly over them follow their SSE streams (chunked bodies parsed by hand: no client
+library in the way). Every subscriber must see ids 1..N exactly once, in order, and `event: end`.
 
-Usage: python scripts/bench_fanout.py [--ladder 100,300,1000] [--rate 200] [--seconds 30]
+Latency is an event's `created_at` to its arrival at a subscriber, for every event created after all
+subscribers had their first frames. The client keeps its own cost low so that the API gets the CPU: per
+HTTP chunk it checks the ids, and takes each event's `created_at` from the first subscriber that sees it.
+Also reported: the API's RSS (before, peak), its CPU seconds, the writes each subscriber got per second,
+and the client's own CPU seconds.
+
+Usage: python scripts/bench_fanout.py [--ladder 100x1@200,300x1@200,1000x1@200,10000x100@20] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -15,20 +20,23 @@ import argparse
 import asyncio
 import re
 import sys
+import tempfile
 import time
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import uvloop
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pickup import API, AdeStack, ade_stack, exit_on_sigterm, percentile
+from bench_pickup import API, AdeStack, ade_stack, exit_on_sigterm
 from bench_throughput import cpu_seconds
 
-FRAME = re.compile(
-    rb'id: (\d+)\nevent: ade\.event\ndata: \{"type":"[^"]*","sequence":\d+,'
-    rb'"event_id":"[^"]*","created_at":"([^"]+)"'
-)
+IDS = re.compile(rb"id: (\d+)\nevent: ade")  # a literal prefix: the regex engine skips ahead fast
+STAMPS = re.compile(rb'id: (\d+)\nevent: ade\.event\ndata: \{[^\n]*?"created_at":"([^"]+)"')
 END = b"event: end\n"
+HISTOGRAM_MS = 120_000  # latencies are counted in 1 ms buckets up to this
 
 
 def rss_mb(pid: int) -> float:
@@ -38,46 +46,98 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def epoch_s(stamp: bytes) -> float:
+    return datetime.fromisoformat(stamp.decode().replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class Stream:
+    """What the subscribers of one run share: each event's `created_at`, taken from the first to see it."""
+
+    created_s: dict[int, float] = field(default_factory=dict)
+    newest: int = 0
+
+
+@dataclass
+class Tally:
+    """Every HTTP chunk's arrival (time, stream, first id, number of events); latencies are worked out at
+    the end, so that counting costs the client next to nothing while the API works."""
+
+    since_s: float = float("inf")  # events created from then on count
+    arrived_s: array[float] = field(default_factory=lambda: array("d"))
+    streams: list[Stream] = field(default_factory=list)
+    firsts: array[int] = field(default_factory=lambda: array("q"))
+    sizes: array[int] = field(default_factory=lambda: array("q"))
+
+    def record(self, now_s: float, stream: Stream, first: int, size: int) -> None:
+        self.arrived_s.append(now_s)
+        self.streams.append(stream)
+        self.firsts.append(first)
+        self.sizes.append(size)
+
+    def histogram_ms(self) -> array[int]:
+        counts = array("q", bytes(8 * HISTOGRAM_MS))
+        for now_s, stream, first, size in zip(
+            self.arrived_s, self.streams, self.firsts, self.sizes, strict=True
+        ):
+            for sequence in range(first, first + size):
+                created_s = stream.created_s[sequence]
+                if created_s >= self.since_s:
+                    counts[min(HISTOGRAM_MS - 1, int((now_s - created_s) * 1000))] += 1
+        return counts
+
+
+def percentile_ms(counts: array[int], pct: float) -> float:
+    rank, seen = sum(counts) * pct / 100, 0
+    for ms, n in enumerate(counts):
+        seen += n
+        if n and seen >= rank:
+            return ms + 0.5
+    return float("nan")
+
+
 @dataclass
 class Subscriber:
+    stream: Stream
     expected: int = 1
-    latencies_ms: list[float] = field(default_factory=list)
+    first_frame: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False
+    writes: int = 0  # HTTP chunks received: the API's sends to this subscriber
     error: str = ""
 
 
-async def follow(host: str, port: int, path: str, token: str, sub: Subscriber, since: list[float]) -> None:
+async def follow(host: str, port: int, path: str, token: str, sub: Subscriber, tally: Tally) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
-        "Accept: text/event-stream\r\n\r\n".encode()
-    )
-    await writer.drain()
-    status = await reader.readline()
-    if b" 200 " not in status:
-        sub.error = status.decode(errors="replace")
-        return
-    while (await reader.readline()) not in (b"\r\n", b""):
-        pass
-    rest = b""
     try:
-        while True:
-            size = int((await reader.readline()).strip() or b"0", 16)
-            if size == 0:
-                break
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        status = await reader.readline()
+        if b" 200 " not in status:
+            sub.error = status.decode(errors="replace")
+            return
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        rest = b""
+        stream = sub.stream
+        while size := int((await reader.readline()).strip() or b"0", 16):
             data = rest + (await reader.readexactly(size + 2))[:-2]
+            now_s = time.time()
+            sub.writes += 1
             cut = data.rfind(b"\n\n") + 2
             frames, rest = data[:cut], data[cut:]
-            now = time.time()
-            for match in FRAME.finditer(frames):
-                sequence = int(match.group(1))
-                if sequence != sub.expected:
-                    sub.error = f"expected id {sub.expected}, got {sequence}"
+            ids = list(map(int, IDS.findall(frames)))
+            if ids:
+                if ids != list(range(sub.expected, sub.expected + len(ids))):
+                    sub.error = f"expected ids from {sub.expected}, got {ids[:5]}…"
                     return
-                sub.expected += 1
-                created = datetime.fromisoformat(match.group(2).decode().replace("Z", "+00:00")).timestamp()
-                if since and created >= since[0]:
-                    sub.latencies_ms.append((now - created) * 1000)
+                sub.expected += len(ids)
+                if ids[-1] > stream.newest:
+                    stream.created_s.update((int(i), epoch_s(s)) for i, s in STAMPS.findall(frames))
+                    stream.newest = ids[-1]
+                tally.record(now_s, stream, ids[0], len(ids))
+                sub.first_frame.set()
             if END in frames:
                 sub.ended = True
                 return
@@ -85,14 +145,28 @@ async def follow(host: str, port: int, path: str, token: str, sub: Subscriber, s
         writer.close()
 
 
-async def one_rung(ade: AdeStack, subscribers: int, rate: int, seconds: float) -> dict[str, float | str]:
+@dataclass(frozen=True)
+class Rung:
+    subscribers: int
+    runs: int
+    rate: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rung:
+        subscribers, _, rest = text.partition("x")
+        runs, _, rate = rest.partition("@")
+        return cls(int(subscribers), int(runs or 1), int(rate or 200))
+
+
+async def one_rung(ade: AdeStack, rung: Rung, seconds: float) -> dict[str, float | str]:
     host, port = "127.0.0.1", int(ade.base_url.rsplit(":", 1)[1])
-    lines = int(rate * seconds)
+    lines = int(rung.rate * seconds)
+    warmup_s = 3 + rung.subscribers / 1000
     script = (
         "python3 -c 'import time\n"
-        f"start = time.monotonic()\nfor i in range({lines}):\n"
+        f"time.sleep({warmup_s})\nstart = time.monotonic()\nfor i in range({lines}):\n"
         f'    print("line-%d" % i, flush=True)\n'
-        f"    time.sleep(max(0, start + (i + 1) / {rate} - time.monotonic()))'"
+        f"    time.sleep(max(0, start + (i + 1) / {rung.rate} - time.monotonic()))'"
     )
     async with ade.client() as client:
         ws = (await client.post(f"{API}/workspaces", json={"name": "fanout"})).json()["id"]
@@ -103,35 +177,43 @@ async def one_rung(ade: AdeStack, subscribers: int, rate: int, seconds: float) -
         cfg = (await client.post(f"{API}/workspaces/{ws}/configurations", json=body)).json()["id"]
         rss_before = rss_mb(ade.api.pid)
         cpu_before = cpu_seconds(ade.api.pid)
-        run_id = (await client.post(f"{API}/configurations/{cfg}/runs", json={})).json()["id"]
-    path = f"{API}/runs/{run_id}/events?stream=true"
-    since: list[float] = []
-    subs = [Subscriber() for _ in range(subscribers)]
+        run_ids = [
+            (await client.post(f"{API}/configurations/{cfg}/runs", json={})).json()["id"]
+            for _ in range(rung.runs)
+        ]
+    streams = {run_id: Stream() for run_id in run_ids}
+    tally = Tally()
+    subs = [Subscriber(streams[run_ids[i % rung.runs]]) for i in range(rung.subscribers)]
     opened = time.monotonic()
     client_cpu = time.process_time()
-    tasks = []
-    for sub in subs:
-        tasks.append(asyncio.create_task(follow(host, port, path, key, sub, since)))
-        await asyncio.sleep(0)
-    await asyncio.sleep(0.5)
-    since.append(time.time())
+    tasks = [
+        asyncio.create_task(
+            follow(host, port, f"{API}/runs/{run_ids[i % rung.runs]}/events?stream=true", key, sub, tally)
+        )
+        for i, sub in enumerate(subs)
+    ]
+    all_live = asyncio.gather(*(sub.first_frame.wait() for sub in subs))
+    await asyncio.wait([all_live, *tasks], return_when=asyncio.FIRST_COMPLETED)  # a task done: it broke
+    tally.since_s = time.time()
     open_s = time.monotonic() - opened
     peak_rss = 0.0
     while not all(task.done() for task in tasks):
         peak_rss = max(peak_rss, rss_mb(ade.api.pid))
         await asyncio.wait(tasks, timeout=1.0)
-    latencies = sorted(value for sub in subs for value in sub.latencies_ms)
-    errors = [sub.error for sub in subs if sub.error or not sub.ended]
+    client_cpu_s = time.process_time() - client_cpu
+    errors = [sub.error or "no `end`" for sub in subs if sub.error or not sub.ended]
+    histogram = tally.histogram_ms()
     return {
-        "subscribers": subscribers,
+        "subscribers/runs/rate": f"{rung.subscribers}/{rung.runs}/{rung.rate}",
         "events each": subs[0].expected - 1,
-        "p50 ms": percentile(latencies, 50) if latencies else float("nan"),
-        "p99 ms": percentile(latencies, 99) if latencies else float("nan"),
-        "max ms": latencies[-1] if latencies else float("nan"),
+        "p50 ms": percentile_ms(histogram, 50),
+        "p99 ms": percentile_ms(histogram, 99),
+        "max ms": percentile_ms(histogram, 100),
         "API RSS MB before/peak": f"{rss_before:.0f}/{peak_rss:.0f}",
         "API CPU s": cpu_seconds(ade.api.pid) - cpu_before,
-        "client CPU s": time.process_time() - client_cpu,
-        "opened in s": open_s,
+        "writes per subscriber-s": sum(sub.writes for sub in subs) / rung.subscribers / (seconds + warmup_s),
+        "client CPU s": client_cpu_s,
+        "all live in s": open_s,
         "broken": len(errors),
         "first error": errors[0] if errors else "",
     }
@@ -139,20 +221,19 @@ async def one_rung(ade: AdeStack, subscribers: int, rate: int, seconds: float) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--ladder", default="100,300,1000")
-    parser.add_argument("--rate", type=int, default=200)
+    parser.add_argument("--ladder", default="100x1@200,300x1@200,1000x1@200,10000x100@20")
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
     exit_on_sigterm()
-    import tempfile
-
-    print(f"fan-out: one run at {args.rate} events/s for {args.seconds:g} s, subscribers {args.ladder}")
+    rungs = [Rung.parse(text) for text in args.ladder.split(",")]
+    print(f"fan-out: SUBSCRIBERSxRUNS@EVENTS_PER_S for {args.seconds:g} s: {args.ladder}")
+    most = max(rung.subscribers for rung in rungs)
     with (
         tempfile.TemporaryDirectory(prefix="ade-fanout-") as tmp,
-        ade_stack(Path(tmp) / "ade", env={"ADE_MAX_STREAMS_PER_KEY": "100000"}) as ade,
+        ade_stack(Path(tmp) / "ade", env={"ADE_MAX_STREAMS_PER_KEY": str(2 * most)}) as ade,
     ):
-        for rung in (int(value) for value in args.ladder.split(",")):
-            result = asyncio.run(one_rung(ade, rung, args.rate, args.seconds))
+        for rung in rungs:
+            result = uvloop.run(one_rung(ade, rung, args.seconds))
             print(
                 "  "
                 + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())

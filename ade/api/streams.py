@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -14,6 +14,9 @@ import msgspec
 from litestar import Request, Response
 from litestar.enums import MediaType
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 from redis.exceptions import RedisError
 
 from ade.api.deps import API_PREFIX, Services
@@ -79,19 +82,88 @@ class StreamSlot:
             )
         self._refreshed_s = time.monotonic()
 
-    async def hold(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass frames through, refreshing the slot while the stream lives and releasing it at the end."""
+    async def refresh_if_due(self) -> None:
+        """Keep the slot while the stream lives (called on every send; a Redis write every TTL/3)."""
+        if time.monotonic() - self._refreshed_s > keys.SSE_SLOT_TTL_S / 3:
+            self._refreshed_s = time.monotonic()
+            expiry_ms = int(time.time() * 1000) + keys.SSE_SLOT_TTL_S * 1000
+            with contextlib.suppress(RedisError, OSError):  # a Redis outage must not cut the stream
+                await self._redis.zadd(self._key, {self._member: expiry_ms})
+
+    async def release(self) -> None:
+        with contextlib.suppress(RedisError, OSError):  # else the slot lapses by itself
+            await asyncio.shield(self._redis.zrem(self._key, self._member))
+
+
+class _ASGIEventStream(ASGIStreamingResponse):
+    """Litestar's streaming response made lighter for the many long-lived streams of one process: chunks
+    go straight to `send` from the request's own task (no task group, no cancel scope); one small task
+    waits for the client to leave and then asks the stream to `stop`; the stream slot is kept and released
+    here."""
+
+    __slots__ = ("slot", "stop")
+
+    slot: StreamSlot
+    stop: Stop
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        watch = asyncio.ensure_future(_until_disconnect(receive, self.stop))
         try:
-            async for chunk in frames:
-                if time.monotonic() - self._refreshed_s > keys.SSE_SLOT_TTL_S / 3:
-                    self._refreshed_s = time.monotonic()
-                    expiry_ms = int(time.time() * 1000) + keys.SSE_SLOT_TTL_S * 1000
-                    with contextlib.suppress(RedisError, OSError):  # a Redis outage must not cut the stream
-                        await self._redis.zadd(self._key, {self._member: expiry_ms})
-                yield chunk
+            async for chunk in self.iterator:
+                await self.slot.refresh_if_due()
+                await send({"type": "http.response.body", "body": _bytes(chunk), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            with contextlib.suppress(RedisError, OSError):  # else the slot lapses by itself
-                await asyncio.shield(self._redis.zrem(self._key, self._member))
+            watch.cancel()
+            await self.slot.release()
+
+
+def _bytes(chunk: str | bytes) -> bytes:
+    return chunk if isinstance(chunk, bytes) else chunk.encode()
+
+
+async def _until_disconnect(receive: Receive, stop: Stop) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stop.request()
+
+
+class EventStream(Stream):
+    """A long-lived stream (SSE, or followed text) that holds a stream slot and ends when `stop` is
+    requested — by the client leaving, or by the key behind it being revoked."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, slot: StreamSlot, stop: Stop, media_type: str
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=SSE_HEADERS, status_code=200)
+        self._slot, self._stop = slot, stop
+
+    def to_asgi_response(
+        self,
+        app: Any,
+        request: Request[Any, Any, Any],
+        *,
+        background: Any = None,
+        cookies: Any = None,
+        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: Any = None,
+        status_code: int | None = None,
+        type_encoders: Any = None,
+    ) -> ASGIResponse:
+        response = _ASGIEventStream(
+            content_length=0,
+            cookies=self.cookies,
+            encoded_headers=encoded_headers,
+            headers={**(headers or {}), **self.headers},
+            is_head_response=is_head_response,
+            iterator=cast("AsyncIterator[bytes]", self.iterator),
+            media_type=str(self.media_type),
+            status_code=self.status_code,
+        )
+        response.slot, response.stop = self._slot, self._stop
+        return response
 
 
 async def sse_response(
@@ -100,6 +172,7 @@ async def sse_response(
     settings = services.settings
     slot = StreamSlot(services, principal.actor)
     await slot.take()
+    stop = key_stop(services, principal)
     frames = stream_frames(
         services.hub,
         stream,
@@ -108,10 +181,10 @@ async def sse_response(
         retry_ms=settings.sse_retry_ms,
         page_events=settings.replay_page_events,
         ended=record_ended(services, stream),
-        stop=key_stop(services, principal),
+        stop=stop,
         farewell=KEY_GONE_FRAME,
     )
-    return Stream(slot.hold(frames), media_type="text/event-stream", headers=SSE_HEADERS, status_code=200)
+    return EventStream(frames, slot=slot, stop=stop, media_type="text/event-stream")
 
 
 async def events_response(
@@ -166,8 +239,9 @@ async def logs_response(
         return Stream(_text_lines(stream.log_path, after_sequence, console_stream), media_type="text/plain")
     slot = StreamSlot(services, principal.actor)
     await slot.take()
-    lines = _followed_text(services, stream, after_sequence, console_stream, key_stop(services, principal))
-    return Stream(slot.hold(lines), media_type="text/plain", headers=SSE_HEADERS)
+    stop = key_stop(services, principal)
+    lines = _followed_text(services, stream, after_sequence, console_stream, stop)
+    return EventStream(lines, slot=slot, stop=stop, media_type="text/plain")
 
 
 def _text_of(line: bytes, console_stream: str | None) -> bytes | None:
@@ -185,7 +259,7 @@ def _text_lines(path: Path, after_sequence: int, console_stream: str | None) -> 
 
 
 async def _followed_text(
-    services: Services, stream: StreamRef, after_sequence: int, console_stream: str | None, stop: Stop | None
+    services: Services, stream: StreamRef, after_sequence: int, console_stream: str | None, stop: Stop
 ) -> AsyncIterator[bytes]:
     settings = services.settings
     async for batch in follow(
@@ -209,9 +283,10 @@ def stream_token(
     return StreamToken(token=token, stream_id=stream.id, expires_at=expires_at, events_url=events_url)
 
 
-def key_stop(services: Services, principal: Principal) -> Stop | None:
-    """What ends a stream once the key behind it is revoked or expires (`ade.records.auth.KeyWatch`)."""
-    return services.stream_tokens.watch.stop_for(principal.actor, services.store.find_api_key)
+def key_stop(services: Services, principal: Principal) -> Stop:
+    """What ends a stream: its client leaving, or the key behind it being revoked or expiring
+    (`ade.records.auth.KeyWatch`)."""
+    return services.stream_tokens.watch.stop_for(principal.actor, services.store.find_api_key) or Stop()
 
 
 def record_ended(services: Services, stream: StreamRef) -> Callable[[], Awaitable[bool]]:

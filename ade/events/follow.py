@@ -8,14 +8,14 @@ log is always the source of truth, so Redis reconnects, slow readers and restart
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import anyio.lowlevel
 
 from ade.events import eventlog
 from ade.events.envelope import HEAD_DECODER, StreamRef
-from ade.events.hub import Hub
+from ade.events.hub import Hub, Live, event_frame
 
 KEEPALIVE_FRAME = b": keepalive\n\n"
 END_FRAME = b"event: end\ndata: {}\n\n"
@@ -24,6 +24,27 @@ _RECORD_GRACE_POLLS = 20  # x 50 ms
 
 
 LogEvent = tuple[int, bytes]  # (sequence, the event's line)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Events in order: `sequences[i]` is the sequence of `lines[i]`; `frames`, their SSE frames when the
+    hub built them already (shared by every reader of a live event). Empty: an idle interval passed."""
+
+    sequences: Sequence[int]
+    lines: list[bytes]
+    frames: list[bytes] | None = None
+
+    def __iter__(self) -> Iterator[LogEvent]:
+        return zip(self.sequences, self.lines, strict=True)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def sse(self) -> bytes:
+        if self.frames is not None:
+            return b"".join(self.frames)
+        return b"".join([event_frame(sequence, line) for sequence, line in self])
 
 
 class Stop:
@@ -49,10 +70,6 @@ class Stop:
             self._on_close = None
 
 
-def event_frame(sequence: int, data: bytes) -> bytes:
-    return b"id: %d\nevent: ade.event\ndata: %s\n\n" % (sequence, data)
-
-
 @dataclass(slots=True)
 class _Cursor:
     """Where a reader stands: the last sequence sent, and where it is in the log — `offset`, just past the
@@ -64,7 +81,7 @@ class _Cursor:
     offset_sequence: int | None = None
     ended: bool = False
 
-    def read_log(self, page_events: int) -> list[LogEvent]:
+    def read_log(self, page_events: int) -> Batch:
         """The next page of events from the log (empty when the reader is up to date).
 
         A page that continues the reader's sequence densely — the writer's guarantee, checked on its first
@@ -78,34 +95,40 @@ class _Cursor:
         self.offset = page.next_offset
         lines = page.lines
         if not lines:
-            return []
+            return Batch((), [])
         first, last = HEAD_DECODER.decode(lines[0]), HEAD_DECODER.decode(lines[-1])
         self.offset_sequence = last.sequence
         if first.sequence == self.last_sequence + 1 and last.sequence == first.sequence + len(lines) - 1:
             self.last_sequence = last.sequence
             self.ended = last.type == self.stream.terminal_type  # only ever the log's last line
-            return list(zip(range(first.sequence, last.sequence + 1), lines, strict=True))
-        events: list[LogEvent] = []
+            return Batch(range(first.sequence, last.sequence + 1), lines)
+        sequences: list[int] = []
+        kept: list[bytes] = []
         for line in lines:
             head = HEAD_DECODER.decode(line)
             if head.sequence <= self.last_sequence:
                 continue
-            events.append((head.sequence, line))
+            sequences.append(head.sequence)
+            kept.append(line)
             self.last_sequence = head.sequence
             if head.type == self.stream.terminal_type:
                 self.ended = True
                 break
-        return events
+        return Batch(sequences, kept)
 
-    def forwarded(self, sequence: int, data: bytes) -> None:
-        """A live event went out. If it is the log's line right after the offset, the offset moves past it;
-        else (the reader started past the log's end, say) where it is in the log is no longer known."""
-        self.last_sequence = sequence
-        if self.offset is not None and self.offset_sequence == sequence - 1:
-            self.offset += len(data) + 1
-            self.offset_sequence = sequence
+    def take_live(self, live: Live) -> Batch:
+        """Live events (consecutive, the first right after `last_sequence`) go out. If they continue the
+        log from the offset, the offset moves past them; else (the reader started past the log's end, say)
+        where it is in the log is no longer known."""
+        first, last = live.heads[0], live.heads[-1]
+        if self.offset is not None and self.offset_sequence == first.sequence - 1:
+            self.offset += sum(map(len, live.lines)) + len(live.lines)
+            self.offset_sequence = last.sequence
         else:
             self.offset = None
+        self.last_sequence = last.sequence
+        self.ended = last.type == self.stream.terminal_type  # only ever a stream's last event
+        return Batch(range(first.sequence, last.sequence + 1), live.lines, live.frames)
 
 
 async def follow(
@@ -117,7 +140,7 @@ async def follow(
     page_events: int,
     ended: Callable[[], Awaitable[bool]] | None = None,
     stop: Stop | None = None,
-) -> AsyncIterator[list[LogEvent]]:
+) -> AsyncIterator[Batch]:
     """The stream's events after `after_sequence`, in order, each exactly once, in batches; an empty batch
     after every idle interval (for keepalives). Ends after the stream's terminal event — or, checked on
     idle intervals, when `ended()` says its record ended although the log could not record it (a disk
@@ -138,7 +161,7 @@ async def follow(
                 if need_log:  # catch up from the log until it has nothing newer
                     while batch := cursor.read_log(page_events):
                         yield batch
-                        if cursor.ended:
+                        if cursor.ended or (stop is not None and stop.requested):
                             return
                         # A fast client's sends never suspend: let the hub and other requests run.
                         await anyio.lowlevel.checkpoint()
@@ -156,33 +179,21 @@ async def follow(
                 # Live: forward in-order events from the hub; any doubt sends us back to the log.
                 timeout_s = idle_s if sub.confirmed else min(idle_s, _UNCONFIRMED_POLL_S)
                 if not await sub.wait(timeout_s):
-                    yield []
+                    yield Batch((), [])
                     need_log = True  # cheap insurance against a lost last message
                     idle = True
                     continue
                 if hub.draining or (stop is not None and stop.requested):
                     return
-                items = sub.drain()
-                if sub.resync:
+                live = sub.take(cursor.last_sequence)
+                if sub.resync or live is None:  # the hub may have missed some, or they are gone from it
                     sub.resync = False
-                    need_log = True
+                    need_log = True  # the log has everything
                     continue
-                batch = []
-                for head, data in items:
-                    if head.sequence <= cursor.last_sequence:
-                        continue
-                    if head.sequence > cursor.last_sequence + 1:
-                        need_log = True  # a gap: the log has everything up to here
-                        break
-                    batch.append((head.sequence, data))
-                    cursor.forwarded(head.sequence, data)
-                    if head.type == stream.terminal_type:
-                        cursor.ended = True
-                        break
-                if batch:
-                    yield batch
-                if cursor.ended:
-                    return
+                if live.heads:
+                    yield cursor.take_live(live)
+                    if cursor.ended:
+                        return
 
     finally:
         if stop is not None:
@@ -207,8 +218,7 @@ async def stream_frames(
     async for batch in follow(
         hub, stream, after_sequence, idle_s=keepalive_s, page_events=page_events, ended=ended, stop=stop
     ):
-        frames = [event_frame(sequence, line) for sequence, line in batch]
-        yield b"".join(frames) if frames else KEEPALIVE_FRAME
+        yield batch.sse() if batch else KEEPALIVE_FRAME
     if stop is not None and stop.requested:
         if farewell:
             yield farewell

@@ -1,4 +1,4 @@
-"""Per-process fan-out: one Redis pub/sub connection, bounded queues for local subscribers.
+"""Per-process fan-out: one Redis pub/sub connection; each channel's recent events kept once for its readers.
 
 The hub subscribes to a stream's channel when its first local subscriber arrives and unsubscribes when
 the last one leaves. Every SUBSCRIBE confirmation (the first one, or the automatic re-subscribe after a
@@ -8,9 +8,9 @@ while the hub was not listening is repaired from the log (DESIGN.md invariant 3)
 Through a Redis outage the hub retries with backoff, for as long as it takes. While it is cut off its
 subscribers count as unconfirmed, so readers poll the log meanwhile; once it reconnects it subscribes
 again to every channel its subscribers want (including ones whose SUBSCRIBE failed during the outage)
-and drops the ones nobody wants any more. A subscriber's queue
-is bounded: when it is full the oldest entry is dropped, which the reader sees as a sequence jump and
-fills from the log (invariant 4).
+and drops the ones nobody wants any more. A channel's live events are kept once, in a bounded `Recent`
+that all its local subscribers take from; a reader that falls further behind than it holds reads the log
+(invariant 4).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import msgspec
 from redis.asyncio import Redis
@@ -35,8 +35,7 @@ from ade.events.envelope import HEAD_DECODER, EventHead
 
 log = logging.getLogger(__name__)
 
-LiveEvent = tuple[EventHead, bytes]
-COALESCE_PER_SUBSCRIBER_S = 0.0002  # a live event's wait for company grows by this per local subscriber
+COALESCE_PER_SUBSCRIBER_S = 0.0001  # a live event's wait for company grows by this per local subscriber
 
 
 class _Stamp(msgspec.Struct):
@@ -46,62 +45,123 @@ class _Stamp(msgspec.Struct):
 _STAMP_DECODER = msgspec.json.Decoder(_Stamp)
 
 
-class Subscription:
-    """What one reader (an SSE response) sees of a stream's live events."""
+def event_frame(sequence: int, line: bytes) -> bytes:
+    """One event as an SSE frame (its id is its sequence: what `Last-Event-ID` resumes from)."""
+    return b"id: %d\nevent: ade.event\ndata: %s\n\n" % (sequence, line)
 
-    def __init__(self, max_events: int, hub: Hub | None = None) -> None:
-        self._hub = hub  # wakes its reader once per coalescing window (None: at once)
-        self._items: deque[LiveEvent] = deque()
-        self._max_events = max_events
-        self._wake = asyncio.Event()
+
+class Live(NamedTuple):
+    """Consecutive live events (sequence `heads[0].sequence + i`), their lines and their SSE frames."""
+
+    heads: list[EventHead]
+    lines: list[bytes]
+    frames: list[bytes]
+
+
+class Recent:
+    """A channel's latest live events, kept once for all of this process's subscribers to it — each takes
+    the part after its own last sequence, so an event costs one entry and one SSE frame however many read
+    it. Always dense: an event that does not continue it starts it afresh (a reader that needs what was
+    missed reads the log); one it already holds is ignored. Bounded: it keeps the newest `capacity` events,
+    and a reader whose next event is no longer here reads the log instead (DESIGN.md invariant 4)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self.max_events = capacity + capacity // 4  # it trims itself back to `capacity` past this
+        self.first_sequence = 1  # the sequence of heads[0]
+        self.heads: list[EventHead] = []
+        self.lines: list[bytes] = []
+        self.frames: list[bytes] = []
+
+    @property
+    def last_sequence(self) -> int:
+        return self.first_sequence + len(self.heads) - 1
+
+    def append(self, head: EventHead, line: bytes) -> None:
+        if self.heads and head.sequence <= self.last_sequence:
+            return  # published twice (a writer's retry): the first one counts
+        if not self.heads or head.sequence != self.last_sequence + 1:
+            self.heads.clear()
+            self.lines.clear()
+            self.frames.clear()
+            self.first_sequence = head.sequence
+        self.heads.append(head)
+        self.lines.append(line)
+        self.frames.append(event_frame(head.sequence, line))
+        if len(self.heads) > self.max_events:
+            cut = len(self.heads) - self._capacity
+            del self.heads[:cut], self.lines[:cut], self.frames[:cut]
+            self.first_sequence += cut
+
+    def after(self, sequence: int) -> Live | None:
+        """The events after `sequence` (empty: none yet), or None when the next one is no longer here."""
+        start = sequence + 1 - self.first_sequence
+        if start < 0:
+            return None
+        return Live(self.heads[start:], self.lines[start:], self.frames[start:])
+
+
+class Subscription:
+    """What one reader (an SSE response) sees of a stream's live events: a wake-up when its channel got
+    some (once per coalescing window), and the channel's `Recent` to take them from."""
+
+    def __init__(self, recent: Recent) -> None:
+        self._recent = recent
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self.confirmed = False  # the hub's SUBSCRIBE for this channel has been acknowledged
         self.resync = False  # the hub may have missed messages: read the log
-        self.dropped_events = 0
-
-    def deliver(self, head: EventHead, data: bytes) -> None:
-        if len(self._items) >= self._max_events:
-            self._items.popleft()
-            self.dropped_events += 1
-        self._items.append((head, data))
-        if self._hub is None:
-            self._wake.set()
-        elif not self._wake.is_set():
-            self._hub.wake_soon(self)
+        self.taken_sequence = 0  # the last sequence this reader has (what it asked `take` after)
 
     def wake(self) -> None:
-        self._wake.set()
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def mark_unconfirmed(self) -> None:
         """The hub lost Redis: wake the reader so it polls the log until the channel is confirmed again."""
         self.confirmed = False
-        self._wake.set()
+        self.wake()
 
     def mark_resync(self) -> None:
         self.confirmed = True
         self.resync = True
-        self._wake.set()
+        self.wake()
 
     async def wait(self, timeout_s: float) -> bool:
-        """Wait until something was delivered (True) or the timeout passed (False)."""
-        if self._wake.is_set():
+        """Wait until woken (True) or the timeout passed (False). One future and one timer: no task."""
+        if self._woken:
             return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout_s)
-        return self._wake.is_set()
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return self._woken
 
-    def drain(self) -> list[LiveEvent]:
-        items = list(self._items)
-        self._items.clear()
-        self._wake.clear()
-        return items
+    def take(self, after_sequence: int) -> Live | None:
+        """The live events after `after_sequence` (see `Recent.after`); clears the wake-up."""
+        self._woken = False
+        self.taken_sequence = after_sequence
+        return self._recent.after(after_sequence)
 
     @property
     def queued_events(self) -> int:
-        return len(self._items)
+        """Live events held for this reader that it has not taken yet."""
+        return min(len(self._recent.heads), max(0, self._recent.last_sequence - self.taken_sequence))
 
 
-@dataclass
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+@dataclass(eq=False)
 class _Channel:
+    recent: Recent
     subscribers: set[Subscription] = field(default_factory=set)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -126,7 +186,7 @@ class Hub:
         self.lag_s = 0.0  # age of the newest event received, when it arrived
         self.draining = False  # shutting down: streams end without `end`, so clients resume elsewhere
         self._coalesce_max_s = coalesce_max_s
-        self._to_wake: set[Subscription] = set()
+        self._to_wake: set[_Channel] = set()
         self._flush: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
@@ -154,12 +214,12 @@ class Hub:
             for sub in channel.subscribers:
                 sub.mark_resync()
 
-    def wake_soon(self, sub: Subscription) -> None:
-        """Wake `sub` at the end of the current coalescing window: its reader then sends everything that
-        arrived meanwhile as one write. The window grows with the subscribers of this process
-        (COALESCE_PER_SUBSCRIBER_S each, at most ADE_SSE_COALESCE_MAX_MS): a lone viewer gets each event
-        at once; a thousand viewers get ten writes a second each instead of one per event."""
-        self._to_wake.add(sub)
+    def _wake_soon(self, channel: _Channel) -> None:
+        """Wake `channel`'s subscribers at the end of the current coalescing window: each reader then sends
+        everything that arrived meanwhile as one write. The window grows with the subscribers of this
+        process (COALESCE_PER_SUBSCRIBER_S each, at most ADE_SSE_COALESCE_MAX_MS): a lone viewer gets each
+        event at once; a thousand viewers get ten writes a second each instead of one per event."""
+        self._to_wake.add(channel)
         if self._flush is None:
             window_s = min(self._coalesce_max_s, COALESCE_PER_SUBSCRIBER_S * self.subscriber_count)
             self._flush = asyncio.get_running_loop().call_later(window_s, self._wake_all)
@@ -167,8 +227,9 @@ class Hub:
     def _wake_all(self) -> None:
         self._flush = None
         woken, self._to_wake = self._to_wake, set()
-        for sub in woken:
-            sub.wake()
+        for channel in woken:
+            for sub in channel.subscribers:
+                sub.wake()
 
     @property
     def subscriber_count(self) -> int:
@@ -187,11 +248,10 @@ class Hub:
         the reader then polls the log until a confirmation (a resync) arrives.
         """
         assert self._pubsub is not None, "Hub.start() was not called"
-        sub = Subscription(self._queue_events, self)
         channel = self._channels.get(channel_name)
         confirmable = True  # else nothing confirms it before the reader reconnects: poll the log meanwhile
         if channel is None:
-            channel = self._channels[channel_name] = _Channel()
+            channel = self._channels[channel_name] = _Channel(Recent(self._queue_events))
             try:
                 await self._pubsub.subscribe(channel_name)
             except (RedisError, OSError):
@@ -199,6 +259,7 @@ class Hub:
                 self._reconcile = True  # the reader subscribes it once Redis answers
         elif not channel.confirmed.is_set() and not self.connected:
             confirmable = False  # cut off: the reader re-subscribes it once Redis answers
+        sub = Subscription(channel.recent)
         channel.subscribers.add(sub)
         try:
             if confirmable:
@@ -277,9 +338,9 @@ class Hub:
                     head = HEAD_DECODER.decode(line)
                 except msgspec.DecodeError:
                     log.error("dropping an undecodable message on %s", name)
-                    return
-                for sub in channel.subscribers:
-                    sub.deliver(head, line)
+                    break
+                channel.recent.append(head, line)
+            self._wake_soon(channel)
         elif kind == "subscribe":
             channel.confirmed.set()
             for sub in channel.subscribers:

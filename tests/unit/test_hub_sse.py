@@ -10,23 +10,46 @@ import pytest
 from redis.asyncio import Redis
 
 from ade.cli.redis_server import RedisServer
-from ade.events.envelope import StreamRef
+from ade.events.envelope import EventHead, StreamRef
 from ade.events.follow import stream_frames
-from ade.events.hub import Hub, Subscription
+from ade.events.hub import Hub, Recent, Subscription
 from ade.events.payloads import RunCompleted
 from ade.events.writer import Identity, StreamWriter
 
 pytestmark = pytest.mark.anyio
 
 
-def test_subscription_queue_is_bounded_and_keeps_the_newest() -> None:
-    from ade.events.envelope import EventHead
-
-    sub = Subscription(max_events=10)
+def test_recent_events_are_bounded_dense_and_shared() -> None:
+    recent = Recent(capacity=8)
     for n in range(1, 101):
-        sub.deliver(EventHead(n, "console.line"), b"x")
-    assert sub.queued_events == 10 and sub.dropped_events == 90
-    assert [head.sequence for head, _ in sub.drain()] == list(range(91, 101))
+        recent.append(EventHead(n, "console.line"), b"x%d" % n)
+    assert 8 <= len(recent.heads) <= recent.max_events == 10 and recent.last_sequence == 100
+    assert recent.after(50) is None  # no longer held: the reader reads the log
+    live = recent.after(97)
+    assert live is not None and [head.sequence for head in live.heads] == [98, 99, 100]
+    assert live.lines == [b"x98", b"x99", b"x100"]
+    assert live.frames[0] == b"id: 98\nevent: ade.event\ndata: x98\n\n"
+    assert recent.after(100) == ([], [], []) and recent.after(120) == ([], [], [])  # nothing new yet
+    recent.append(EventHead(99, "console.line"), b"again")  # published twice: the first one counts
+    assert recent.after(98) == (
+        [EventHead(99, "console.line"), EventHead(100, "console.line")],
+        [b"x99", b"x100"],
+        live.frames[1:],
+    )
+    recent.append(EventHead(105, "console.line"), b"x105")  # 101..104 went by unseen: it starts afresh
+    assert recent.after(100) is None
+    live = recent.after(104)
+    assert live is not None and live.lines == [b"x105"]
+
+
+def test_readers_take_from_one_recent_after_their_own_sequence() -> None:
+    recent = Recent(capacity=8)
+    slow, fast = Subscription(recent), Subscription(recent)
+    for n in range(1, 6):
+        recent.append(EventHead(n, "console.line"), b"x")
+    assert [h.sequence for h in fast.take(0).heads] == [1, 2, 3, 4, 5]  # type: ignore[union-attr]
+    assert [h.sequence for h in slow.take(3).heads] == [4, 5]  # type: ignore[union-attr]
+    assert fast.queued_events == 5 and slow.queued_events == 2  # until each takes again
 
 
 @pytest.fixture
@@ -65,7 +88,7 @@ async def test_stalled_reader_stays_bounded_then_catches_up_exactly(
             if chunk.endswith(b"event: end\ndata: {}\n\n"):
                 break
     assert received == list(range(1, 5003))
-    assert 0 < largest_backlog <= 16
+    assert 0 < largest_backlog <= 16 * 5 // 4  # the hub's Recent: 16 events, trimmed past a quarter more
     await redis.aclose()
 
 

@@ -36,19 +36,34 @@ class Thing(msgspec.Struct):
 
 
 def bare_app() -> Any:
+    """The baseline: Litestar handlers with nothing of ours; `/stored/{id}` also reads its struct from Redis
+    (`BENCH_REDIS_URL`) with redis-py, as `GET /runs/{id}` must."""
+    import os
+
     from litestar import Litestar, get, post
+    from redis.asyncio import Redis
 
     thing = Thing("run_x", "ws_x", "queued", [{"name": "s", "status": "pending"}], "2026-11-30T00:00:00Z")
+    redis = Redis.from_url(os.environ["BENCH_REDIS_URL"])
+    decoder = msgspec.json.Decoder(Thing)
 
     @get("/thing/{thing_id:str}")
     async def read(thing_id: str) -> Thing:
         return thing
 
+    @get("/stored/{thing_id:str}")
+    async def read_stored(thing_id: str) -> Thing:
+        raw = await redis.get(f"thing:{thing_id}")
+        if raw is None:  # the first request stores it
+            await redis.set(f"thing:{thing_id}", msgspec.json.encode(thing))
+            return thing
+        return decoder.decode(raw)
+
     @post("/thing", status_code=201)
     async def create(data: dict[str, Any]) -> Thing:
         return thing
 
-    return Litestar([read, create])
+    return Litestar([read, read_stored, create])
 
 
 async def load(port: int, request: bytes, seconds: float, connections: int) -> float:
@@ -130,18 +145,21 @@ def main() -> None:
         "--app-dir",
         str(REPO / "scripts"),
     ]
-    with tempfile.TemporaryDirectory(prefix="ade-http-") as tmp:
-        with child_process(command, {}, Path(tmp) / "bare.log"):
+    with tempfile.TemporaryDirectory(prefix="ade-http-") as tmp, ade_stack(Path(tmp) / "ade") as ade:
+        with child_process(command, {"BENCH_REDIS_URL": ade.redis.url}, Path(tmp) / "bare.log"):
             for _ in range(100):
                 try:
                     subprocess.run(
-                        ["curl", "-fs", f"http://127.0.0.1:{port}/thing/x"], check=True, capture_output=True
+                        ["curl", "-fs", f"http://127.0.0.1:{port}/stored/x"], check=True, capture_output=True
                     )
                     break
                 except subprocess.CalledProcessError:
                     time.sleep(0.1)
             bare_get = asyncio.run(
                 load(port, http_request("GET", "/thing/x", None), args.seconds, args.connections)
+            )
+            bare_redis_get = asyncio.run(
+                load(port, http_request("GET", "/stored/x", None), args.seconds, args.connections)
             )
             bare_post = asyncio.run(
                 load(
@@ -151,10 +169,13 @@ def main() -> None:
                     max(1, args.connections // 4),
                 )
             )
-        with ade_stack(Path(tmp) / "ade") as ade:
-            figures = asyncio.run(ade_figures(ade.base_url, ade.token, args.seconds, args.connections))
+        figures = asyncio.run(ade_figures(ade.base_url, ade.token, args.seconds, args.connections))
     print("HTTP: requests/s, one API process, uvicorn + uvloop + httptools, keep-alive connections")
     print(f"  {'bare Litestar GET':40s} {bare_get:10,.0f}")
+    print(
+        f"  {'bare Litestar GET + one Redis GET':40s} {bare_redis_get:10,.0f}   "
+        f"{bare_redis_get / bare_get:.2f} of bare"
+    )
     print(
         f"  {'ADE GET /runs/{id} (API key)':40s} {figures['GET /runs/{id}']:10,.0f}   "
         f"{figures['GET /runs/{id}'] / bare_get:.2f} of bare"
@@ -164,7 +185,11 @@ def main() -> None:
         f"  {'ADE POST /configurations/{id}/runs':40s} {figures['POST .../runs']:10,.0f}   "
         f"{figures['POST .../runs'] / bare_post:.2f} of bare"
     )
-    print(json.dumps({"bare_get": bare_get, "bare_post": bare_post, **figures}))
+    print(
+        json.dumps(
+            {"bare_get": bare_get, "bare_redis_get": bare_redis_get, "bare_post": bare_post, **figures}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fanout import rss_mb
 from bench_pickup import API, ade_stack, exit_on_sigterm
+from bench_throughput import cpu_seconds
 
 
 async def open_stream(port: int, path: str, token: str) -> asyncio.StreamWriter:
@@ -48,6 +49,7 @@ async def measure(base_url: str, bootstrap: str, api_pid: int, connections: int,
     token = key.json()["secret"]
     await asyncio.sleep(1.0)
     baseline = rss_mb(api_pid)
+    cpu_before = cpu_seconds(api_pid)
     started = time.monotonic()
     writers = await asyncio.gather(
         *(
@@ -56,10 +58,14 @@ async def measure(base_url: str, bootstrap: str, api_pid: int, connections: int,
         )
     )
     open_s = time.monotonic() - started
+    open_cpu_s = cpu_seconds(api_pid) - cpu_before
     await asyncio.sleep(2.0)
     rss = rss_mb(api_pid)
     print(f"idle SSE: {connections:,} connections over {runs} runs on one API process")
-    print(f"  opened in {open_s:.1f} s: {connections / open_s:,.0f} per second")
+    print(
+        f"  opened in {open_s:.1f} s: {connections / open_s:,.0f} per second; the API's CPU meanwhile "
+        f"{open_cpu_s:.1f} s ({open_cpu_s / connections * 1e6:,.0f} µs per stream)"
+    )
     print(
         f"  API RSS {baseline:.0f} MB -> {rss:.0f} MB: +{rss - baseline:.0f} MB, "
         f"{(rss - baseline) * 1024 / connections:.1f} KB per connection"

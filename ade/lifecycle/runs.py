@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Awaitable, Sequence
 from typing import cast
 
+import anyio.to_thread
 import msgspec
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
@@ -94,7 +95,7 @@ async def submit_run(settings: Settings, redis: Redis, arq: ArqRedis, store: Sto
     """Persist a new run, write `run.queued` as its sequence 1, then enqueue it."""
     directory = paths.run_dir(settings.data_dir, run.id)
     try:
-        directory.create()
+        await anyio.to_thread.run_sync(directory.create)
         async with run_writer(settings, redis, run) as writer:
             await transitions.queue_run(Recorder(store, writer, "api"), run)
     except BaseException:

@@ -12,9 +12,11 @@ import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import anyio.to_thread
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -69,6 +71,13 @@ def _read_if_present(path: Path) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
+def _replace(path: Path, data: bytes) -> bytes | None:
+    """Write `data` at `path` atomically; what was there before (None: nothing)."""
+    previous = _read_if_present(path)
+    write_atomic(path, data)
+    return previous
+
+
 def _put_back(path: Path, previous: bytes | None) -> None:
     if previous is None:
         path.unlink(missing_ok=True)
@@ -107,14 +116,34 @@ class Store:
         self.redis = redis
         self.data_dir = data_dir
         self.scripts = scripts_for(redis)
+        self._writing: dict[Path, tuple[asyncio.Lock, int]] = {}  # record path: (its lock, its holders)
+
+    @contextlib.asynccontextmanager
+    async def _one_writer(self, path: Path) -> AsyncIterator[None]:
+        """Writes of one record, in this process, one at a time: each writes the disk (in a thread) and
+        then Redis, and two at once could land in either order."""
+        lock, holders = self._writing.get(path, (asyncio.Lock(), 0))
+        self._writing[path] = (lock, holders + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, holders = self._writing[path]
+            if holders == 1:
+                del self._writing[path]
+            else:
+                self._writing[path] = (lock, holders - 1)
 
     # Generic -----------------------------------------------------------------------------------
-    async def _get(self, cls: type[T], key: str, what: str, ident: str, path: Path | None = None) -> T:
-        """From Redis; while Redis is unreachable, from the data directory (the durable copy)."""
+    async def _get(
+        self, cls: type[T], key: str, what: str, ident: str, path: Callable[[], Path] | None = None
+    ) -> T:
+        """From Redis; while Redis is unreachable, from the data directory (the durable copy, at `path()`:
+        worked out only then, since building paths costs a hot read a good part of its time)."""
         try:
             raw = await self.redis.get(key)
         except (RedisConnectionError, RedisTimeoutError):
-            raw = _read_if_present(path) if path is not None and "/" not in ident else None
+            raw = _read_if_present(path()) if path is not None and "/" not in ident else None
             if raw is None:
                 raise
         if raw is None:
@@ -132,13 +161,13 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _written(self, path: Path, data: bytes) -> AsyncIterator[None]:
-        """Write the durable copy first; if indexing it fails, put the old copy back (nothing half-way)."""
-        previous = _read_if_present(path)
-        write_atomic(path, data)
+        """Write the durable copy first; if indexing it fails, put the old copy back (nothing half-way). The
+        disk work (an fsync) runs in a thread: the event loop goes on serving meanwhile."""
+        previous = await anyio.to_thread.run_sync(_replace, path, data)
         try:
             yield
         except BaseException:
-            _put_back(path, previous)
+            await asyncio.shield(anyio.to_thread.run_sync(_put_back, path, previous))
             raise
 
     # Workspaces --------------------------------------------------------------------------------
@@ -158,7 +187,7 @@ class Store:
         return [_decoders[Workspace].decode(raw) for raw in raws if raw is not None]
 
     async def get_workspace(self, workspace_id: str) -> Workspace:
-        path = paths.workspace_record(self.data_dir, workspace_id)
+        path = partial(paths.workspace_record, self.data_dir, workspace_id)
         return await self._get(Workspace, keys.workspace(workspace_id), "workspace", workspace_id, path)
 
     # Configurations ----------------------------------------------------------------------------
@@ -176,7 +205,7 @@ class Store:
             keys.configuration(configuration_id),
             "configuration",
             configuration_id,
-            paths.configuration_record(self.data_dir, configuration_id),
+            partial(paths.configuration_record, self.data_dir, configuration_id),
         )
 
     async def list_configurations(self, workspace_id: str) -> list[Configuration]:
@@ -226,11 +255,17 @@ class Store:
                 index(pipe)
                 await pipe.execute()
 
-        if durability == "all_or_nothing":
-            async with self._written(path, data):
-                await write_index()
-            return
-        write_atomic(path, data)
+        async with self._one_writer(path):
+            if durability == "all_or_nothing":
+                async with self._written(path, data):
+                    await write_index()
+                return
+            await anyio.to_thread.run_sync(write_atomic, path, data)
+            await self._indexed(path, write_index, durability)
+
+    async def _indexed(
+        self, path: Path, write_index: Callable[[], Awaitable[None]], durability: Durability
+    ) -> None:
         if durability == "retry":
             await self.retrying(write_index)
             return
@@ -257,7 +292,7 @@ class Store:
 
     async def get_run(self, run_id: str) -> Run:
         return await self._get(
-            Run, keys.run(run_id), "run", run_id, paths.run_dir(self.data_dir, run_id).record
+            Run, keys.run(run_id), "run", run_id, lambda: paths.run_dir(self.data_dir, run_id).record
         )
 
     async def resolve_run_id(self, ident: str, workspace_id: str | None) -> str:
@@ -355,7 +390,11 @@ class Store:
 
     async def get_build(self, build_id: str) -> Build:
         return await self._get(
-            Build, keys.build(build_id), "build", build_id, paths.build_dir(self.data_dir, build_id).record
+            Build,
+            keys.build(build_id),
+            "build",
+            build_id,
+            lambda: paths.build_dir(self.data_dir, build_id).record,
         )
 
     async def list_builds(self, index: str, *, limit: int, before: str | None = None) -> list[Build]:

@@ -200,25 +200,17 @@ async def events_response(
     if as_stream:
         return await sse_response(services, principal, stream, after_sequence)
     path = stream.log_path
-    offset = eventlog.offset_after(path, after_sequence)
+    page = eventlog.read_lines(path, eventlog.offset_after(path, after_sequence), limit)
+    last = after_sequence
+    if page.lines:
+        last = HEAD_DECODER.decode(page.lines[-1]).sequence
+        eventlog.note_page_end(path, last, page.next_offset)  # where the next page starts
     if format == "ndjson":
-        return Stream(_ndjson(path, offset, limit), media_type="application/x-ndjson")
-    page = eventlog.read_lines(path, offset, limit)
-    next_after = HEAD_DECODER.decode(page.lines[-1]).sequence if page.lines else after_sequence
-    # An EventsPage, made of the log's lines as they are (each already an Event's JSON): no decoding.
-    body = b'{"items":[%s],"next_after_sequence":%d}' % (b",".join(page.lines), next_after)
+        body = b"\n".join(page.lines) + b"\n" if page.lines else b""
+        return cast("Response[EventsPage]", Response(body, media_type="application/x-ndjson"))
+    # An EventsPage made of the log's lines as they are (each already an Event's JSON): no decoding.
+    body = b'{"items":[%s],"next_after_sequence":%d}' % (b",".join(page.lines), last)
     return cast("Response[EventsPage]", Response(body, media_type=MediaType.JSON))
-
-
-def _ndjson(path: Path, offset: int, limit: int) -> Iterator[bytes]:
-    remaining = limit
-    while remaining > 0:
-        page = eventlog.read_lines(path, offset, min(remaining, 1000))
-        if not page.lines:
-            return
-        yield b"".join(line + b"\n" for line in page.lines)
-        remaining -= len(page.lines)
-        offset = page.next_offset
 
 
 async def logs_response(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,12 +147,27 @@ def _line_at_or_after(fd: int, pos: int, size: int) -> tuple[int, bytes] | None:
     return None
 
 
+_PAGE_ENDS: OrderedDict[tuple[Path, int], int] = OrderedDict()  # (log, sequence): offset past its line
+_PAGE_ENDS_KEPT = 1024
+
+
+def note_page_end(path: Path, sequence: int, offset: int) -> None:
+    """Remember where the line of `sequence` ends (a page just ended there): the next page, which starts
+    after it, is found without a search. Safe to keep: a log's complete lines never move."""
+    _PAGE_ENDS[(path, sequence)] = offset
+    if len(_PAGE_ENDS) > _PAGE_ENDS_KEPT:
+        _PAGE_ENDS.popitem(last=False)
+
+
 def offset_after(path: Path, after_sequence: int) -> int:
     """Byte offset of the first line whose sequence is greater than `after_sequence`.
 
-    Binary search over byte offsets: O(log n) single-line reads, never a scan from the start.
-    Returns the end of the complete part of the file when no such line exists yet.
+    Where a page ended (`note_page_end`), or a binary search over byte offsets: O(log n) single-line reads,
+    never a scan from the start. Returns the end of the complete part of the file when no such line exists
+    yet.
     """
+    if (known := _PAGE_ENDS.get((path, after_sequence))) is not None:
+        return known
     try:
         fd = open_for_reading(path)
     except FileNotFoundError:

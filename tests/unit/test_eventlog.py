@@ -101,6 +101,15 @@ def test_read_lines_pages_through_the_log(tmp_path: Path) -> None:
     assert got == lines
 
 
+def test_a_noted_page_end_is_where_the_search_would_land(tmp_path: Path) -> None:
+    path = tmp_path / "events.ndjson"
+    write_log(path, 2500, message_bytes=40)
+    page = eventlog.read_lines(path, eventlog.offset_after(path, 700), 1000)
+    searched = eventlog.offset_after(path, 1700)
+    eventlog.note_page_end(path, 1700, page.next_offset)
+    assert eventlog.offset_after(path, 1700) == page.next_offset == searched
+
+
 def test_missing_log_is_empty(tmp_path: Path) -> None:
     path = tmp_path / "none.ndjson"
     assert eventlog.tail(path) is None

@@ -166,6 +166,8 @@ def offset_after(path: Path, after_sequence: int) -> int:
     never a scan from the start. Returns the end of the complete part of the file when no such line exists
     yet.
     """
+    if after_sequence <= 0:
+        return 0
     if (known := _PAGE_ENDS.get((path, after_sequence))) is not None:
         return known
     try:

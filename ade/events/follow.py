@@ -80,6 +80,7 @@ class _Cursor:
     offset: int | None = None
     offset_sequence: int | None = None
     ended: bool = False
+    at_end: bool = False  # the last read reached the end of the log (a page shorter than asked for)
 
     def read_log(self, page_events: int) -> Batch:
         """The next page of events from the log (empty when the reader is up to date).
@@ -94,6 +95,7 @@ class _Cursor:
         page = eventlog.read_lines(path, self.offset, page_events)
         self.offset = page.next_offset
         lines = page.lines
+        self.at_end = len(lines) < page_events
         if not lines:
             return Batch((), [])
         first, last = HEAD_DECODER.decode(lines[0]), HEAD_DECODER.decode(lines[-1])
@@ -150,10 +152,15 @@ async def follow(
             if stop is not None:
                 stop.attach(sub.wake)
             cursor = _Cursor(stream, after_sequence)
-            tail = eventlog.tail(stream.log_path)
-            if tail is not None and tail.type == stream.terminal_type and tail.sequence <= after_sequence:
-                return
-            need_log = True
+            if not (batch := cursor.read_log(page_events)):
+                tail = eventlog.tail(stream.log_path)  # nothing after `after_sequence`: has it ended already?
+                if tail is not None and tail.type == stream.terminal_type and tail.sequence <= after_sequence:
+                    return
+            else:
+                yield batch
+                if cursor.ended:
+                    return
+            need_log = not cursor.at_end
             idle = False  # the last wait timed out with nothing new
             while True:
                 if stop is not None and stop.requested:
@@ -163,6 +170,8 @@ async def follow(
                         yield batch
                         if cursor.ended or (stop is not None and stop.requested):
                             return
+                        if cursor.at_end:  # a short page: what comes next comes live
+                            break
                         # A fast client's sends never suspend: let the hub and other requests run.
                         await anyio.lowlevel.checkpoint()
                     need_log = False

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -16,7 +16,7 @@ from litestar.enums import MediaType
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import Receive, Send
+from litestar.types import HTTPResponseBodyEvent, Receive, Send
 from redis.exceptions import RedisError
 
 from ade.api.deps import API_PREFIX, Services
@@ -95,19 +95,46 @@ class StreamSlot:
             await asyncio.shield(self._redis.zrem(self._key, self._member))
 
 
+class DirectWrites:
+    """How the hub's flush writes a live SSE stream's frames without waking its task (`follow`'s `direct`):
+    the ASGI `send` is driven to completion on the spot. If it would have to wait — uvicorn waits for a
+    client that does not keep up to drain *before* it writes anything — it is closed unfinished (nothing
+    was written) and the stream's task sends those frames itself, waiting as long as it takes."""
+
+    def __init__(self) -> None:
+        self.send: Send | None = None  # set once the response has started
+
+    def __call__(self, data: bytes) -> bool:
+        if self.send is None:
+            return False
+        message: HTTPResponseBodyEvent = {"type": "http.response.body", "body": data, "more_body": True}
+        writing = cast("Coroutine[Any, Any, None]", self.send(message))  # an ASGI server's is a coroutine
+        try:
+            writing.send(None)
+        except StopIteration:
+            return True
+        except Exception:  # the stream's task meets it again and ends the stream
+            return False
+        writing.close()
+        return False
+
+
 class _ASGIEventStream(ASGIStreamingResponse):
     """Litestar's streaming response made lighter for the many long-lived streams of one process: chunks
     go straight to `send` from the request's own task (no task group, no cancel scope); one small task
     waits for the client to leave and then asks the stream to `stop`; the stream slot is kept and released
     here."""
 
-    __slots__ = ("slot", "stop")
+    __slots__ = ("direct", "slot", "stop")
 
     slot: StreamSlot
     stop: Stop
+    direct: DirectWrites | None
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         watch = asyncio.ensure_future(_until_disconnect(receive, self.stop))
+        if self.direct is not None:
+            self.direct.send = send
         try:
             async for chunk in self.iterator:
                 await self.slot.refresh_if_due()
@@ -133,10 +160,16 @@ class EventStream(Stream):
     requested — by the client leaving, or by the key behind it being revoked."""
 
     def __init__(
-        self, content: AsyncIterator[bytes], *, slot: StreamSlot, stop: Stop, media_type: str
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        slot: StreamSlot,
+        stop: Stop,
+        media_type: str,
+        direct: DirectWrites | None = None,
     ) -> None:
         super().__init__(content, media_type=media_type, headers=SSE_HEADERS, status_code=200)
-        self._slot, self._stop = slot, stop
+        self._slot, self._stop, self._direct = slot, stop, direct
 
     def to_asgi_response(
         self,
@@ -162,7 +195,7 @@ class EventStream(Stream):
             media_type=str(self.media_type),
             status_code=self.status_code,
         )
-        response.slot, response.stop = self._slot, self._stop
+        response.slot, response.stop, response.direct = self._slot, self._stop, self._direct
         return response
 
 
@@ -173,6 +206,7 @@ async def sse_response(
     slot = StreamSlot(services, principal.actor)
     await slot.take()
     stop = key_stop(services, principal)
+    direct = DirectWrites()
     frames = stream_frames(
         services.hub,
         stream,
@@ -183,8 +217,9 @@ async def sse_response(
         ended=record_ended(services, stream),
         stop=stop,
         farewell=KEY_GONE_FRAME,
+        direct=direct,
     )
-    return EventStream(frames, slot=slot, stop=stop, media_type="text/event-stream")
+    return EventStream(frames, slot=slot, stop=stop, media_type="text/event-stream", direct=direct)
 
 
 async def events_response(

@@ -15,7 +15,7 @@ import anyio.lowlevel
 
 from ade.events import eventlog
 from ade.events.envelope import HEAD_DECODER, StreamRef
-from ade.events.hub import Hub, Live, event_frame
+from ade.events.hub import Hub, Live, Subscription, event_frame
 
 KEEPALIVE_FRAME = b": keepalive\n\n"
 END_FRAME = b"event: end\ndata: {}\n\n"
@@ -81,6 +81,7 @@ class _Cursor:
     offset_sequence: int | None = None
     ended: bool = False
     at_end: bool = False  # the last read reached the end of the log (a page shorter than asked for)
+    wrote_directly: bool = False  # live frames went out from the hub's flush during the last wait
 
     def read_log(self, page_events: int) -> Batch:
         """The next page of events from the log (empty when the reader is up to date).
@@ -142,16 +143,36 @@ async def follow(
     page_events: int,
     ended: Callable[[], Awaitable[bool]] | None = None,
     stop: Stop | None = None,
+    direct: Callable[[bytes], bool] | None = None,
 ) -> AsyncIterator[Batch]:
     """The stream's events after `after_sequence`, in order, each exactly once, in batches; an empty batch
     after every idle interval (for keepalives). Ends after the stream's terminal event — or, checked on
     idle intervals, when `ended()` says its record ended although the log could not record it (a disk
-    fault: the log then never gets a terminal event, and nothing pretends it did)."""
+    fault: the log then never gets a terminal event, and nothing pretends it did).
+
+    `direct` (SSE): writes live frames at once if it can (False: it wrote nothing). While the follower waits
+    for the hub, the hub's flush calls `write_live` instead of waking it, so a live stream's frames go out
+    from the flush itself, with no task switch, generator or timer per subscriber and write; anything else
+    (a gap, a resync, the terminal event, a client that does not keep up) wakes the follower as before."""
     try:
         async with hub.subscribe(stream.channel) as sub:
             if stop is not None:
                 stop.attach(sub.wake)
             cursor = _Cursor(stream, after_sequence)
+
+            def write_live(sub: Subscription) -> bool:
+                if sub.resync or hub.draining or (stop is not None and stop.requested) or direct is None:
+                    return False
+                live = sub.peek(cursor.last_sequence)
+                if live is None or (live.heads and live.heads[-1].type == stream.terminal_type):
+                    return False  # a gap (the log has it) or the end: the follower's own work
+                if live.heads:
+                    if not direct(b"".join(live.frames)):
+                        return False
+                    cursor.take_live(live)
+                    cursor.wrote_directly = True
+                return True
+
             if not (batch := cursor.read_log(page_events)):
                 tail = eventlog.tail(stream.log_path)  # nothing after `after_sequence`: has it ended already?
                 if tail is not None and tail.type == stream.terminal_type and tail.sequence <= after_sequence:
@@ -187,10 +208,16 @@ async def follow(
                     idle = False
                 # Live: forward in-order events from the hub; any doubt sends us back to the log.
                 timeout_s = idle_s if sub.confirmed else min(idle_s, _UNCONFIRMED_POLL_S)
-                if not await sub.wait(timeout_s):
-                    yield Batch((), [])
+                sub.sink = write_live if direct is not None and sub.confirmed else None
+                cursor.wrote_directly = False
+                try:
+                    woken = await sub.wait(timeout_s)
+                finally:
+                    sub.sink = None
+                if not woken:
+                    yield Batch((), [])  # a keepalive (also when frames went out directly: it is cheap)
                     need_log = True  # cheap insurance against a lost last message
-                    idle = True
+                    idle = not cursor.wrote_directly
                     continue
                 if hub.draining or (stop is not None and stop.requested):
                     return
@@ -220,12 +247,20 @@ async def stream_frames(
     ended: Callable[[], Awaitable[bool]] | None = None,
     stop: Stop | None = None,
     farewell: bytes = b"",
+    direct: Callable[[bytes], bool] | None = None,
 ) -> AsyncIterator[bytes]:
     """SSE bytes for `stream` after `after_sequence`, ending with `event: end` after the terminal event —
     or with `farewell` when `stop` is requested."""
     yield b"retry: %d\n\n" % retry_ms
     async for batch in follow(
-        hub, stream, after_sequence, idle_s=keepalive_s, page_events=page_events, ended=ended, stop=stop
+        hub,
+        stream,
+        after_sequence,
+        idle_s=keepalive_s,
+        page_events=page_events,
+        ended=ended,
+        stop=stop,
+        direct=direct,
     ):
         yield batch.sse() if batch else KEEPALIVE_FRAME
     if stop is not None and stop.requested:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -35,7 +35,7 @@ from ade.events.envelope import HEAD_DECODER, EventHead
 
 log = logging.getLogger(__name__)
 
-COALESCE_PER_SUBSCRIBER_S = 0.0001  # a live event's wait for company grows by this per local subscriber
+COALESCE_PER_SUBSCRIBER_S = 0.00005  # a live event's wait for company grows by this per local subscriber
 
 
 class _Stamp(msgspec.Struct):
@@ -112,6 +112,9 @@ class Subscription:
         self.confirmed = False  # the hub's SUBSCRIBE for this channel has been acknowledged
         self.resync = False  # the hub may have missed messages: read the log
         self.taken_sequence = 0  # the last sequence this reader has (what it asked `take` after)
+        # Set while its reader waits: the hub's flush hands it the wake-up first, and wakes the reader only
+        # if it returns False (see `follow`: it writes live frames without waking the reader's task).
+        self.sink: Callable[[Subscription], bool] | None = None
 
     def wake(self) -> None:
         self._woken = True
@@ -145,6 +148,10 @@ class Subscription:
     def take(self, after_sequence: int) -> Live | None:
         """The live events after `after_sequence` (see `Recent.after`); clears the wake-up."""
         self._woken = False
+        return self.peek(after_sequence)
+
+    def peek(self, after_sequence: int) -> Live | None:
+        """The live events after `after_sequence`, leaving the wake-up as it is."""
         self.taken_sequence = after_sequence
         return self._recent.after(after_sequence)
 
@@ -229,7 +236,8 @@ class Hub:
         woken, self._to_wake = self._to_wake, set()
         for channel in woken:
             for sub in channel.subscribers:
-                sub.wake()
+                if sub.sink is None or not sub.sink(sub):
+                    sub.wake()
 
     @property
     def subscriber_count(self) -> int:

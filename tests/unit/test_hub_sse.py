@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -140,3 +142,71 @@ async def test_stream_ends_when_its_record_ended_but_the_log_could_not_say_so(
         rest = [chunk async for chunk in frames]
     assert rest[-1] == b"event: end\ndata: {}\n\n"
     assert all(not ids_in(chunk) for chunk in rest)  # no event was invented
+
+
+@pytest.mark.parametrize("refuse_every", [0, 3])
+async def test_frames_written_from_the_hub_flush_and_by_the_reader_are_exact(
+    hub: Hub, redis_server: RedisServer, tmp_path: Path, refuse_every: int
+) -> None:
+    """Live frames go out through `direct` from the hub's flush while the reader waits; whatever `direct`
+    refuses (a client that does not keep up) the reader sends itself: together, every id once, in order."""
+    stream = StreamRef.for_run(tmp_path, "run_direct")
+    redis = Redis.from_url(redis_server.url)
+    sent: list[bytes] = []
+    calls = written_directly = 0
+
+    def direct(data: bytes) -> bool:
+        nonlocal calls, written_directly
+        calls += 1
+        if refuse_every and calls % refuse_every == 0:
+            return False
+        sent.append(data)
+        written_directly += 1
+        return True
+
+    frames = stream_frames(hub, stream, 0, keepalive_s=5, retry_ms=1, page_events=100, direct=direct)
+    assert await frames.__anext__() == b"retry: 1\n\n"
+    async with StreamWriter(
+        redis, stream, Identity(workspace_id="ws", run_id="run_direct"), lease_ttl_s=5
+    ) as w:
+        await w.emit_many([("run.queued", {}, "worker")])
+        sent.append(await frames.__anext__())  # the reader is live and waits now
+        reader = asyncio.create_task(_rest(frames, sent))
+        for batch in range(20):
+            await w.emit_many([("console.line", {"n": batch * 10 + i}, "worker") for i in range(10)])
+            await asyncio.sleep(0.005)
+        await w.emit(RunCompleted(status="succeeded"))
+    with anyio.fail_after(10):
+        await reader
+    assert [i for chunk in sent for i in ids_in(chunk)] == list(range(1, 203))
+    assert sent[-1].endswith(b"event: end\ndata: {}\n\n") and written_directly > 0
+    await redis.aclose()
+
+
+async def _rest(frames: AsyncIterator[bytes], sent: list[bytes]) -> None:
+    async for chunk in frames:
+        if chunk != b": keepalive\n\n":
+            sent.append(chunk)
+
+
+def test_a_send_that_would_wait_is_closed_unwritten() -> None:
+    from ade.api.streams import DirectWrites
+
+    written: list[bytes] = []
+    waiting = False
+
+    class Drain:
+        def __await__(self) -> Generator[None, None, None]:
+            yield  # uvicorn: waiting for a slow client's socket to drain, before it writes anything
+
+    async def send(message: Any) -> None:
+        if waiting:
+            await Drain()
+        written.append(message["body"])
+
+    direct = DirectWrites()
+    assert not direct(b"a")  # no response yet
+    direct.send = send
+    assert direct(b"b") and written == [b"b"]
+    waiting = True
+    assert not direct(b"c") and written == [b"b"]  # the stream's task sends it instead

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -69,7 +70,6 @@ class StreamSlot:
         self._key = keys.sse_slots(actor)
         self._member = secrets.token_hex(8)
         self._limit = services.settings.max_streams_per_key
-        self._refreshed_s = 0.0
 
     async def take(self) -> None:
         now_ms = int(time.time() * 1000)
@@ -80,15 +80,12 @@ class StreamSlot:
                 f"this key already has {self._limit} open event streams (ADE_MAX_STREAMS_PER_KEY)",
                 code="too_many_streams",
             )
-        self._refreshed_s = time.monotonic()
 
-    async def refresh_if_due(self) -> None:
-        """Keep the slot while the stream lives (called on every send; a Redis write every TTL/3)."""
-        if time.monotonic() - self._refreshed_s > keys.SSE_SLOT_TTL_S / 3:
-            self._refreshed_s = time.monotonic()
-            expiry_ms = int(time.time() * 1000) + keys.SSE_SLOT_TTL_S * 1000
-            with contextlib.suppress(RedisError, OSError):  # a Redis outage must not cut the stream
-                await self._redis.zadd(self._key, {self._member: expiry_ms})
+    async def refresh(self) -> None:
+        """Keep the slot while the stream lives (every TTL/3, by the stream's watch)."""
+        expiry_ms = int(time.time() * 1000) + keys.SSE_SLOT_TTL_S * 1000
+        with contextlib.suppress(RedisError, OSError):  # a Redis outage must not cut the stream
+            await self._redis.zadd(self._key, {self._member: expiry_ms})
 
     async def release(self) -> None:
         with contextlib.suppress(RedisError, OSError):  # else the slot lapses by itself
@@ -132,12 +129,11 @@ class _ASGIEventStream(ASGIStreamingResponse):
     direct: DirectWrites | None
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        watch = asyncio.ensure_future(_until_disconnect(receive, self.stop))
+        watch = asyncio.ensure_future(_watch(receive, self.stop, self.slot))
         if self.direct is not None:
             self.direct.send = send
         try:
             async for chunk in self.iterator:
-                await self.slot.refresh_if_due()
                 await send({"type": "http.response.body", "body": _bytes(chunk), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -149,10 +145,23 @@ def _bytes(chunk: str | bytes) -> bytes:
     return chunk if isinstance(chunk, bytes) else chunk.encode()
 
 
-async def _until_disconnect(receive: Receive, stop: Stop) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    stop.request()
+async def _watch(receive: Receive, stop: Stop, slot: StreamSlot) -> None:
+    """Until the client leaves (then the stream stops): keep the stream's slot, every TTL/3 give or take a
+    random tenth (streams opened together do not all refresh together)."""
+    leaving = asyncio.ensure_future(receive())
+    try:
+        while True:
+            refresh_s = keys.SSE_SLOT_TTL_S / 3 * random.uniform(0.9, 1.1)
+            await asyncio.wait([leaving], timeout=refresh_s)
+            if not leaving.done():
+                await slot.refresh()
+            elif leaving.result()["type"] == "http.disconnect":
+                stop.request()
+                return
+            else:
+                leaving = asyncio.ensure_future(receive())
+    finally:
+        leaving.cancel()
 
 
 class EventStream(Stream):

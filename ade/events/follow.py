@@ -215,9 +215,11 @@ async def follow(
                 finally:
                     sub.sink = None
                 if not woken:
-                    yield Batch((), [])  # a keepalive (also when frames went out directly: it is cheap)
+                    if cursor.wrote_directly:
+                        continue  # not idle: frames went out from the hub's flush meanwhile
+                    yield Batch((), [])  # a keepalive
                     need_log = True  # cheap insurance against a lost last message
-                    idle = not cursor.wrote_directly
+                    idle = True
                     continue
                 if hub.draining or (stop is not None and stop.requested):
                     return

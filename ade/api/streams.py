@@ -325,12 +325,29 @@ def key_stop(services: Services, principal: Principal) -> Stop:
     return services.stream_tokens.watch.stop_for(principal.actor, services.store.find_api_key) or Stop()
 
 
-def record_ended(services: Services, stream: StreamRef) -> Callable[[], Awaitable[bool]]:
-    """Whether a stream's run or build record is terminal (consulted only when its log has gone quiet)."""
+_ENDED_CHECKS: dict[str, tuple[float, asyncio.Future[bool]]] = {}  # stream id: (until, its answer)
+_ENDED_CHECK_S = 1.0
 
-    async def ended() -> bool:
+
+def record_ended(services: Services, stream: StreamRef) -> Callable[[], Awaitable[bool]]:
+    """Whether a stream's run or build record is terminal (consulted only when its log has gone quiet).
+    One check per stream and process answers all its readers for a second: a thousand idle readers of one
+    run ask Redis once, not a thousand times at once."""
+
+    async def check() -> bool:
         if stream.kind == "run":
             return (await services.store.get_run(stream.id)).status in TERMINAL_RUN_STATUSES
         return (await services.store.get_build(stream.id)).status in TERMINAL_BUILD_STATUSES
+
+    async def ended() -> bool:
+        now_s = time.monotonic()
+        until_s, answer = _ENDED_CHECKS.get(stream.id, (0.0, None))
+        if answer is None or until_s < now_s or (answer.done() and answer.exception() is not None):
+            if len(_ENDED_CHECKS) > 4096:  # forget the stale ones
+                for key in [k for k, (until, _) in _ENDED_CHECKS.items() if until < now_s]:
+                    del _ENDED_CHECKS[key]
+            answer = asyncio.ensure_future(check())
+            _ENDED_CHECKS[stream.id] = (now_s + _ENDED_CHECK_S, answer)
+        return await asyncio.shield(answer)
 
     return ended

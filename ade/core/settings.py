@@ -30,7 +30,7 @@ class Settings:
     sse_retry_ms: int = 2000
     subscriber_queue_events: int = 1024
     replay_page_events: int = 1000
-    sse_coalesce_max_ms: int = 100  # longest a live event waits to share a write with the next ones
+    sse_coalesce_max_ms: int = 500  # longest a live event waits to share a write with the next ones
     # Worker
     worker_concurrency: int = 4
     lease_ttl_s: float = 10.0

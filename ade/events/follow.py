@@ -8,6 +8,7 @@ log is always the source of truth, so Redis reconnects, slow readers and restart
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -207,7 +208,10 @@ async def follow(
                         return  # the record ended though its log could not say so
                     idle = False
                 # Live: forward in-order events from the hub; any doubt sends us back to the log.
-                timeout_s = idle_s if sub.confirmed else min(idle_s, _UNCONFIRMED_POLL_S)
+                # Jittered: readers that opened together do not all go idle, and check, together.
+                timeout_s = (idle_s if sub.confirmed else min(idle_s, _UNCONFIRMED_POLL_S)) * random.uniform(
+                    0.8, 1
+                )
                 sub.sink = write_live if direct is not None and sub.confirmed else None
                 cursor.wrote_directly = False
                 try:

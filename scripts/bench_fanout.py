@@ -11,7 +11,7 @@ HTTP chunk it checks the ids, and takes each event's `created_at` from the first
 Also reported: the API's RSS (before, peak), its CPU seconds, the writes each subscriber got per second,
 and the client's own CPU seconds.
 
-Usage: python scripts/bench_fanout.py [--ladder 100x1@200,300x1@200,1000x1@200,10000x100@20] [--seconds 30]
+Usage: python scripts/bench_fanout.py [--ladder 100x1@200,300x1@200,1000x1@200,5000x50@20] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ async def one_rung(ade: AdeStack, rung: Rung, seconds: float) -> dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--ladder", default="100x1@200,300x1@200,1000x1@200,10000x100@20")
+    parser.add_argument("--ladder", default="100x1@200,300x1@200,1000x1@200,5000x50@20")
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
     exit_on_sigterm()

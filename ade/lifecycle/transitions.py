@@ -109,8 +109,10 @@ async def wait_for_build(rec: Recorder, run: Run, build_id: str) -> None:
 
 async def start_run(rec: Recorder, run: Run, worker: str) -> None:
     run.status, run.started_at, run.worker = "running", utcnow(), worker
-    await rec.writer.emit(RunStarted(attempt=run.attempt, worker=worker), rec.source)
+    # The record first: whoever sees `run.started` can count on the record saying `running` (a worker
+    # killed right after would otherwise leave a run that looks queued, and nobody would reap it).
     await rec.store.put_run(run, durability=rec.durability(final=True))
+    await rec.writer.emit(RunStarted(attempt=run.attempt, worker=worker), rec.source)
     pickup_s = (run.started_at - run.created_at).total_seconds()
     await _bookkeeping(metrics.record_pickup(rec.store.redis, pickup_s))
 

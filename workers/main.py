@@ -1,6 +1,6 @@
 """The arq worker: our task functions, plus a wake-up channel for millisecond pickup.
 
-arq polls its queue every `poll_delay` (0.5 s by default). Polling faster would hammer Redis, so instead
+arq polls its queue every `poll_delay` (ADE_POLL_DELAY_S, 1 s here). Polling faster would hammer Redis, so
 the API publishes a nudge on `keys.QUEUE_WAKE_CHANNEL` after each enqueue and an idle worker polls at once;
 the regular poll stays as the safety net for a missed nudge.
 

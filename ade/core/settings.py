@@ -34,7 +34,7 @@ class Settings:
     # Worker
     worker_concurrency: int = 4
     lease_ttl_s: float = 10.0
-    poll_delay_s: float = 0.5
+    poll_delay_s: float = 1.0  # the fallback: a wake-up message makes an idle worker poll at once
     console_line_max_bytes: int = 16384
     kill_grace_s: float = 5.0
     worker_shutdown_grace_s: float = 30.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ from ade.api.run_views import RunViewController
 from ade.api.runner_protocol import RunnerProtocolController
 from ade.api.runners import RunnerController
 from ade.api.runs import RunController
+from ade.api.stream_slots import StreamSlots
 from ade.api.workspaces import WorkspaceController
 from ade.core import keys
 from ade.core.errors import AdeError, Invalid
@@ -131,6 +133,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             coalesce_max_s=settings.sse_coalesce_max_ms / 1000,
         )
         await hub.start()
+        stream_slots = StreamSlots(redis, settings.max_streams_per_key)
         app.state.services = Services(
             settings=settings,
             redis=redis,
@@ -141,10 +144,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stream_tokens=StreamTokens(load_signing_key(settings.data_dir), settings.stream_token_ttl_s),
             artifacts=ArtifactStore(redis, settings.data_dir),
             summaries=Summaries(),
+            stream_slots=stream_slots,
         )
+        keeping_slots = asyncio.ensure_future(stream_slots.keep_forever())
         try:
             yield
         finally:
+            keeping_slots.cancel()
             await hub.stop()
             await arq.aclose()
             await redis.aclose()

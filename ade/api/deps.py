@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from ade.api.stream_slots import StreamSlots
 from ade.core.settings import Settings
 from ade.events.hub import Hub
 from ade.records.artifacts import ArtifactStore
@@ -29,3 +30,4 @@ class Services:
     stream_tokens: StreamTokens
     artifacts: ArtifactStore
     summaries: Summaries
+    stream_slots: StreamSlots

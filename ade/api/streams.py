@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -18,11 +15,10 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import HTTPResponseBodyEvent, Receive, Send
-from redis.exceptions import RedisError
 
 from ade.api.deps import API_PREFIX, Services
-from ade.core import keys
-from ade.core.errors import Invalid, TooManyRequests
+from ade.api.stream_slots import Slot, StreamSlots
+from ade.core.errors import Invalid
 from ade.core.models import TERMINAL_BUILD_STATUSES, TERMINAL_RUN_STATUSES, StreamToken
 from ade.events import eventlog
 from ade.events.envelope import EVENT_DECODER, HEAD_DECODER, Event, StreamRef
@@ -61,37 +57,6 @@ def resume_point(after_sequence: int, last_event_id: str | None) -> int:
     return int(value)
 
 
-class StreamSlot:
-    """One of a key's concurrent SSE connections (ADE_MAX_STREAMS_PER_KEY), counted across API processes."""
-
-    def __init__(self, services: Services, actor: str) -> None:
-        self._redis = services.redis
-        self._take = services.store.scripts.take_stream_slot
-        self._key = keys.sse_slots(actor)
-        self._member = secrets.token_hex(8)
-        self._limit = services.settings.max_streams_per_key
-
-    async def take(self) -> None:
-        now_ms = int(time.time() * 1000)
-        expiry_ms = now_ms + keys.SSE_SLOT_TTL_S * 1000
-        taken = await self._take(keys=[self._key], args=[now_ms, self._limit, expiry_ms, self._member])
-        if not taken:
-            raise TooManyRequests(
-                f"this key already has {self._limit} open event streams (ADE_MAX_STREAMS_PER_KEY)",
-                code="too_many_streams",
-            )
-
-    async def refresh(self) -> None:
-        """Keep the slot while the stream lives (every TTL/3, by the stream's watch)."""
-        expiry_ms = int(time.time() * 1000) + keys.SSE_SLOT_TTL_S * 1000
-        with contextlib.suppress(RedisError, OSError):  # a Redis outage must not cut the stream
-            await self._redis.zadd(self._key, {self._member: expiry_ms})
-
-    async def release(self) -> None:
-        with contextlib.suppress(RedisError, OSError):  # else the slot lapses by itself
-            await asyncio.shield(self._redis.zrem(self._key, self._member))
-
-
 class DirectWrites:
     """How the hub's flush writes a live SSE stream's frames without waking its task (`follow`'s `direct`):
     the ASGI `send` is driven to completion on the spot. If it would have to wait — uvicorn waits for a
@@ -119,17 +84,18 @@ class DirectWrites:
 class _ASGIEventStream(ASGIStreamingResponse):
     """Litestar's streaming response made lighter for the many long-lived streams of one process: chunks
     go straight to `send` from the request's own task (no task group, no cancel scope); one small task
-    waits for the client to leave and then asks the stream to `stop`; the stream slot is kept and released
-    here."""
+    waits for the client to leave and then asks the stream to `stop`; the stream slot is given back here
+    (`StreamSlots` keeps it meanwhile)."""
 
-    __slots__ = ("direct", "slot", "stop")
+    __slots__ = ("direct", "slot", "slots", "stop")
 
-    slot: StreamSlot
+    slots: StreamSlots
+    slot: Slot
     stop: Stop
     direct: DirectWrites | None
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        watch = asyncio.ensure_future(_watch(receive, self.stop, self.slot))
+        watch = asyncio.ensure_future(_watch(receive, self.stop))
         if self.direct is not None:
             self.direct.send = send
         try:
@@ -138,30 +104,18 @@ class _ASGIEventStream(ASGIStreamingResponse):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watch.cancel()
-            await self.slot.release()
+            await self.slots.release(self.slot)
 
 
 def _bytes(chunk: str | bytes) -> bytes:
     return chunk if isinstance(chunk, bytes) else chunk.encode()
 
 
-async def _watch(receive: Receive, stop: Stop, slot: StreamSlot) -> None:
-    """Until the client leaves (then the stream stops): keep the stream's slot, every TTL/3 give or take a
-    random tenth (streams opened together do not all refresh together)."""
-    leaving = asyncio.ensure_future(receive())
-    try:
-        while True:
-            refresh_s = keys.SSE_SLOT_TTL_S / 3 * random.uniform(0.9, 1.1)
-            await asyncio.wait([leaving], timeout=refresh_s)
-            if not leaving.done():
-                await slot.refresh()
-            elif leaving.result()["type"] == "http.disconnect":
-                stop.request()
-                return
-            else:
-                leaving = asyncio.ensure_future(receive())
-    finally:
-        leaving.cancel()
+async def _watch(receive: Receive, stop: Stop) -> None:
+    """Until the client leaves, then the stream stops."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stop.request()
 
 
 class EventStream(Stream):
@@ -172,13 +126,14 @@ class EventStream(Stream):
         self,
         content: AsyncIterator[bytes],
         *,
-        slot: StreamSlot,
+        slot: Slot,
+        slots: StreamSlots,
         stop: Stop,
         media_type: str,
         direct: DirectWrites | None = None,
     ) -> None:
         super().__init__(content, media_type=media_type, headers=SSE_HEADERS, status_code=200)
-        self._slot, self._stop, self._direct = slot, stop, direct
+        self._slot, self._slots, self._stop, self._direct = slot, slots, stop, direct
 
     def to_asgi_response(
         self,
@@ -204,7 +159,8 @@ class EventStream(Stream):
             media_type=str(self.media_type),
             status_code=self.status_code,
         )
-        response.slot, response.stop, response.direct = self._slot, self._stop, self._direct
+        response.slot, response.slots = self._slot, self._slots
+        response.stop, response.direct = self._stop, self._direct
         return response
 
 
@@ -212,8 +168,7 @@ async def sse_response(
     services: Services, principal: Principal, stream: StreamRef, after_sequence: int
 ) -> Stream:
     settings = services.settings
-    slot = StreamSlot(services, principal.actor)
-    await slot.take()
+    slot = await services.stream_slots.take(principal.actor)
     stop = key_stop(services, principal)
     direct = DirectWrites()
     frames = stream_frames(
@@ -228,7 +183,14 @@ async def sse_response(
         farewell=KEY_GONE_FRAME,
         direct=direct,
     )
-    return EventStream(frames, slot=slot, stop=stop, media_type="text/event-stream", direct=direct)
+    return EventStream(
+        frames,
+        slot=slot,
+        slots=services.stream_slots,
+        stop=stop,
+        media_type="text/event-stream",
+        direct=direct,
+    )
 
 
 async def events_response(
@@ -273,11 +235,10 @@ async def logs_response(
         return Response(console_page(stream.log_path, after_sequence, limit, console_stream))
     if not follow:
         return Stream(_text_lines(stream.log_path, after_sequence, console_stream), media_type="text/plain")
-    slot = StreamSlot(services, principal.actor)
-    await slot.take()
+    slot = await services.stream_slots.take(principal.actor)
     stop = key_stop(services, principal)
     lines = _followed_text(services, stream, after_sequence, console_stream, stop)
-    return EventStream(lines, slot=slot, stop=stop, media_type="text/plain")
+    return EventStream(lines, slot=slot, slots=services.stream_slots, stop=stop, media_type="text/plain")
 
 
 def _text_of(line: bytes, console_stream: str | None) -> bytes | None:

@@ -1,0 +1,81 @@
+"""Stream slots (ADE_MAX_STREAMS_PER_KEY) against a real Redis: kept together by one renewal for the whole
+process, given back one by one, and lapsing by themselves when their process stops renewing them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from ade.api.stream_slots import StreamSlots
+from ade.cli.redis_server import RedisServer
+from ade.core import keys
+from ade.core.errors import TooManyRequests
+
+pytestmark = pytest.mark.anyio
+TTL_S = 0.6  # renewed every 0.2 s
+LIMIT = 3
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def test_slots_outlive_their_ttl_while_renewed_and_the_limit_holds(redis: Redis) -> None:
+    slots = StreamSlots(redis, LIMIT, ttl_s=TTL_S)
+    taken = [await slots.take("key_renewed") for _ in range(LIMIT)]
+    keeper = asyncio.ensure_future(slots.keep_forever())
+    try:
+        first_expiry = await redis.zscore(keys.sse_slots("key_renewed"), taken[0].member)
+        assert first_expiry is not None
+        with anyio.fail_after(5):  # the renewal pushes every slot's lapse back (Redis state: polled)
+            while (await redis.zscore(keys.sse_slots("key_renewed"), taken[0].member) or 0) <= first_expiry:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        await anyio.sleep(TTL_S * 2)  # well past the TTL the slots were taken with
+        with pytest.raises(TooManyRequests):
+            await slots.take("key_renewed")
+        assert await redis.zcard(keys.sse_slots("key_renewed")) == LIMIT
+        assert await redis.pttl(keys.sse_slots("key_renewed")) > 0  # the set itself does not lapse either
+    finally:
+        keeper.cancel()
+
+
+async def test_a_given_back_slot_is_free_at_once_and_is_not_renewed_back(redis: Redis) -> None:
+    slots = StreamSlots(redis, LIMIT, ttl_s=TTL_S)
+    taken = [await slots.take("key_back") for _ in range(LIMIT)]
+    await slots.release(taken[0])
+    assert slots.held == LIMIT - 1
+    await slots.renew()
+    members = {raw.decode() for raw in await redis.zrange(keys.sse_slots("key_back"), 0, -1)}
+    assert members == {slot.member for slot in taken[1:]}
+    await slots.take("key_back")  # the freed slot
+
+
+async def test_slots_lapse_by_themselves_when_their_process_stops_renewing(redis: Redis) -> None:
+    crashed = StreamSlots(redis, LIMIT, ttl_s=TTL_S)
+    for _ in range(LIMIT):
+        await crashed.take("key_lapsed")
+    other_process = StreamSlots(redis, LIMIT, ttl_s=TTL_S)
+    with pytest.raises(TooManyRequests):
+        await other_process.take("key_lapsed")
+    with anyio.fail_after(5):  # nobody renews them: within the TTL they are free again
+        while True:
+            try:
+                await other_process.take("key_lapsed")
+                break
+            except TooManyRequests:
+                await anyio.sleep(0.05)
+
+
+async def test_each_key_counts_its_own_slots(redis: Redis) -> None:
+    slots = StreamSlots(redis, LIMIT, ttl_s=TTL_S)
+    for _ in range(LIMIT):
+        await slots.take("key_one")
+    await slots.take("key_two")
+    assert slots.held == LIMIT + 1

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from litestar.response import Stream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pickup import API, REPO, ade_stack, child_process, exit_on_sigterm, free_port
@@ -63,7 +66,50 @@ def bare_app() -> Any:
     async def create(data: dict[str, Any]) -> Thing:
         return thing
 
-    return Litestar([read, read_stored, create])
+    @get("/stream")
+    async def stream() -> Stream:
+        """An idle SSE stream: one frame, then nothing until the client leaves (`bench_idle_sse`)."""
+
+        async def frames() -> AsyncIterator[bytes]:
+            yield b"retry: 3000\n\n"
+            await asyncio.Event().wait()
+
+        return Stream(frames(), media_type="text/event-stream")
+
+    return Litestar([read, read_stored, create, stream])
+
+
+@contextlib.contextmanager
+def bare_server(redis_url: str, log_dir: Path) -> Iterator[tuple[int, int]]:
+    """`bare_app` served like `ade serve` (uvicorn, uvloop, httptools, one process): its (port, pid)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "bench_http:bare_app",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--log-level",
+        "warning",
+        "--app-dir",
+        str(REPO / "scripts"),
+    ]
+    with child_process(command, {"BENCH_REDIS_URL": redis_url}, log_dir / "bare.log") as bare:
+        for _ in range(100):
+            try:
+                subprocess.run(
+                    ["curl", "-fs", f"http://127.0.0.1:{port}/stored/x"], check=True, capture_output=True
+                )
+                break
+            except subprocess.CalledProcessError:
+                time.sleep(0.1)
+        yield port, bare.pid
 
 
 async def load(port: int, request: bytes, seconds: float, connections: int) -> float:
@@ -127,34 +173,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     exit_on_sigterm()
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "bench_http:bare_app",
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--log-level",
-        "warning",
-        "--app-dir",
-        str(REPO / "scripts"),
-    ]
     with tempfile.TemporaryDirectory(prefix="ade-http-") as tmp, ade_stack(Path(tmp) / "ade") as ade:
-        with child_process(command, {"BENCH_REDIS_URL": ade.redis.url}, Path(tmp) / "bare.log"):
-            for _ in range(100):
-                try:
-                    subprocess.run(
-                        ["curl", "-fs", f"http://127.0.0.1:{port}/stored/x"], check=True, capture_output=True
-                    )
-                    break
-                except subprocess.CalledProcessError:
-                    time.sleep(0.1)
+        with bare_server(ade.redis.url, Path(tmp)) as (port, _):
             bare_get = asyncio.run(
                 load(port, http_request("GET", "/thing/x", None), args.seconds, args.connections)
             )

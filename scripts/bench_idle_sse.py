@@ -3,7 +3,8 @@
 `--connections` raw HTTP/1.1 connections each open the SSE stream of one of `--runs` runs that are offered
 to runners and never start (so the streams stay open and quiet). Reported: the API's RSS above its
 baseline, per connection, and the opening rate (all requests sent at once, counted when each got its
-`200` and the stream's first frame).
+`200` and the stream's first frame). The baseline, measured in the same run: a bare Litestar endpoint on the
+same server stack whose stream sends one frame and then waits.
 
 Usage: python scripts/bench_idle_sse.py [--connections 10000] [--runs 100]
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fanout import rss_mb
+from bench_http import bare_server
 from bench_pickup import API, ade_stack, exit_on_sigterm
 from bench_throughput import cpu_seconds
 
@@ -34,7 +36,28 @@ async def open_stream(port: int, path: str, token: str) -> asyncio.StreamWriter:
     return writer
 
 
-async def measure(base_url: str, bootstrap: str, api_pid: int, connections: int, runs: int) -> None:
+async def open_many(
+    port: int, paths: list[str], token: str, pid: int
+) -> tuple[list[asyncio.StreamWriter], str]:
+    """Open every stream at once; the server's figures: opening rate, its CPU per stream, RSS per stream."""
+    await asyncio.sleep(1.0)
+    baseline = rss_mb(pid)
+    cpu_before = cpu_seconds(pid)
+    started = time.monotonic()
+    writers = await asyncio.gather(*(open_stream(port, path, token) for path in paths))
+    open_s = time.monotonic() - started
+    open_cpu_s = cpu_seconds(pid) - cpu_before
+    await asyncio.sleep(2.0)
+    rss = rss_mb(pid)
+    figures = (
+        f"{len(paths) / open_s:7,.0f} per second, {open_cpu_s / len(paths) * 1e6:6,.0f} µs of server CPU "
+        f"per stream, RSS {baseline:.0f} -> {rss:.0f} MB: +{rss - baseline:.0f} MB, "
+        f"{(rss - baseline) * 1024 / len(paths):.1f} KB per connection"
+    )
+    return writers, figures
+
+
+async def measure(base_url: str, bootstrap: str, api_pid: int, connections: int, runs: int) -> str:
     import httpx
 
     port = int(base_url.rsplit(":", 1)[1])
@@ -46,32 +69,18 @@ async def measure(base_url: str, bootstrap: str, api_pid: int, connections: int,
         run_ids = [
             (await http.post(f"{API}/configurations/{cfg}/runs", json={})).json()["id"] for _ in range(runs)
         ]
-    token = key.json()["secret"]
-    await asyncio.sleep(1.0)
-    baseline = rss_mb(api_pid)
-    cpu_before = cpu_seconds(api_pid)
-    started = time.monotonic()
-    writers = await asyncio.gather(
-        *(
-            open_stream(port, f"{API}/runs/{run_ids[i % runs]}/events?stream=true", token)
-            for i in range(connections)
-        )
-    )
-    open_s = time.monotonic() - started
-    open_cpu_s = cpu_seconds(api_pid) - cpu_before
-    await asyncio.sleep(2.0)
-    rss = rss_mb(api_pid)
-    print(f"idle SSE: {connections:,} connections over {runs} runs on one API process")
-    print(
-        f"  opened in {open_s:.1f} s: {connections / open_s:,.0f} per second; the API's CPU meanwhile "
-        f"{open_cpu_s:.1f} s ({open_cpu_s / connections * 1e6:,.0f} µs per stream)"
-    )
-    print(
-        f"  API RSS {baseline:.0f} MB -> {rss:.0f} MB: +{rss - baseline:.0f} MB, "
-        f"{(rss - baseline) * 1024 / connections:.1f} KB per connection"
-    )
+    paths = [f"{API}/runs/{run_ids[i % runs]}/events?stream=true" for i in range(connections)]
+    writers, figures = await open_many(port, paths, key.json()["secret"], api_pid)
     for writer in writers:
         writer.close()
+    return figures
+
+
+async def measure_bare(port: int, pid: int, connections: int) -> str:
+    writers, figures = await open_many(port, ["/stream"] * connections, "none", pid)
+    for writer in writers:
+        writer.close()
+    return figures
 
 
 def main() -> None:
@@ -82,7 +91,12 @@ def main() -> None:
     exit_on_sigterm()
     env = {"ADE_MAX_STREAMS_PER_KEY": str(args.connections * 2)}
     with tempfile.TemporaryDirectory(prefix="ade-idle-") as tmp, ade_stack(Path(tmp) / "ade", env=env) as ade:
-        asyncio.run(measure(ade.base_url, ade.token, ade.api.pid, args.connections, args.runs))
+        with bare_server(ade.redis.url, Path(tmp)) as (bare_port, bare_pid):
+            bare = asyncio.run(measure_bare(bare_port, bare_pid, args.connections))
+        ours = asyncio.run(measure(ade.base_url, ade.token, ade.api.pid, args.connections, args.runs))
+    print(f"idle SSE: {args.connections:,} connections opened at once on one server process")
+    print(f"  bare Litestar stream (one frame)  {bare}")
+    print(f"  ADE, over {args.runs} runs           {ours}")
 
 
 if __name__ == "__main__":

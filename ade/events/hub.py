@@ -270,7 +270,7 @@ class Hub:
         sub = Subscription(channel.recent)
         channel.subscribers.add(sub)
         try:
-            if confirmable:
+            if confirmable and not channel.confirmed.is_set():  # (wait_for costs a task even then)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(channel.confirmed.wait(), self._confirm_timeout_s)
             sub.confirmed = channel.confirmed.is_set()

@@ -2,11 +2,12 @@
 
 `GET /api/v1/runs/{id}` and `POST /api/v1/configurations/{id}/runs` with an API key, against a bare
 Litestar app (this file, `--bare`) whose handlers return (and, for POST, decode) a struct of the same
-size, both served by uvicorn with uvloop and httptools, one process each, measured in the same run.
+size, both served by uvicorn with uvloop and httptools, one process each, measured in the same run, in
+interleaved rounds (each figure is the median of its rounds).
 The load: `--connections` keep-alive HTTP/1.1 connections from this process, each sending its next request
 as soon as the answer arrived.
 
-Usage: python scripts/bench_http.py [--seconds 5] [--connections 32]
+Usage: python scripts/bench_http.py [--seconds 3] [--rounds 3] [--connections 32]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,10 +149,10 @@ def http_request(method: str, path: str, token: str | None, body: bytes = b"") -
     return head.encode() + b"\r\n" + body
 
 
-async def ade_figures(base_url: str, bootstrap: str, seconds: float, connections: int) -> dict[str, float]:
+async def ade_requests(base_url: str, bootstrap: str) -> tuple[bytes, bytes]:
+    """A workspace, an operator key, a configuration and a run: the GET and POST requests to measure."""
     import httpx
 
-    port = int(base_url.rsplit(":", 1)[1])
     async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {bootstrap}"}) as http:
         ws = (await http.post(f"{API}/workspaces", json={"name": "http"})).json()["id"]
         key = (
@@ -161,55 +163,58 @@ async def ade_figures(base_url: str, bootstrap: str, seconds: float, connections
         cfg = (await http.post(f"{API}/workspaces/{ws}/configurations", json=body)).json()["id"]
         run_id = (await http.post(f"{API}/configurations/{cfg}/runs", json={})).json()["id"]
     token = key["secret"]
-    get_rps = await load(port, http_request("GET", f"{API}/runs/{run_id}", token), seconds, connections)
-    post = http_request("POST", f"{API}/configurations/{cfg}/runs", token, b"{}")
-    post_rps = await load(port, post, seconds, max(1, connections // 4))
-    return {"GET /runs/{id}": get_rps, "POST .../runs": post_rps}
+    return (
+        http_request("GET", f"{API}/runs/{run_id}", token),
+        http_request("POST", f"{API}/configurations/{cfg}/runs", token, b"{}"),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per figure and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     exit_on_sigterm()
-    with tempfile.TemporaryDirectory(prefix="ade-http-") as tmp, ade_stack(Path(tmp) / "ade") as ade:
-        with bare_server(ade.redis.url, Path(tmp)) as (port, _):
-            bare_get = asyncio.run(
-                load(port, http_request("GET", "/thing/x", None), args.seconds, args.connections)
-            )
-            bare_redis_get = asyncio.run(
-                load(port, http_request("GET", "/stored/x", None), args.seconds, args.connections)
-            )
-            bare_post = asyncio.run(
-                load(
-                    port,
-                    http_request("POST", "/thing", None, b"{}"),
-                    args.seconds,
-                    max(1, args.connections // 4),
-                )
-            )
-        figures = asyncio.run(ade_figures(ade.base_url, ade.token, args.seconds, args.connections))
-    print("HTTP: requests/s, one API process, uvicorn + uvloop + httptools, keep-alive connections")
-    print(f"  {'bare Litestar GET':40s} {bare_get:10,.0f}")
+    posting = max(1, args.connections // 4)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ade-http-")))
+        ade = stack.enter_context(ade_stack(tmp / "ade"))
+        bare_port, _ = stack.enter_context(bare_server(ade.redis.url, tmp))
+        ade_port = int(ade.base_url.rsplit(":", 1)[1])
+        ade_get, ade_post = asyncio.run(ade_requests(ade.base_url, ade.token))
+        plan = {  # figure: (port, request, connections)
+            "bare_get": (bare_port, http_request("GET", "/thing/x", None), args.connections),
+            "bare_redis_get": (bare_port, http_request("GET", "/stored/x", None), args.connections),
+            "GET /runs/{id}": (ade_port, ade_get, args.connections),
+            "bare_post": (bare_port, http_request("POST", "/thing", None, b"{}"), posting),
+            "POST .../runs": (ade_port, ade_post, posting),
+        }
+        # Interleaved rounds, medians: a machine whose speed drifts over a minute shifts both sides.
+        samples: dict[str, list[float]] = {name: [] for name in plan}
+        for port, request, connections in plan.values():  # warm-up: connections, pools, caches
+            asyncio.run(load(port, request, 1.0, connections))
+        for _ in range(args.rounds):
+            for name, (port, request, connections) in plan.items():
+                samples[name].append(asyncio.run(load(port, request, args.seconds, connections)))
+    figures = {name: statistics.median(values) for name, values in samples.items()}
+    bare_get, bare_post = figures["bare_get"], figures["bare_post"]
     print(
-        f"  {'bare Litestar GET + one Redis GET':40s} {bare_redis_get:10,.0f}   "
-        f"{bare_redis_get / bare_get:.2f} of bare"
+        "HTTP: requests/s, one server process each, uvicorn + uvloop + httptools, keep-alive connections "
+        f"(median of {args.rounds} interleaved rounds)"
     )
-    print(
-        f"  {'ADE GET /runs/{id} (API key)':40s} {figures['GET /runs/{id}']:10,.0f}   "
-        f"{figures['GET /runs/{id}'] / bare_get:.2f} of bare"
-    )
-    print(f"  {'bare Litestar POST (decode + encode)':40s} {bare_post:10,.0f}")
-    print(
-        f"  {'ADE POST /configurations/{id}/runs':40s} {figures['POST .../runs']:10,.0f}   "
-        f"{figures['POST .../runs'] / bare_post:.2f} of bare"
-    )
-    print(
-        json.dumps(
-            {"bare_get": bare_get, "bare_redis_get": bare_redis_get, "bare_post": bare_post, **figures}
-        )
-    )
+    rounds = ", ".join(f"{value:,.0f}" for value in samples["bare_get"])
+    print(f"  {'bare Litestar GET':40s} {bare_get:10,.0f}   (rounds: {rounds})")
+    for label, name, base in (
+        ("bare Litestar GET + one Redis GET", "bare_redis_get", bare_get),
+        ("ADE GET /runs/{id} (API key)", "GET /runs/{id}", bare_get),
+        ("bare Litestar POST (decode + encode)", "bare_post", None),
+        ("ADE POST /configurations/{id}/runs", "POST .../runs", bare_post),
+    ):
+        ratio = f"   {figures[name] / base:.2f} of bare" if base else ""
+        rounds = ", ".join(f"{value:,.0f}" for value in samples[name])
+        print(f"  {label:40s} {figures[name]:10,.0f}{ratio}   (rounds: {rounds})")
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

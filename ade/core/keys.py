@@ -86,7 +86,7 @@ def sse_slots(actor: str) -> str:
     return f"{PREFIX}:sse:{actor}"
 
 
-SSE_SLOT_TTL_S = 60  # refreshed while the stream sends; a crashed API process's slots lapse by themselves
+SSE_SLOT_TTL_S = 60  # renewed every TTL/3 by the process holding it (api/stream_slots.py)
 
 
 # Streams: one writer lease and one pub/sub channel per stream (a run or a build).

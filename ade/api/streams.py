@@ -14,7 +14,7 @@ from litestar.enums import MediaType
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import HTTPResponseBodyEvent, Receive, Send
+from litestar.types import HTTPResponseBodyEvent, Receive, Scope, Send
 
 from ade.api.deps import API_PREFIX, Services
 from ade.api.stream_slots import Slot, StreamSlots
@@ -84,8 +84,8 @@ class DirectWrites:
 class _ASGIEventStream(ASGIStreamingResponse):
     """Litestar's streaming response made lighter for the many long-lived streams of one process: chunks
     go straight to `send` from the request's own task (no task group, no cancel scope); one small task
-    waits for the client to leave and then asks the stream to `stop`; the stream slot is given back here
-    (`StreamSlots` keeps it meanwhile)."""
+    waits for the client to leave and then asks the stream to `stop`; the stream slot is given back when
+    the response ends (`StreamSlots` keeps it meanwhile)."""
 
     __slots__ = ("direct", "slot", "slots", "stop")
 
@@ -93,6 +93,15 @@ class _ASGIEventStream(ASGIStreamingResponse):
     slot: Slot
     stop: Stop
     direct: DirectWrites | None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """However the response ends — the client gone before it started, a HEAD request — the slot goes
+        back and the stream's stop is closed (else `StreamSlots` would keep renewing a slot nobody uses)."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stop.close()
+            await self.slots.release(self.slot)
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         watch = asyncio.ensure_future(_watch(receive, self.stop))
@@ -104,7 +113,6 @@ class _ASGIEventStream(ASGIStreamingResponse):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watch.cancel()
-            await self.slots.release(self.slot)
 
 
 def _bytes(chunk: str | bytes) -> bytes:

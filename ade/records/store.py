@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -116,23 +117,15 @@ class Store:
         self.redis = redis
         self.data_dir = data_dir
         self.scripts = scripts_for(redis)
-        self._writing: dict[Path, tuple[asyncio.Lock, int]] = {}  # record path: (its lock, its holders)
+        # A record's lock, for as long as a write holds or waits for it.
+        self._writing: weakref.WeakValueDictionary[Path, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @contextlib.asynccontextmanager
     async def _one_writer(self, path: Path) -> AsyncIterator[None]:
         """Writes of one record, in this process, one at a time: each writes the disk (in a thread) and
         then Redis, and two at once could land in either order."""
-        lock, holders = self._writing.get(path, (asyncio.Lock(), 0))
-        self._writing[path] = (lock, holders + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, holders = self._writing[path]
-            if holders == 1:
-                del self._writing[path]
-            else:
-                self._writing[path] = (lock, holders - 1)
+        async with self._writing.setdefault(path, asyncio.Lock()):
+            yield
 
     # Generic -----------------------------------------------------------------------------------
     async def _get(

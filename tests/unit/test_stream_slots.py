@@ -11,9 +11,11 @@ import pytest
 from redis.asyncio import Redis
 
 from ade.api.stream_slots import StreamSlots
+from ade.api.streams import EventStream
 from ade.cli.redis_server import RedisServer
 from ade.core import keys
 from ade.core.errors import TooManyRequests
+from ade.events.follow import Stop
 
 pytestmark = pytest.mark.anyio
 TTL_S = 0.6  # renewed every 0.2 s
@@ -79,3 +81,31 @@ async def test_each_key_counts_its_own_slots(redis: Redis) -> None:
         await slots.take("key_one")
     await slots.take("key_two")
     assert slots.held == LIMIT + 1
+
+
+async def test_a_response_that_never_started_gives_its_slot_back_and_closes_its_stop(redis: Redis) -> None:
+    """The client left before the response could start (its `send` fails at once): nothing keeps, and
+    renews, a slot nobody uses, and the key watch forgets the stream."""
+    slots = StreamSlots(redis, LIMIT, ttl_s=TTL_S)
+    slot = await slots.take("key_gone")
+    closed: list[bool] = []
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+
+    stream = EventStream(
+        frames(), slot=slot, slots=slots, stop=Stop(lambda: closed.append(True)), media_type="x"
+    )
+    response = stream.to_asgi_response(app=None, request=None)  # type: ignore[arg-type]
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: object) -> None:
+        raise OSError("the client is gone")
+
+    with pytest.raises(OSError):
+        await response({"type": "http", "method": "GET"}, receive, send)  # type: ignore[arg-type]
+    assert slots.held == 0
+    assert await redis.zcard(keys.sse_slots("key_gone")) == 0
+    assert closed == [True]

@@ -85,6 +85,18 @@ class Scene:
         """The runs holding one of the workspace's slots."""
         return await running_set(self.redis, ws)
 
+    async def given_back(self, *run_ids: str) -> None:
+        """Wait until these ended runs have given their workspace slots back. A run gives its slot back just
+        after its `run.completed` (so nobody sees more of a workspace's runs running than its cap): its end
+        event comes first. Awaited on Redis's own notice that the slot holders changed, never on a sleep."""
+        await self.redis.config_set("notify-keyspace-events", "Khg")  # hash commands and deletions
+        async with self.redis.pubsub() as notices:
+            db = self.redis.connection_pool.connection_kwargs.get("db", 0)
+            await notices.subscribe(f"__keyspace@{db}__:{keys.RUNNING_RUNS}")
+            with anyio.fail_after(WAIT_S):
+                while any(await self.redis.hmget(keys.RUNNING_RUNS, list(run_ids))):  # type: ignore[misc]
+                    await notices.get_message(timeout=WAIT_S)
+
 
 @contextlib.asynccontextmanager
 async def scene(tmp_path: Path, **env: str) -> AsyncIterator[Scene]:
@@ -180,6 +192,7 @@ async def test_a_workspace_at_its_cap_does_not_starve_another(tmp_path: Path) ->
         for run_id in [*a_runs[1:], b_run, b_next]:
             it.release(run_id)
             assert (await it.ended(run_id))["payload"]["status"] == "succeeded"
+        await it.given_back(*a_runs, b_run, b_next)
         assert await it.holders(a) == set() and await it.holders(b) == set()
         assert await it.redis.hgetall(keys.RUNNING_RUNS) == {}  # type: ignore[misc]
         bodies = [await it.record(run_id) for run_id in a_runs]
@@ -209,6 +222,7 @@ async def test_a_lost_workers_run_gives_its_workspace_slot_back_once_reaped(tmp_
 
         it.release(second)
         await it.ended(second)
+        await it.given_back(second)
         assert await it.holders(ws) == set()
 
 

@@ -4,7 +4,9 @@ processes in one Redis sorted set per key, each slot scored by when it lapses.
 A slot is taken alone (a Lua script: drop the lapsed ones, count, add) and given back alone, but kept
 together: every TTL/3 one pipeline renews every slot this process holds and the sets' own expiry. 10,000
 open streams cost one round trip per TTL/3, not 10,000 timers and commands; a crashed process's slots
-lapse by themselves within the TTL.
+lapse by themselves within the TTL. The renewal writes every held slot whether or not Redis still has it,
+so slots lost with Redis's data (a restart, an outage longer than the TTL) are counted again; a slot given
+back is never written again: its `ZREM` waits for a renewal under way, and later ones no longer hold it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -41,6 +44,7 @@ class StreamSlots:
         self._limit = limit
         self._ttl_ms = int(ttl_s * 1000)
         self._held: dict[str, set[str]] = {}  # sorted-set key -> this process's members in it
+        self._renewal: asyncio.Future[list[Any]] | None = None  # the renewal under way
 
     async def take(self, actor: str) -> Slot:
         """One of `actor`'s slots, or TooManyRequests (too_many_streams) when all are taken."""
@@ -64,7 +68,12 @@ class StreamSlots:
             if not members:
                 del self._held[slot.key]
         with contextlib.suppress(RedisError, OSError):  # else the slot lapses by itself
-            await asyncio.shield(self._redis.zrem(slot.key, slot.member))
+            await asyncio.shield(self._give_back(slot))
+
+    async def _give_back(self, slot: Slot) -> None:
+        if self._renewal is not None:  # it may hold this slot: it lands first (however it ends)
+            await asyncio.wait([self._renewal])
+        await self._redis.zrem(slot.key, slot.member)
 
     @property
     def held(self) -> int:
@@ -75,13 +84,16 @@ class StreamSlots:
         if not self._held:
             return
         expiry_ms = int(time.time() * 1000) + self._ttl_ms
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, members in list(self._held.items()):
-                # XX: a slot released meanwhile stays gone (one that lapsed in a long outage stays gone too:
-                # its stream goes on uncounted rather than a released slot coming back for a TTL)
-                pipe.zadd(key, dict.fromkeys(members, expiry_ms), xx=True)
-                pipe.pexpire(key, self._ttl_ms)
-            await pipe.execute()
+        pipe = self._redis.pipeline(transaction=False)
+        for key, members in self._held.items():
+            pipe.zadd(key, dict.fromkeys(members, expiry_ms))  # lost with Redis's data: counted again
+            pipe.pexpire(key, self._ttl_ms)
+        self._renewal = renewal = asyncio.ensure_future(pipe.execute())  # no await since the snapshot
+        try:
+            await renewal
+        finally:
+            if self._renewal is renewal:
+                self._renewal = None
 
     async def keep_forever(self) -> None:
         while True:

@@ -59,6 +59,34 @@ async def test_a_given_back_slot_is_free_at_once_and_is_not_renewed_back(redis: 
     await slots.take("key_back")  # the freed slot
 
 
+async def test_slots_lost_with_redis_data_are_counted_again_at_the_next_renewal(redis: Redis) -> None:
+    """Redis lost the set (a restart without persistence, an outage past the TTL): the streams are still
+    open, so the next renewal counts their slots again and the limit holds for them."""
+    slots = StreamSlots(redis, LIMIT, ttl_s=TTL_S)
+    taken = [await slots.take("key_lost") for _ in range(LIMIT)]
+    await redis.delete(keys.sse_slots("key_lost"))
+    await slots.renew()
+    members = {raw.decode() for raw in await redis.zrange(keys.sse_slots("key_lost"), 0, -1)}
+    assert members == {slot.member for slot in taken}
+    with pytest.raises(TooManyRequests):
+        await StreamSlots(redis, LIMIT, ttl_s=TTL_S).take("key_lost")
+
+
+async def test_a_slot_given_back_during_a_renewal_is_not_renewed_back(redis: Redis) -> None:
+    """The renewal re-adds every slot it holds. A big one reaches Redis in pieces, and Redis serves other
+    connections between them: a slot given back meanwhile must not be re-added by the rest of it."""
+    slots = StreamSlots(redis, LIMIT, ttl_s=TTL_S)
+    actors = [f"key_race_{n}" for n in range(3_000)]
+    taken = [await slots.take(actor) for actor in actors]  # the last one is renewed last
+    await asyncio.gather(*(redis.ping() for _ in range(2)))  # a connection for each, ready
+    renewal = asyncio.ensure_future(slots.renew())
+    await asyncio.sleep(0)  # the renewal has its snapshot (every slot) and is sending it
+    await slots.release(taken[-1])
+    await renewal
+    assert await redis.zcard(keys.sse_slots(actors[-1])) == 0
+    assert await redis.zcard(keys.sse_slots(actors[-2])) == 1
+
+
 async def test_slots_lapse_by_themselves_when_their_process_stops_renewing(redis: Redis) -> None:
     crashed = StreamSlots(redis, LIMIT, ttl_s=TTL_S)
     for _ in range(LIMIT):

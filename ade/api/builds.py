@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 from litestar.response import Stream
 
 from ade.api import auth
@@ -173,7 +173,7 @@ class BuildController(Controller):
         after_sequence: Annotated[int, Parameter(ge=0)] = 0,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 1000,
         format: EventsFormat = "json",
-        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
+        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
         token: Annotated[str | None, Parameter(description="a stream token, for EventSource")] = None,
     ) -> Response[EventsPage] | Stream:
         build = await auth.build(services, principal, build_id)

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import anyio
 import msgspec
 from litestar import Controller, Request, Response, get
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 from litestar.response import File, Stream
 
 from ade.api import auth
@@ -101,7 +101,7 @@ class RunViewController(Controller):
         after_sequence: Annotated[int, Parameter(ge=0)] = 0,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 1000,
         format: EventsFormat = "json",
-        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
+        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
         token: Annotated[str | None, Parameter(description="a stream token, for EventSource")] = None,
     ) -> Response[EventsPage] | Stream:
         run = await auth.run(services, principal, run_id)
@@ -302,7 +302,7 @@ class RunViewController(Controller):
         path: str,
         services: Services,
         principal: Principal,
-        range_header: Annotated[str | None, Parameter(header="Range")] = None,
+        range_header: Annotated[str | None, HeaderParameter(name="Range")] = None,
     ) -> File | Stream:
         run = await auth.run(services, principal, run_id)
         data_dir = services.settings.data_dir

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
@@ -42,7 +42,7 @@ Limit = Annotated[int, Parameter(ge=1, le=100, description="runs per page")]
 Before = Annotated[str | None, Parameter(description="cursor: runs older than this run id (`next_cursor`)")]
 After = Annotated[str | None, Parameter(description="cursor: runs newer than this run id (`prev_cursor`)")]
 IdempotencyKey = Annotated[
-    str | None, Parameter(header="Idempotency-Key", description="repeat-safe creation within 24 h")
+    str | None, HeaderParameter(name="Idempotency-Key", description="repeat-safe creation within 24 h")
 ]
 PAGE_LINKS = '`<…?before=…>; rel="next"` (older runs), `<…?after=…>; rel="prev"` (newer runs)'
 Statuses = Annotated[list[RunStatus] | None, Parameter(description="repeatable")]

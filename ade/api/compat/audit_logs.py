@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
 from ade.api.audit import audit_page
 from ade.api.compat.shapes import CompatAuditPage, audit_log_of, pagination
@@ -16,7 +16,7 @@ from ade.api.openapi import documented
 from ade.core.errors import NotFound, not_found
 from ade.records.auth import Principal
 
-ProjectFilter = Annotated[str | None, Parameter(query="projectId", description="one project's entries")]
+ProjectFilter = Annotated[str | None, QueryParameter(name="projectId", description="one project's entries")]
 Limit = Annotated[int, Parameter(ge=1, le=1000, description="entries per page")]
 Offset = Annotated[int, Parameter(ge=0, description="entries to skip (newest first)")]
 

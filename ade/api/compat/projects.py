@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from ade.api import auth
 from ade.api.compat.shapes import CompatProject, CompatProjectCreate, project_of
@@ -16,7 +16,7 @@ from ade.core.models import Role, Workspace
 from ade.records.auth import Principal
 
 AccountQuery = Annotated[
-    str, Parameter(query="accountId", min_length=1, max_length=200, description="the account's projects")
+    str, QueryParameter(name="accountId", min_length=1, max_length=200, description="the account's projects")
 ]
 
 

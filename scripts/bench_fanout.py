@@ -8,17 +8,25 @@ library in the way). Every subscriber must see ids 1..N exactly once, in order, 
 Latency is an event's `created_at` to its arrival at a subscriber, for every event created after all
 subscribers had their first frames. The client keeps its own cost low so that the API gets the CPU: per
 HTTP chunk it checks the ids, and takes each event's `created_at` from the first subscriber that sees it.
-Also reported: the API's RSS (before, peak), its CPU seconds, the writes each subscriber got per second,
-and the client's own CPU seconds.
+Also reported: the API's RSS (before, peak) and CPU seconds over the rung; and while the steps print, the
+writes each subscriber got per second, how busy the API, this client and the whole machine (all cores)
+were, and the hub's lag (the age of the newest event it got, on arrival, sampled each second from /metrics:
+it grows when the API's event loop is busy, e.g. with a long flush).
+
+`--api-core N` gives the API process core N alone and puts everything else (this client, the worker and its
+steps, Redis) on the other cores: what the API does when the load generator does not take its CPU.
 
 Usage: python scripts/bench_fanout.py [--ladder 100x1@200,300x1@200,1000x1@200,5000x50@20] [--seconds 30]
+                                      [--api-core N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -27,11 +35,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pickup import API, AdeStack, ade_stack, exit_on_sigterm
-from bench_throughput import cpu_seconds
+from bench_throughput import cpu_seconds, machine_busy_seconds
 
 IDS = re.compile(rb"id: (\d+)\nevent: ade")  # a literal prefix: the regex engine skips ahead fast
 STAMPS = re.compile(rb'id: (\d+)\nevent: ade\.event\ndata: \{[^\n]*?"created_at":"([^"]+)"')
@@ -181,11 +190,11 @@ async def one_rung(ade: AdeStack, rung: Rung, seconds: float) -> dict[str, float
             (await client.post(f"{API}/configurations/{cfg}/runs", json={})).json()["id"]
             for _ in range(rung.runs)
         ]
+        printing = time.monotonic() + warmup_s  # about when the steps start printing
     streams = {run_id: Stream() for run_id in run_ids}
     tally = Tally()
     subs = [Subscriber(streams[run_ids[i % rung.runs]]) for i in range(rung.subscribers)]
     opened = time.monotonic()
-    client_cpu = time.process_time()
     tasks = [
         asyncio.create_task(
             follow(host, port, f"{API}/runs/{run_ids[i % rung.runs]}/events?stream=true", key, sub, tally)
@@ -196,11 +205,20 @@ async def one_rung(ade: AdeStack, rung: Rung, seconds: float) -> dict[str, float
     await asyncio.wait([all_live, *tasks], return_when=asyncio.FIRST_COMPLETED)  # a task done: it broke
     tally.since_s = time.time()
     open_s = time.monotonic() - opened
-    peak_rss = 0.0
-    while not all(task.done() for task in tasks):
-        peak_rss = max(peak_rss, rss_mb(ade.api.pid))
-        await asyncio.wait(tasks, timeout=1.0)
-    client_cpu_s = time.process_time() - client_cpu
+    peak_rss, hub_lags_s = rss_mb(ade.api.pid), []
+    await asyncio.wait(tasks, timeout=max(0.0, printing - time.monotonic()))  # the rest of the warm-up
+    # While the steps print: how busy the API and the whole machine are, and the hub's lag.
+    started, machine_busy = time.monotonic(), machine_busy_seconds()
+    api_cpu, client_cpu = cpu_seconds(ade.api.pid), time.process_time()
+    async with ade.client() as client:
+        while not all(task.done() for task in tasks):
+            peak_rss = max(peak_rss, rss_mb(ade.api.pid))
+            hub_lags_s.append(await hub_lag_s(client))
+            await asyncio.wait(tasks, timeout=1.0)
+    printed_s = time.monotonic() - started
+    api_busy = (cpu_seconds(ade.api.pid) - api_cpu) / printed_s
+    client_busy = (time.process_time() - client_cpu) / printed_s
+    machine = (machine_busy_seconds() - machine_busy) / printed_s / (os.cpu_count() or 1)
     errors = [sub.error or "no `end`" for sub in subs if sub.error or not sub.ended]
     histogram = tally.histogram_ms()
     return {
@@ -211,18 +229,48 @@ async def one_rung(ade: AdeStack, rung: Rung, seconds: float) -> dict[str, float
         "max ms": percentile_ms(histogram, 100),
         "API RSS MB before/peak": f"{rss_before:.0f}/{peak_rss:.0f}",
         "API CPU s": cpu_seconds(ade.api.pid) - cpu_before,
-        "writes per subscriber-s": sum(sub.writes for sub in subs) / rung.subscribers / (seconds + warmup_s),
-        "client CPU s": client_cpu_s,
+        "writes per subscriber-s": sum(sub.writes for sub in subs) / rung.subscribers / seconds,
+        "while printing: API busy %": 100 * api_busy,
+        "client busy %": 100 * client_busy,
+        "machine busy %": 100 * machine,
+        "hub lag ms p50/max": f"{1000 * statistics.median(hub_lags_s):.0f}/{1000 * max(hub_lags_s):.0f}",
         "all live in s": open_s,
         "broken": len(errors),
         "first error": errors[0] if errors else "",
     }
 
 
+async def hub_lag_s(client: httpx.AsyncClient) -> float:
+    """The age of the newest event the API's hub got, on arrival (its /metrics): the latency the API
+    inherits from the worker and Redis before its own part."""
+    text = (await client.get("/metrics")).text
+    return float(text.split("\nade_hub_lag_seconds ", 1)[1].split("\n", 1)[0])
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    """Every thread of process `pid` (and whatever it starts from now on) on `cores`."""
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(thread), cores)
+
+
+def isolate_api(ade: AdeStack, core: int) -> None:
+    """The API on `core` alone; this process, the worker (its steps inherit it) and Redis on the others."""
+    others = os.sched_getaffinity(0) - {core}
+    if not others:
+        raise SystemExit(f"--api-core {core}: no other core is left for the rest")
+    redis = ade.redis.process
+    assert redis is not None
+    pin(ade.api.pid, {core})
+    for pid in (os.getpid(), ade.worker.pid, redis.pid):
+        pin(pid, others)
+    print(f"  the API alone on core {core}; everything else on {sorted(others)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--ladder", default="100x1@200,300x1@200,1000x1@200,5000x50@20")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--api-core", type=int, default=None, help="a core of its own for the API")
     args = parser.parse_args()
     exit_on_sigterm()
     rungs = [Rung.parse(text) for text in args.ladder.split(",")]
@@ -238,6 +286,8 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="ade-fanout-") as tmp,
         ade_stack(Path(tmp) / "ade", env=stack_env) as ade,
     ):
+        if args.api_core is not None:
+            isolate_api(ade, args.api_core)
         for rung in rungs:
             result = uvloop.run(one_rung(ade, rung, args.seconds))
             print(

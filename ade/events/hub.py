@@ -195,6 +195,7 @@ class Hub:
         self._coalesce_max_s = coalesce_max_s
         self._to_wake: set[_Channel] = set()
         self._flush: asyncio.TimerHandle | None = None
+        self._flushed_at = 0.0  # when the last flush started (the event loop's clock)
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
@@ -225,14 +226,20 @@ class Hub:
         """Wake `channel`'s subscribers at the end of the current coalescing window: each reader then sends
         everything that arrived meanwhile as one write. The window grows with the subscribers of this
         process (COALESCE_PER_SUBSCRIBER_S each, at most ADE_SSE_COALESCE_MAX_MS): a lone viewer gets each
-        event at once; a thousand viewers get ten writes a second each instead of one per event."""
+        event at once; a thousand viewers get ten writes a second each instead of one per event.
+
+        A window runs from the start of the last flush, not from the first event after it: a flush that
+        itself took longer than the window (10,000 writes) is followed by the next one at once, instead of
+        by a window of idling on top."""
         self._to_wake.add(channel)
         if self._flush is None:
+            loop = asyncio.get_running_loop()
             window_s = min(self._coalesce_max_s, COALESCE_PER_SUBSCRIBER_S * self.subscriber_count)
-            self._flush = asyncio.get_running_loop().call_later(window_s, self._wake_all)
+            self._flush = loop.call_at(self._flushed_at + window_s, self._wake_all)
 
     def _wake_all(self) -> None:
         self._flush = None
+        self._flushed_at = asyncio.get_running_loop().time()
         woken, self._to_wake = self._to_wake, set()
         for channel in woken:
             for sub in channel.subscribers:

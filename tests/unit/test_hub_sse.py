@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ade.cli.redis_server import RedisServer
+from ade.events import hub as hub_module
 from ade.events.envelope import EventHead, StreamRef
 from ade.events.follow import stream_frames
 from ade.events.hub import Hub, Recent, Subscription
@@ -210,3 +211,36 @@ def test_a_send_that_would_wait_is_closed_unwritten() -> None:
     assert direct(b"b") and written == [b"b"]
     waiting = True
     assert not direct(b"c") and written == [b"b"]  # the stream's task sends it instead
+
+
+async def test_a_coalescing_window_runs_from_the_last_flush_not_from_the_next_event(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a quiet spell a live event wakes its readers at once; the ones right behind it wait for the
+    end of the window that this flush opened. (A window counted from the first event after a flush would
+    hold every event of a quiet stream for a whole window, and add a window of idling after a long flush.)"""
+    monkeypatch.setattr(hub_module, "COALESCE_PER_SUBSCRIBER_S", 2.0)  # one subscriber: a 2 s window
+    hub = Hub(Redis.from_url(redis_server.url), subscriber_queue_events=16, coalesce_max_s=2.0)
+    await hub.start()
+    redis = Redis.from_url(redis_server.url)
+    stream = StreamRef.for_run(tmp_path, "run_window")
+    loop = asyncio.get_running_loop()
+    try:
+        async with (
+            hub.subscribe(stream.channel) as sub,
+            StreamWriter(redis, stream, Identity(workspace_id="ws", run_id="run_window"), lease_ttl_s=5) as w,
+        ):
+            assert sub.take(0) == ([], [], [])  # (the subscription's confirmation woke it)
+            began = loop.time()
+            await w.emit_many([("console.line", {"n": 1}, "worker")])
+            assert await sub.wait(10)
+            first_s = loop.time() - began
+            assert [head.sequence for head in sub.take(0).heads] == [1]  # type: ignore[union-attr]
+            await w.emit_many([("console.line", {"n": 2}, "worker")])
+            assert await sub.wait(10)
+            second_s = loop.time() - began
+            assert [head.sequence for head in sub.take(1).heads] == [2]  # type: ignore[union-attr]
+    finally:
+        await hub.stop()
+        await redis.aclose()
+    assert first_s < 1.0 <= second_s, (first_s, second_s)

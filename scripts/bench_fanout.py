@@ -39,8 +39,7 @@ import httpx
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pickup import API, AdeStack, ade_stack, exit_on_sigterm
-from bench_throughput import cpu_seconds, machine_busy_seconds
+from bench_pickup import API, AdeStack, ade_stack, cpu_seconds, exit_on_sigterm, machine_busy_seconds
 
 IDS = re.compile(rb"id: (\d+)\nevent: ade")  # a literal prefix: the regex engine skips ahead fast
 STAMPS = re.compile(rb'id: (\d+)\nevent: ade\.event\ndata: \{[^\n]*?"created_at":"([^"]+)"')

@@ -3,7 +3,9 @@
 `GET /api/v1/runs/{id}` and `POST /api/v1/configurations/{id}/runs` with an API key, against a bare
 Litestar app (this file, `--bare`) whose handlers return (and, for POST, decode) a struct of the same
 size, both served by uvicorn with uvloop and httptools, one process each, measured in the same run, in
-interleaved rounds (each figure is the median of its rounds).
+interleaved rounds (each figure is the median of its rounds). Beside each: the server process's CPU time
+per request (user + system, its threads included), which says what a rate cannot on a machine whose load
+generator shares the cores: what the request itself costs.
 The load: `--connections` keep-alive HTTP/1.1 connections from this process, each sending its next request
 as soon as the answer arrived.
 
@@ -29,7 +31,7 @@ import msgspec
 from litestar.response import Stream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pickup import API, REPO, ade_stack, child_process, exit_on_sigterm, free_port
+from bench_pickup import API, REPO, ade_stack, child_process, cpu_seconds, exit_on_sigterm, free_port
 
 
 class Thing(msgspec.Struct):
@@ -180,7 +182,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ade-http-")))
         ade = stack.enter_context(ade_stack(tmp / "ade"))
-        bare_port, _ = stack.enter_context(bare_server(ade.redis.url, tmp))
+        bare_port, bare_pid = stack.enter_context(bare_server(ade.redis.url, tmp))
         ade_port = int(ade.base_url.rsplit(":", 1)[1])
         ade_get, ade_post = asyncio.run(ade_requests(ade.base_url, ade.token))
         plan = {  # figure: (port, request, connections)
@@ -192,28 +194,33 @@ def main() -> None:
         }
         # Interleaved rounds, medians: a machine whose speed drifts over a minute shifts both sides.
         samples: dict[str, list[float]] = {name: [] for name in plan}
+        cpu_us: dict[str, list[float]] = {name: [] for name in plan}  # server CPU per request
         for port, request, connections in plan.values():  # warm-up: connections, pools, caches
             asyncio.run(load(port, request, 1.0, connections))
         for _ in range(args.rounds):
             for name, (port, request, connections) in plan.items():
-                samples[name].append(asyncio.run(load(port, request, args.seconds, connections)))
+                pid = ade.api.pid if port == ade_port else bare_pid
+                cpu_before = cpu_seconds(pid)
+                rate = asyncio.run(load(port, request, args.seconds, connections))
+                samples[name].append(rate)
+                cpu_us[name].append(1e6 * (cpu_seconds(pid) - cpu_before) / (rate * args.seconds))
     figures = {name: statistics.median(values) for name, values in samples.items()}
     bare_get, bare_post = figures["bare_get"], figures["bare_post"]
     print(
         "HTTP: requests/s, one server process each, uvicorn + uvloop + httptools, keep-alive connections "
-        f"(median of {args.rounds} interleaved rounds)"
+        f"(median of {args.rounds} interleaved rounds), and the server's CPU per request"
     )
-    rounds = ", ".join(f"{value:,.0f}" for value in samples["bare_get"])
-    print(f"  {'bare Litestar GET':40s} {bare_get:10,.0f}   (rounds: {rounds})")
     for label, name, base in (
+        ("bare Litestar GET", "bare_get", None),
         ("bare Litestar GET + one Redis GET", "bare_redis_get", bare_get),
         ("ADE GET /runs/{id} (API key)", "GET /runs/{id}", bare_get),
         ("bare Litestar POST (decode + encode)", "bare_post", None),
         ("ADE POST /configurations/{id}/runs", "POST .../runs", bare_post),
     ):
-        ratio = f"   {figures[name] / base:.2f} of bare" if base else ""
+        ratio = f"{figures[name] / base:5.2f} of bare" if base else " " * 13
+        cpu = f"{statistics.median(cpu_us[name]):6,.0f} µs CPU"
         rounds = ", ".join(f"{value:,.0f}" for value in samples[name])
-        print(f"  {label:40s} {figures[name]:10,.0f}{ratio}   (rounds: {rounds})")
+        print(f"  {label:38s} {figures[name]:8,.0f}  {ratio}  {cpu}   (rounds: {rounds})")
     print(json.dumps(figures))
 
 

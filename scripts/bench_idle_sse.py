@@ -21,8 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fanout import rss_mb
 from bench_http import bare_server
-from bench_pickup import API, ade_stack, exit_on_sigterm
-from bench_throughput import cpu_seconds
+from bench_pickup import API, ade_stack, cpu_seconds, exit_on_sigterm
 
 
 async def open_stream(port: int, path: str, token: str) -> asyncio.StreamWriter:

@@ -46,18 +46,19 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # tests.images.busybox: the test suite's image
-from bench_pickup import (  # noqa: E402
+from bench_pickup import (  # noqa: E402  # noqa: E402
     API,
     MAX_GAP_S,
     AdeStack,
     _wait_run_end,
     ade_stack,
+    cpu_seconds,
     event_time,
     exit_on_sigterm,
+    machine_busy_seconds,
     percentile,
     run_events,
 )
-from bench_throughput import cpu_seconds, machine_busy_seconds  # noqa: E402
 
 from ade.core import paths  # noqa: E402
 from ade.core.settings import Settings  # noqa: E402

@@ -133,6 +133,28 @@ def _wait_ready(base_url: str, procs: dict[str, tuple[subprocess.Popen[bytes], P
     raise RuntimeError(f"ADE not ready after {READY_TIMEOUT_S:g} s (last: {last})\n{logs}")
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its waited-for children (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU time of the whole machine, all cores (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 @contextlib.contextmanager
 def ade_stack(root: Path, *, env: dict[str, str] | None = None) -> Iterator[AdeStack]:
     """A private Redis, `ade serve` and `ade worker` under `root`; everything stops when the block ends."""

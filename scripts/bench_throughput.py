@@ -44,9 +44,11 @@ from bench_pickup import (
     _ade_command,
     ade_stack,
     child_process,
+    cpu_seconds,
     create_configuration,
     event_time,
     exit_on_sigterm,
+    machine_busy_seconds,
     one_ade_run,
     percentile,
     redis_server,
@@ -63,29 +65,9 @@ ID_LINE = re.compile(rb"\nid: (\d+)")  # a literal prefix: far faster than ^...$
 RPS = re.compile(rb"([\d.]+) requests per second")
 OUTPUT_BUFFER_KILL = "output buffer limits"  # redis.log, when a slow pub/sub client is disconnected
 HUB_RECONNECT = "hub lost Redis"  # api.log
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- ADE end to end --------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its waited-for children (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(value) for value in fields[11:15]) / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """Busy CPU time of the whole machine, all cores (Linux /proc/stat; 0 elsewhere)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def count_in(path: Path, needle: str) -> int:

@@ -226,7 +226,7 @@ class Hub:
         """Wake `channel`'s subscribers at the end of the current coalescing window: each reader then sends
         everything that arrived meanwhile as one write. The window grows with the subscribers of this
         process (COALESCE_PER_SUBSCRIBER_S each, at most ADE_SSE_COALESCE_MAX_MS): a lone viewer gets each
-        event at once; a thousand viewers get ten writes a second each instead of one per event.
+        event at once; a thousand viewers get twenty writes a second each instead of one per event.
 
         A window runs from the start of the last flush, not from the first event after it: a flush that
         itself took longer than the window (10,000 writes) is followed by the next one at once, instead of
